@@ -1,0 +1,1 @@
+//! causeway-dns: the svc.global authoritative server (placeholder; being written).

@@ -1,0 +1,1 @@
+//! causeway-gateway: the WireGuard data plane (placeholder; being written).

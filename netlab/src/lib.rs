@@ -1,0 +1,1 @@
+//! causeway-netlab (placeholder; being written).

@@ -1,0 +1,15 @@
+//! causeway: joins clusters into one network.
+//!
+//! Module map (dependencies point inward: `model` ← {sync, broker, select} ← {source, app}):
+//! - `model`: ids, services, endpoints, cluster records — plain data, no I/O.
+//! - `clock`: the one place that reads the clock (tokio's, so tests can pause it).
+//! - `config`: the validated configuration of every subcommand (YAML file < flags).
+//! - `certs`: the clusterset CA and cluster/broker certificates (rcgen), and TLS configs.
+//! - `sync`: the gateway↔broker protocol: wire messages, sans-IO sessions, the QUIC shell.
+//! - `broker`: the broker's pure state, its persistent store and its QUIC server.
+//! - `select`: pure endpoint ranking for DNS answers.
+//! - `source`: where a cluster's services come from (the file source; Kubernetes later).
+//! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
+
+pub mod clock;
+pub mod model;

@@ -1,0 +1,5 @@
+//! The `causeway` binary: CLI → Config → run. Nothing else.
+
+fn main() {
+    println!("causeway {}", env!("CARGO_PKG_VERSION"));
+}
