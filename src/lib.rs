@@ -13,3 +13,5 @@
 
 pub mod clock;
 pub mod model;
+pub mod select;
+pub mod source;
