@@ -1,0 +1,309 @@
+//! Table tests for `Snapshot::answer`: every case is (query name, type) → rcode, AA, answer
+//! data, and whether the SOA is in the authority section.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{LowerName, RData, RecordType};
+
+use super::*;
+
+const TTL: u32 = 5;
+
+fn service(namespace: &str, name: &str, addresses: &[&str]) -> ServiceRecords {
+    ServiceRecords {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        addresses: addresses
+            .iter()
+            .map(|a| IpAddr::from_str(a).expect("test address"))
+            .collect(),
+    }
+}
+
+fn snapshot() -> Snapshot {
+    Snapshot::new(
+        "svc.global",
+        TTL,
+        vec![
+            service(
+                "shop",
+                "web",
+                &["10.102.0.10", "fd00::1", "10.101.0.10", "10.102.0.10"],
+            ),
+            service("shop", "db", &["10.101.0.20"]),
+            service("shop", "v6only", &["fd00::2"]),
+            service("shop", "noaddrs", &[]),
+        ],
+    )
+    .expect("valid snapshot")
+}
+
+fn name(s: &str) -> LowerName {
+    LowerName::from_str(s).expect("test name")
+}
+
+/// The answer's rdata rendered as text, in order.
+fn data(answer: &Answer<'_>) -> Vec<String> {
+    answer
+        .answers()
+        .iter()
+        .map(|r| r.data.to_string())
+        .collect()
+}
+
+fn has_soa_authority(answer: &Answer<'_>) -> bool {
+    matches!(answer.authority(), [soa] if matches!(soa.data, RData::SOA(_)))
+}
+
+#[test]
+fn answer_table() {
+    let snapshot = snapshot();
+    struct Case {
+        name: &'static str,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        aa: bool,
+        data: &'static [&'static str],
+        soa_in_authority: bool,
+    }
+    let noerror = |name, qtype, data| Case {
+        name,
+        qtype,
+        rcode: ResponseCode::NoError,
+        aa: true,
+        data,
+        soa_in_authority: false,
+    };
+    let nodata = |name, qtype| Case {
+        name,
+        qtype,
+        rcode: ResponseCode::NoError,
+        aa: true,
+        data: &[],
+        soa_in_authority: true,
+    };
+    let nxdomain = |name, qtype| Case {
+        name,
+        qtype,
+        rcode: ResponseCode::NXDomain,
+        aa: true,
+        data: &[],
+        soa_in_authority: true,
+    };
+    let refused = |name, qtype| Case {
+        name,
+        qtype,
+        rcode: ResponseCode::Refused,
+        aa: false,
+        data: &[],
+        soa_in_authority: false,
+    };
+    let cases = [
+        // A keeps the caller's order and drops the duplicate.
+        noerror(
+            "web.shop.svc.global.",
+            RecordType::A,
+            &["10.102.0.10", "10.101.0.10"],
+        ),
+        noerror("web.shop.svc.global.", RecordType::AAAA, &["fd00::1"]),
+        noerror("db.shop.svc.global.", RecordType::A, &["10.101.0.20"]),
+        // Case-insensitive match.
+        noerror(
+            "WeB.ShOp.SVC.Global.",
+            RecordType::A,
+            &["10.102.0.10", "10.101.0.10"],
+        ),
+        // Only one family → the other is NODATA.
+        nodata("db.shop.svc.global.", RecordType::AAAA),
+        nodata("v6only.shop.svc.global.", RecordType::A),
+        noerror("v6only.shop.svc.global.", RecordType::AAAA, &["fd00::2"]),
+        // A service without addresses still exists.
+        nodata("noaddrs.shop.svc.global.", RecordType::A),
+        // Other types at a service name → NODATA.
+        nodata("web.shop.svc.global.", RecordType::TXT),
+        nodata("web.shop.svc.global.", RecordType::SOA),
+        // ANY → everything at the name.
+        noerror(
+            "web.shop.svc.global.",
+            RecordType::ANY,
+            &["10.102.0.10", "10.101.0.10", "fd00::1"],
+        ),
+        // Empty non-terminal → NODATA, not NXDOMAIN (RFC 4592 §2.2.2).
+        nodata("shop.svc.global.", RecordType::A),
+        nodata("SHOP.svc.global.", RecordType::AAAA),
+        // Unknown names → NXDOMAIN.
+        nxdomain("nope.shop.svc.global.", RecordType::A),
+        nxdomain("other.svc.global.", RecordType::A),
+        nxdomain("x.web.shop.svc.global.", RecordType::A),
+        nxdomain("ns.svc.global.", RecordType::A),
+        // Apex.
+        noerror(
+            "svc.global.",
+            RecordType::SOA,
+            &["ns.svc.global. hostmaster.svc.global. 0 3600 600 86400 5"],
+        ),
+        noerror("svc.global.", RecordType::NS, &["ns.svc.global."]),
+        noerror("SVC.GLOBAL.", RecordType::NS, &["ns.svc.global."]),
+        nodata("svc.global.", RecordType::A),
+        // Outside the zone, or a zone transfer → REFUSED.
+        refused("global.", RecordType::A),
+        refused("example.com.", RecordType::A),
+        refused("svc.global.example.com.", RecordType::A),
+        refused(".", RecordType::NS),
+        refused("svc.global.", RecordType::AXFR),
+        refused("svc.global.", RecordType::IXFR),
+    ];
+    for case in cases {
+        let answer = snapshot.answer(&name(case.name), case.qtype);
+        let what = format!("{} {}", case.name, case.qtype);
+        assert_eq!(answer.rcode(), case.rcode, "rcode for {what}");
+        assert_eq!(answer.authoritative(), case.aa, "AA for {what}");
+        assert_eq!(data(&answer), case.data, "answers for {what}");
+        assert_eq!(
+            has_soa_authority(&answer),
+            case.soa_in_authority,
+            "SOA in authority for {what}"
+        );
+    }
+}
+
+#[test]
+fn answers_carry_the_configured_ttl_and_owner_name() {
+    let snapshot = Snapshot::new(
+        "svc.global",
+        30,
+        vec![service("shop", "web", &["10.0.0.1"])],
+    )
+    .expect("valid snapshot");
+    let answer = snapshot.answer(&name("WEB.shop.svc.global."), RecordType::A);
+    let [record] = answer.answers() else {
+        panic!("one record expected, got {answer:?}");
+    };
+    assert_eq!(record.ttl, 30);
+    // Owner names are stored lowercase; the question section echoes the client's spelling.
+    assert_eq!(record.name.to_string(), "web.shop.svc.global.");
+}
+
+#[test]
+fn negative_answers_carry_soa_with_ttl_of_min_ttl_and_minimum() {
+    let snapshot = Snapshot::empty("svc.global", 7).expect("valid snapshot");
+    let answer = snapshot.answer(&name("nope.svc.global."), RecordType::A);
+    let [soa] = answer.authority() else {
+        panic!("one SOA expected, got {answer:?}");
+    };
+    let RData::SOA(rdata) = &soa.data else {
+        panic!("SOA expected, got {soa:?}");
+    };
+    assert_eq!(soa.name.to_string(), "svc.global.");
+    assert_eq!(soa.ttl, soa.ttl.min(rdata.minimum));
+    assert_eq!(rdata.minimum, 7);
+}
+
+#[test]
+fn set_serial_changes_the_soa_everywhere() {
+    let mut snapshot = Snapshot::empty("svc.global", TTL).expect("valid snapshot");
+    snapshot.set_serial(42);
+    assert_eq!(snapshot.serial(), 42);
+    let serial_of = |records: &[Record]| match records {
+        [soa] => match &soa.data {
+            RData::SOA(soa) => soa.serial,
+            other => panic!("SOA expected, got {other:?}"),
+        },
+        other => panic!("one record expected, got {other:?}"),
+    };
+    let apex = snapshot.answer(&name("svc.global."), RecordType::SOA);
+    assert_eq!(serial_of(apex.answers()), 42);
+    let negative = snapshot.answer(&name("nope.svc.global."), RecordType::A);
+    assert_eq!(serial_of(negative.authority()), 42);
+}
+
+#[test]
+fn zone_with_trailing_dot_or_capitals_is_the_same_zone() {
+    for zone in ["svc.global.", "SVC.Global"] {
+        let snapshot = Snapshot::new(zone, TTL, vec![service("shop", "web", &["10.0.0.1"])])
+            .expect("valid snapshot");
+        let answer = snapshot.answer(&name("web.shop.svc.global."), RecordType::A);
+        assert_eq!(data(&answer), ["10.0.0.1"], "zone {zone}");
+    }
+}
+
+#[test]
+fn snapshot_rejects_bad_zones() {
+    let cases = [
+        ("", NameProblem::Empty),
+        (".", NameProblem::Root),
+        ("svc..global", NameProblem::Empty),
+        ("svc global", NameProblem::NotALabel),
+        (
+            &*format!("{}.global", "a".repeat(64)),
+            NameProblem::LabelTooLong,
+        ),
+    ];
+    for (zone, expected) in cases {
+        match Snapshot::empty(zone, TTL) {
+            Err(Error::BadZone { zone: got, reason }) => {
+                assert_eq!(got, zone);
+                assert_eq!(reason, expected, "zone {zone:?}");
+            }
+            other => panic!("BadZone expected for {zone:?}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn snapshot_rejects_service_names_that_are_not_single_labels() {
+    let cases = [
+        ("shop", "", NameProblem::Empty),
+        ("", "web", NameProblem::Empty),
+        ("shop", "web.evil", NameProblem::NotALabel),
+        ("sh op", "web", NameProblem::NotALabel),
+        ("shop", "w_b", NameProblem::NotALabel),
+        ("shop", &*"a".repeat(64), NameProblem::LabelTooLong),
+    ];
+    for (namespace, svc, expected) in cases {
+        match Snapshot::new("svc.global", TTL, vec![service(namespace, svc, &[])]) {
+            Err(Error::BadServiceName { reason, .. }) => {
+                assert_eq!(reason, expected, "{namespace}/{svc}")
+            }
+            other => panic!("BadServiceName expected for {namespace}/{svc}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn snapshot_rejects_names_too_long_for_dns() {
+    let zone = format!("{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63));
+    let result = Snapshot::new(
+        &zone,
+        TTL,
+        vec![service(&"d".repeat(63), &"e".repeat(63), &[])],
+    );
+    assert!(
+        matches!(
+            result,
+            Err(Error::BadServiceName {
+                reason: NameProblem::NameTooLong,
+                ..
+            })
+        ),
+        "got {result:?}"
+    );
+}
+
+#[test]
+fn snapshot_rejects_duplicate_services_case_insensitively() {
+    let result = Snapshot::new(
+        "svc.global",
+        TTL,
+        vec![
+            service("shop", "web", &["10.0.0.1"]),
+            service("SHOP", "Web", &["10.0.0.2"]),
+        ],
+    );
+    assert!(
+        matches!(result, Err(Error::DuplicateService { ref namespace, ref name }) if namespace == "SHOP" && name == "Web"),
+        "got {result:?}"
+    );
+}
