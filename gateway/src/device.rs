@@ -1,0 +1,347 @@
+//! The tokio shell: TUN device, UDP socket, netlink, and the one task that drives the
+//! [`DataPlane`].
+//!
+//! It only moves data: TUN reads and UDP datagrams go into the data plane, its output goes
+//! out through [`ShellIo`], a 250 ms tick runs boringtun's timers, and `set_peers` commands
+//! apply the data plane's route changes over netlink. Every decision is in
+//! [`crate::dataplane`].
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use tokio::io::unix::AsyncFd;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span};
+
+use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
+use crate::{Command, Config, DeviceStats, Error};
+
+/// boringtun's device ticks its timers every 250 ms; its timer constants assume that.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// At most this many packets per readiness event before the loop looks at its other inputs.
+const BATCH: usize = 64;
+
+/// Creates the TUN device and sockets in the caller's network namespace and spawns the driver.
+/// Returns the bound UDP address.
+pub(crate) async fn spawn(
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, Error> {
+    let tun = Tun::open(&config.tun_name)?;
+    let (connection, netlink, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
+    let netlink_task = tokio::spawn(connection);
+    let routes = Routes {
+        netlink,
+        index: tun.index,
+        dev: tun.name.clone(),
+        source: config.route_source,
+    };
+    let link = LinkUnspec::new_with_index(tun.index)
+        .mtu(u32::from(config.mtu))
+        .up()
+        .build();
+    let configured = routes.netlink.link().set(link).execute().await;
+    if let Err(source) = configured {
+        netlink_task.abort();
+        return Err(Error::Link {
+            name: tun.name,
+            source: Box::new(source),
+        });
+    }
+    let udp = match UdpSocket::bind(config.listen).await {
+        Ok(udp) => udp,
+        Err(source) => {
+            netlink_task.abort();
+            return Err(Error::BindUdp {
+                addr: config.listen,
+                source,
+            });
+        }
+    };
+    let local_addr = udp.local_addr().map_err(|source| Error::BindUdp {
+        addr: config.listen,
+        source,
+    })?;
+    info!(tun = %tun.name, %local_addr, mtu = config.mtu, "WireGuard device up");
+    let span = info_span!("gateway", tun = %tun.name);
+    let driver = Driver {
+        plane: DataPlane::new(config.private_key, config.persistent_keepalive),
+        tun: tun.fd,
+        udp,
+        routes,
+        send_drops: 0,
+        tun_buf: vec![0; BUF_LEN].into_boxed_slice(),
+        udp_buf: vec![0; BUF_LEN].into_boxed_slice(),
+    };
+    tokio::spawn(
+        async move {
+            driver.run(commands, shutdown).await;
+            netlink_task.abort();
+        }
+        .instrument(span),
+    );
+    Ok(local_addr)
+}
+
+/// The task that owns the data plane. See the module docs.
+struct Driver {
+    plane: DataPlane,
+    tun: AsyncFd<OwnedFd>,
+    udp: UdpSocket,
+    routes: Routes,
+    send_drops: u64,
+    tun_buf: Box<[u8]>,
+    udp_buf: Box<[u8]>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TIMER_TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => self.handle_command(command).await,
+                ready = self.tun.readable() => {
+                    let mut guard = match ready {
+                        Ok(guard) => guard,
+                        Err(e) => {
+                            error!(error = %e, "TUN device failed; stopping");
+                            break;
+                        }
+                    };
+                    let mut io = ShellIo { udp: &self.udp, tun: guard.get_ref(), drops: &mut self.send_drops };
+                    for _ in 0..BATCH {
+                        let n = match guard.try_io(|fd| read(fd.as_raw_fd(), &mut self.tun_buf)) {
+                            Ok(Ok(n)) => n,
+                            Ok(Err(e)) => {
+                                debug!(error = %e, "TUN read failed");
+                                break;
+                            }
+                            Err(_would_block) => break,
+                        };
+                        self.plane.handle_tun_packet(&self.tun_buf[..n], &mut io);
+                    }
+                }
+                ready = self.udp.readable() => {
+                    if let Err(e) = ready {
+                        error!(error = %e, "UDP socket failed; stopping");
+                        break;
+                    }
+                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops };
+                    for _ in 0..BATCH {
+                        match self.udp.try_recv_from(&mut self.udp_buf) {
+                            Ok((n, from)) => self.plane.handle_datagram(from, &self.udp_buf[..n], &mut io),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => debug!(error = %e, "UDP receive failed"),
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops };
+                    self.plane.handle_timers(&mut io);
+                }
+            }
+        }
+        info!("WireGuard device stopping");
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::SetPeers(peers, reply) => {
+                let result = match self.plane.set_peers(peers) {
+                    Ok(changes) => self.routes.apply(changes).await,
+                    Err(rejected) => Err(rejected.into()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.plane.peer_stats());
+            }
+            Command::DeviceStats(reply) => {
+                let _ = reply.send(DeviceStats {
+                    send_drops: self.send_drops,
+                    ..self.plane.counters()
+                });
+            }
+        }
+    }
+}
+
+/// The data plane's output, written straight to the non-blocking UDP socket and TUN fd. A
+/// full queue drops the packet (as a router would) and counts it.
+struct ShellIo<'a> {
+    udp: &'a UdpSocket,
+    tun: &'a AsyncFd<OwnedFd>,
+    drops: &'a mut u64,
+}
+
+impl Io for ShellIo<'_> {
+    fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
+        if let Err(e) = self.udp.try_send_to(datagram, to) {
+            *self.drops += 1;
+            debug!(%to, error = %e, "UDP send dropped");
+        }
+    }
+
+    fn write_tun(&mut self, packet: &[u8]) {
+        if let Err(e) = write(self.tun.as_raw_fd(), packet) {
+            *self.drops += 1;
+            debug!(error = %e, "TUN write dropped");
+        }
+    }
+}
+
+/// Kernel routes into the TUN device, over netlink.
+struct Routes {
+    netlink: rtnetlink::Handle,
+    index: u32,
+    dev: String,
+    source: Option<IpAddr>,
+}
+
+impl Routes {
+    /// Removes then adds; keeps going past errors and returns the first.
+    async fn apply(&self, changes: RouteChanges) -> Result<(), Error> {
+        let mut first_error = None;
+        for cidr in changes.remove {
+            let result = self.netlink.route().del(self.message(cidr)).execute().await;
+            match result {
+                Ok(()) => debug!(%cidr, "Route removed"),
+                // Already gone (removed by hand, or the device was recreated): the goal holds.
+                Err(e) if is_no_such_route(&e) => {}
+                Err(source) => {
+                    first_error.get_or_insert(self.error("removing", cidr, source));
+                }
+            }
+        }
+        for cidr in changes.add {
+            let result = self
+                .netlink
+                .route()
+                .add(self.message(cidr))
+                .replace()
+                .execute()
+                .await;
+            match result {
+                Ok(()) => debug!(%cidr, "Route added"),
+                Err(source) => {
+                    first_error.get_or_insert(self.error("adding", cidr, source));
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// `<cidr> dev <tun> [src <source>]`; the source only if it is of the same family.
+    fn message(&self, cidr: IpNet) -> rtnetlink::packet_route::route::RouteMessage {
+        let builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(cidr.addr(), cidr.prefix_len())
+            .expect("an IpNet's prefix length fits its family")
+            .output_interface(self.index);
+        let source = self.source.filter(|s| s.is_ipv4() == cidr.addr().is_ipv4());
+        match source {
+            Some(src) => builder
+                .pref_source(src)
+                .expect("source family matches the destination's"),
+            None => builder,
+        }
+        .build()
+    }
+
+    fn error(&self, action: &'static str, cidr: IpNet, source: rtnetlink::Error) -> Error {
+        Error::Route {
+            action,
+            cidr,
+            dev: self.dev.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+fn is_no_such_route(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ESRCH)
+}
+
+/// A TUN device (`IFF_TUN | IFF_NO_PI`: bare IP packets), non-blocking, registered with tokio.
+/// It exists as long as the fd is open.
+struct Tun {
+    fd: AsyncFd<OwnedFd>,
+    name: String,
+    index: u32,
+}
+
+impl Tun {
+    fn open(name: &str) -> Result<Self, Error> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(Error::TunName {
+                name: name.to_owned(),
+            });
+        }
+        let err = |source| Error::OpenTun {
+            name: name.to_owned(),
+            source,
+        };
+        // SAFETY: a plain open(2) of a constant NUL-terminated path.
+        let raw = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: ifr_name is NUL-terminated: we wrote < IFNAMSIZ bytes into zeroes, and the
+        // kernel writes back a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(req.ifr_name.as_ptr()) };
+        if index == 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is an open fd that the AsyncFd takes ownership of; nothing else closes
+        // or replaces it while registered.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| err(e.into_parts().1))?;
+        Ok(Self {
+            fd,
+            name: name.to_owned(),
+            index,
+        })
+    }
+}
+
+fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn write(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}

@@ -1,0 +1,189 @@
+//! One WireGuard tunnel to one peer: a thin wrapper over boringtun's `Tunn`.
+//!
+//! It owns the Noise state machine and turns boringtun's `TunnResult`s into calls on an
+//! [`Output`], in one place ([`Tunnel::deliver`]), including the "repeat `decapsulate` with an
+//! empty datagram until `Done`" rule that flushes packets queued during a handshake. It knows
+//! nothing about other peers or addresses: the inner-source check is a predicate passed in by
+//! [`crate::dataplane`]. Note that boringtun 0.7 reads the clock itself (for timers and
+//! handshake timestamps), so this is not a pure core; it is tested through the data plane.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+/// Where a tunnel's products go. Implemented by the data plane, which knows the endpoint.
+pub trait Output {
+    /// An encrypted datagram for this tunnel's peer.
+    fn to_network(&mut self, datagram: &[u8]);
+    /// A decrypted IP packet whose inner source passed the caller's check.
+    fn to_tun(&mut self, packet: &[u8]);
+}
+
+/// What became of one datagram handed to [`Tunnel::decapsulate`].
+#[derive(Debug)]
+pub enum Received {
+    /// It was authenticated with this peer's keys (handshake or data): the sender is the peer.
+    Authenticated {
+        /// Decrypted packets dropped because their inner source is not the peer's.
+        spoofed: u32,
+    },
+    /// We are under load and answered with a cookie; nothing is known about the sender.
+    CookieSent,
+    /// boringtun rejected it (bad MAC, replay, wrong index, ...).
+    Rejected(WireGuardError),
+}
+
+/// Per-tunnel counters, from boringtun.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TunnelStats {
+    pub since_last_handshake: Option<Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// A cookie reply is 64 bytes of message type 3 (WireGuard paper §5.4.7).
+const COOKIE_REPLY_TYPE: u8 = 3;
+const COOKIE_REPLY_LEN: usize = 64;
+
+/// One peer's tunnel. See the module docs.
+pub struct Tunnel {
+    tunn: Tunn,
+}
+
+impl Tunnel {
+    /// A tunnel from `private` to the peer with public key `peer_public`. `index` comes from
+    /// [`crate::peers::PeerId::tunnel_index`] so receiver indices map back to the peer.
+    pub fn new(
+        private: StaticSecret,
+        peer_public: [u8; 32],
+        persistent_keepalive: Option<u16>,
+        index: u32,
+    ) -> Self {
+        Self {
+            tunn: Tunn::new(
+                private,
+                PublicKey::from(peer_public),
+                None,
+                persistent_keepalive,
+                index,
+                None,
+            ),
+        }
+    }
+
+    /// Encrypts an IP packet read from the TUN device. Without a session the packet is queued
+    /// inside boringtun and a handshake initiation is sent instead. `buf` must hold at least
+    /// `packet.len() + 32` and 148 bytes.
+    pub fn encapsulate(
+        &mut self,
+        packet: &[u8],
+        buf: &mut [u8],
+        out: &mut impl Output,
+    ) -> Option<WireGuardError> {
+        let result = self.tunn.encapsulate(packet, buf);
+        Self::deliver(result, &|_| false, out).err()
+    }
+
+    /// Handles a datagram that the data plane routed to this peer. `accepts_source` says
+    /// whether a decrypted packet's inner source may come from this peer.
+    pub fn decapsulate(
+        &mut self,
+        from: IpAddr,
+        datagram: &[u8],
+        buf: &mut [u8],
+        accepts_source: &dyn Fn(IpAddr) -> bool,
+        out: &mut impl Output,
+    ) -> Received {
+        let mut spoofed = 0;
+        let mut result = self.tunn.decapsulate(Some(from), datagram, buf);
+        if let TunnResult::WriteToNetwork(p) = &result
+            && p.len() == COOKIE_REPLY_LEN
+            && p[0] == COOKIE_REPLY_TYPE
+        {
+            out.to_network(p);
+            return Received::CookieSent;
+        }
+        loop {
+            match Self::deliver(result, accepts_source, out) {
+                Ok(Delivered::ToNetwork) => {
+                    // boringtun: after WriteToNetwork, repeat with an empty datagram until Done
+                    // to flush packets queued while the handshake was in flight.
+                    result = self.tunn.decapsulate(None, &[], buf);
+                }
+                Ok(Delivered::Spoofed) => {
+                    spoofed += 1;
+                    break;
+                }
+                Ok(Delivered::ToTun | Delivered::Nothing) => break,
+                Err(e) => return Received::Rejected(e),
+            }
+        }
+        Received::Authenticated { spoofed }
+    }
+
+    /// Drives boringtun's timers: handshake retries, rekeys, keepalives. Call every 250 ms.
+    /// Returns the error boringtun reported, if any (`ConnectionExpired` is routine).
+    pub fn update_timers(
+        &mut self,
+        buf: &mut [u8],
+        out: &mut impl Output,
+    ) -> Option<WireGuardError> {
+        let result = self.tunn.update_timers(buf);
+        Self::deliver(result, &|_| false, out).err()
+    }
+
+    pub fn stats(&self) -> TunnelStats {
+        let (since_last_handshake, tx, rx, _loss, _rtt) = self.tunn.stats();
+        TunnelStats {
+            since_last_handshake,
+            tx_bytes: tx as u64,
+            rx_bytes: rx as u64,
+        }
+    }
+
+    /// The one place a `TunnResult` is turned into output.
+    fn deliver(
+        result: TunnResult<'_>,
+        accepts_source: &dyn Fn(IpAddr) -> bool,
+        out: &mut impl Output,
+    ) -> Result<Delivered, WireGuardError> {
+        match result {
+            TunnResult::Done => Ok(Delivered::Nothing),
+            TunnResult::Err(e) => Err(e),
+            TunnResult::WriteToNetwork(datagram) => {
+                out.to_network(datagram);
+                Ok(Delivered::ToNetwork)
+            }
+            TunnResult::WriteToTunnelV4(packet, source) => {
+                Ok(Self::to_tun(packet, source.into(), accepts_source, out))
+            }
+            TunnResult::WriteToTunnelV6(packet, source) => {
+                Ok(Self::to_tun(packet, source.into(), accepts_source, out))
+            }
+        }
+    }
+
+    fn to_tun(
+        packet: &[u8],
+        source: IpAddr,
+        accepts_source: &dyn Fn(IpAddr) -> bool,
+        out: &mut impl Output,
+    ) -> Delivered {
+        if accepts_source(source) {
+            out.to_tun(packet);
+            Delivered::ToTun
+        } else {
+            Delivered::Spoofed
+        }
+    }
+}
+
+enum Delivered {
+    Nothing,
+    ToNetwork,
+    ToTun,
+    Spoofed,
+}
