@@ -135,6 +135,7 @@ impl Snapshot {
             },
         );
 
+        let apex_lower = LowerName::new(&apex);
         for service in services {
             let name = service_name(&apex, &service)?;
             let lower = LowerName::new(&name);
@@ -152,7 +153,6 @@ impl Snapshot {
             }
             // Every ancestor up to the apex exists (as an empty non-terminal unless it has
             // records of its own): RFC 4592 §2.2.2.
-            let apex_lower = LowerName::new(&apex);
             let mut ancestor = lower.base_name();
             while ancestor != apex_lower && !ancestor.is_root() {
                 nodes.entry(ancestor.clone()).or_default();
@@ -161,7 +161,7 @@ impl Snapshot {
         }
 
         let mut snapshot = Snapshot {
-            apex: LowerName::new(&apex),
+            apex: apex_lower,
             ttl,
             serial: 0,
             negative_soa: [soa_record(&apex, ttl, 0)],

@@ -377,6 +377,50 @@ async fn edns_queries_get_an_opt_record_and_unknown_versions_get_badvers() {
     shutdown.cancel();
 }
 
+/// Sends one raw DNS message over a fresh TCP connection (RFC 1035 §4.2.2 framing).
+async fn tcp_exchange(addr: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+    let len = u16::try_from(packet.len()).expect("small message");
+    stream.write_all(&len.to_be_bytes()).await.expect("write");
+    stream.write_all(packet).await.expect("write");
+    let mut len = [0u8; 2];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut len))
+        .await
+        .expect("reply before the deadline")
+        .expect("read length");
+    let mut reply = vec![0; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply).await.expect("read reply");
+    reply
+}
+
+#[tokio::test]
+async fn large_answers_set_tc_over_udp_and_come_whole_over_tcp() {
+    let shutdown = CancellationToken::new();
+    let handle = start(&shutdown).await;
+    let many: Vec<String> = (0..100).map(|i| format!("10.1.0.{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    handle.publish(
+        Snapshot::new(ZONE, 5, vec![service("shop", "big", &many)]).expect("valid snapshot"),
+    );
+    let packet = message(OpCode::Query, &[("big.shop.svc.global.", RecordType::A)])
+        .to_vec()
+        .expect("encode");
+
+    // No EDNS: RFC 1035 §4.2.1 limits UDP to 512 octets, so the reply is truncated.
+    let udp = udp_exchange(handle.local_addr(), &packet).await;
+    assert!(udp.len() <= 512, "{} octets over UDP", udp.len());
+    let udp = Message::from_vec(&udp).expect("decodable reply");
+    assert!(udp.metadata.truncation, "TC set on a truncated UDP answer");
+    assert!(udp.answers.len() < 100);
+
+    let tcp = Message::from_vec(&tcp_exchange(handle.local_addr(), &packet).await)
+        .expect("decodable reply");
+    assert!(!tcp.metadata.truncation);
+    let got: Vec<String> = tcp.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(got, many, "all addresses, in order, over TCP");
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn tcp_answers_several_queries_on_one_connection() {
     let shutdown = CancellationToken::new();
