@@ -1,0 +1,452 @@
+//! Real WireGuard between two gateways in two network namespaces joined by a veth pair.
+//!
+//! Each gateway runs on its own thread that has `setns`-ed into its namespace, so its TUN
+//! device, UDP socket and netlink socket live there. Traffic is only ever sent to addresses
+//! inside the namespaces these tests create. Needs root (CI runs as root) and `ip`/`ping`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use causeway_gateway::{Config, Handle, PeerSpec, generate_private_key, start};
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "cwgt-";
+const TUN: &str = "cwt0";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[test]
+fn two_gateways_carry_ping_and_tcp_through_the_tunnel_despite_garbage() -> Result<()> {
+    require_root()?;
+    let (a, b) = linked_pair("tun")?;
+    let ga = Gateway::start(&a, "10.250.0.1:51820", "10.251.1.1")?;
+    let gb = Gateway::start(&b, "10.250.0.2:51820", "10.251.2.1")?;
+
+    // Garbage before the peers even exist, to both sides.
+    let sent = send_garbage(&a.name, "10.250.0.2:51820".parse()?, 50, None)?;
+    ensure!(sent == 50);
+
+    ga.set_peers(vec![peer(&gb, "10.250.0.2:51820", "10.251.2.0/24")])?;
+    gb.set_peers(vec![peer(&ga, "10.250.0.1:51820", "10.251.1.0/24")])?;
+
+    let routes = a.ip(&["route", "show", "dev", TUN])?;
+    ensure!(
+        routes.contains("10.251.2.0/24") && routes.contains("src 10.251.1.1"),
+        "route into the TUN device with prefsrc missing: {routes:?}"
+    );
+
+    // The first handshake takes a moment: retry ping until the deadline.
+    poll("ping 10.251.2.1 from 10.251.1.1 in A", || {
+        let out = a.exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "1",
+            "-I",
+            "10.251.1.1",
+            "10.251.2.1",
+        ])?;
+        Ok(out.status.success())
+    })?;
+
+    // Keep garbage flowing into B's WireGuard port while a TCP transfer crosses the tunnel.
+    let stop = Arc::new(AtomicBool::new(false));
+    let garbage = {
+        let stop = stop.clone();
+        let ns = a.name.clone();
+        thread::spawn(move || send_garbage(&ns, "10.250.0.2:51820".parse()?, 20_000, Some(stop)))
+    };
+    let transfer = tcp_transfer(&a.name, &b.name, "10.251.2.1:5001".parse()?, 1 << 20);
+    stop.store(true, Ordering::Relaxed);
+    let garbage_sent = garbage.join().expect("garbage thread panicked")?;
+    transfer?;
+    ensure!(garbage_sent > 0);
+
+    poll("B counts the garbage", || {
+        let s = gb.device_stats();
+        Ok(s.malformed_datagrams + s.unknown_peer_datagrams > 0)
+    })?;
+    let stats_b = gb.stats();
+    ensure!(stats_b.len() == 1, "B has one peer: {stats_b:?}");
+    ensure!(stats_b[0].public_key == ga.handle.public_key());
+    ensure!(stats_b[0].last_handshake.is_some(), "{stats_b:?}");
+    ensure!(
+        stats_b[0].rx_bytes >= 1 << 20,
+        "B received the transfer: {stats_b:?}"
+    );
+    let stats_a = ga.stats();
+    ensure!(
+        stats_a[0].tx_bytes >= 1 << 20,
+        "A sent the transfer: {stats_a:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn set_peers_keeps_kernel_routes_in_sync_and_shutdown_removes_the_device() -> Result<()> {
+    require_root()?;
+    let (a, _b) = linked_pair("rt")?;
+    let ga = Gateway::start(&a, "10.250.0.1:51820", "10.251.1.1")?;
+    let key_b = causeway_gateway::public_key(&generate_private_key());
+    let key_c = causeway_gateway::public_key(&generate_private_key());
+    let spec = |key, cidrs: &[&str]| PeerSpec {
+        public_key: key,
+        endpoint: "10.250.0.2:51820".parse().expect("literal"),
+        allowed_ips: cidrs.iter().map(|c| c.parse().expect("literal")).collect(),
+    };
+
+    ga.set_peers(vec![
+        spec(key_b, &["10.251.2.0/24", "10.252.0.0/16"]),
+        spec(key_c, &["10.253.0.0/16"]),
+    ])?;
+    let routes = a.ip(&["route", "show", "dev", TUN])?;
+    for cidr in ["10.251.2.0/24", "10.252.0.0/16", "10.253.0.0/16"] {
+        ensure!(routes.contains(cidr), "{cidr} missing: {routes:?}");
+    }
+
+    ga.set_peers(vec![spec(key_b, &["10.251.2.0/24"])])?;
+    let routes = a.ip(&["route", "show", "dev", TUN])?;
+    ensure!(routes.contains("10.251.2.0/24"), "{routes:?}");
+    ensure!(
+        !routes.contains("10.252.0.0/16"),
+        "stale route left: {routes:?}"
+    );
+    ensure!(
+        !routes.contains("10.253.0.0/16"),
+        "stale route left: {routes:?}"
+    );
+    ensure!(ga.stats().len() == 1);
+
+    ga.set_peers(vec![])?;
+    let routes = a.ip(&["route", "show", "dev", TUN])?;
+    ensure!(routes.trim().is_empty(), "routes left: {routes:?}");
+
+    let ns = a.name.clone();
+    drop(ga);
+    poll("TUN device gone after shutdown", || {
+        let out = Command::new("ip")
+            .args(["-n", &ns, "link", "show", TUN])
+            .output()?;
+        Ok(!out.status.success())
+    })?;
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("these tests need root (network namespaces, TUN); CI runs them as root");
+    }
+    for tool in ["ip", "ping"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .status
+            .success();
+        ensure!(
+            found,
+            "`{tool}` not found: install iproute2 and iputils-ping"
+        );
+    }
+    Ok(())
+}
+
+/// A network namespace this test created; deleted on drop, even on panic.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Result<Self> {
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    fn exec(&self, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        Ok(Command::new("ip").args(&full).output()?)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Two namespaces `cwgt-<pid>-<tag>-a/b` joined by a veth pair 10.250.0.1/24 <-> .2/24, with
+/// "cluster" addresses 10.251.1.1 and 10.251.2.1 on their loopbacks.
+fn linked_pair(tag: &str) -> Result<(Netns, Netns)> {
+    remove_stale_namespaces();
+    let base = format!("{PREFIX}{}-{tag}", std::process::id());
+    let a = Netns::create(format!("{base}-a"))?;
+    let b = Netns::create(format!("{base}-b"))?;
+    run(
+        "ip",
+        &[
+            "link", "add", "veth-a", "netns", &a.name, "type", "veth", "peer", "name", "veth-b",
+            "netns", &b.name,
+        ],
+    )?;
+    for (ns, dev, addr, cluster) in [
+        (&a, "veth-a", "10.250.0.1/24", "10.251.1.1/32"),
+        (&b, "veth-b", "10.250.0.2/24", "10.251.2.1/32"),
+    ] {
+        ns.ip(&["addr", "add", addr, "dev", dev])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+        ns.ip(&["addr", "add", cluster, "dev", "lo"])?;
+    }
+    Ok((a, b))
+}
+
+/// Deletes `cwgt-<pid>-…` namespaces whose process is gone (an earlier run that was killed).
+fn remove_stale_namespaces() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+/// A gateway running on its own thread inside a namespace; stopped and joined on drop.
+struct Gateway {
+    handle: Handle,
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Gateway {
+    fn start(ns: &Netns, listen: &str, cluster_addr: &str) -> Result<Self> {
+        let config = Config {
+            private_key: generate_private_key(),
+            listen: listen.parse()?,
+            tun_name: TUN.to_owned(),
+            mtu: causeway_gateway::DEFAULT_MTU,
+            persistent_keepalive: None,
+            route_source: Some(cluster_addr.parse::<IpAddr>()?),
+        };
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = ns.name.clone();
+        let token = shutdown.clone();
+        let thread = thread::spawn(move || {
+            let started = (|| -> Result<_> {
+                enter(&name)?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                Ok(rt)
+            })();
+            let rt = match started {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match start(config, token.clone()).await {
+                    Ok(handle) => {
+                        let _ = tx.send(Ok(handle));
+                        token.cancelled().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::Error::new(e).context("starting gateway")));
+                    }
+                }
+            });
+        });
+        let handle = rx
+            .recv_timeout(DEADLINE)
+            .context("gateway thread did not report")??;
+        Ok(Self {
+            handle,
+            shutdown,
+            thread: Some(thread),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    fn set_peers(&self, peers: Vec<PeerSpec>) -> Result<()> {
+        Ok(self.runtime.block_on(self.handle.set_peers(peers))?)
+    }
+
+    fn stats(&self) -> Vec<causeway_gateway::PeerStats> {
+        self.runtime.block_on(self.handle.stats())
+    }
+
+    fn device_stats(&self) -> causeway_gateway::DeviceStats {
+        self.runtime.block_on(self.handle.device_stats())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn peer(other: &Gateway, endpoint: &str, cidr: &str) -> PeerSpec {
+    PeerSpec {
+        public_key: other.handle.public_key(),
+        endpoint: endpoint.parse().expect("literal"),
+        allowed_ips: vec![cidr.parse().expect("literal")],
+    }
+}
+
+/// Moves the calling thread into network namespace `name`.
+fn enter(name: &str) -> Result<()> {
+    let file = File::open(format!("/var/run/netns/{name}"))
+        .with_context(|| format!("opening netns {name}"))?;
+    // SAFETY: setns with a valid namespace fd affects only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
+}
+
+/// Runs `f` on a fresh thread inside namespace `ns`.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> JoinHandle<Result<T>> {
+    let ns = ns.to_owned();
+    thread::spawn(move || {
+        enter(&ns)?;
+        f()
+    })
+}
+
+/// Sends up to `count` garbage datagrams of assorted shapes from inside `ns` to `to`, stopping
+/// early when `stop` is set. Returns how many were sent.
+fn send_garbage(
+    ns: &str,
+    to: SocketAddr,
+    count: usize,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<usize> {
+    in_ns(ns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let mut sent = 0;
+        for i in 0..count {
+            if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                break;
+            }
+            let mut datagram = vec![(i % 7) as u8; 1 + (i * 37) % 300];
+            if i % 3 == 0 {
+                // Looks like a data message for a receiver index nobody has.
+                datagram.resize(64, 0xaa);
+                datagram[..4].copy_from_slice(&4u32.to_le_bytes());
+            }
+            socket.send_to(&datagram, to)?;
+            sent += 1;
+            if i % 100 == 99 {
+                thread::sleep(Duration::from_millis(1)); // pace it; not waiting for a result
+            }
+        }
+        Ok(sent)
+    })
+    .join()
+    .expect("garbage sender panicked")
+}
+
+/// Streams `len` bytes of a known pattern from namespace `from_ns` to `to` (a listener in
+/// `to_ns`) and checks they arrive byte-exact.
+fn tcp_transfer(from_ns: &str, to_ns: &str, to: SocketAddr, len: usize) -> Result<()> {
+    let pattern = |i: usize| (i.wrapping_mul(31) % 251) as u8;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(to_ns, move || {
+        let listener = TcpListener::bind(to)?;
+        ready_tx.send(())?;
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        let mut received = Vec::with_capacity(len);
+        stream.read_to_end(&mut received)?;
+        Ok(received)
+    });
+    ready_rx
+        .recv_timeout(DEADLINE)
+        .context("TCP server did not start")?;
+    let client = in_ns(from_ns, move || {
+        let mut stream = TcpStream::connect_timeout(&to, DEADLINE)?;
+        stream.set_write_timeout(Some(DEADLINE))?;
+        let data: Vec<u8> = (0..len).map(pattern).collect();
+        stream.write_all(&data)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        Ok(())
+    });
+    client.join().expect("client panicked")?;
+    let received = server.join().expect("server panicked")?;
+    ensure!(
+        received.len() == len,
+        "received {} of {len} bytes",
+        received.len()
+    );
+    if let Some(i) = (0..len).find(|&i| received[i] != pattern(i)) {
+        bail!("byte {i} differs");
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns true or [`DEADLINE`] passes.
+fn poll(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for: {what}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
