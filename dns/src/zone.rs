@@ -24,9 +24,11 @@ use crate::Error;
 /// name: queries for it get NOERROR with no records (NODATA), not NXDOMAIN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRecords {
-    /// The namespace: a single DNS label (letters, digits, `-`), matched case-insensitively.
+    /// The namespace: a single RFC 1123 label (letters, digits, inner `-`), matched
+    /// case-insensitively.
     pub namespace: String,
-    /// The service name: a single DNS label (letters, digits, `-`), matched case-insensitively.
+    /// The service name: a single RFC 1123 label (letters, digits, inner `-`), matched
+    /// case-insensitively.
     pub name: String,
     /// Addresses best-first; duplicates are dropped (RFC 2181 §5: an RRset holds no duplicates).
     pub addresses: Vec<IpAddr>,
@@ -294,7 +296,7 @@ pub enum NameProblem {
     Empty,
     #[error("the root zone cannot be served")]
     Root,
-    #[error("not a single label of letters, digits and '-'")]
+    #[error("not a single RFC 1123 label (letters, digits, '-' not at either end)")]
     NotALabel,
     #[error("label longer than 63 octets")]
     LabelTooLong,
@@ -338,8 +340,8 @@ fn service_name(apex: &Name, service: &ServiceRecords) -> Result<Name, Error> {
         .to_lowercase())
 }
 
-/// Kubernetes names are RFC 1123 labels; accepting only letters, digits and `-` keeps every
-/// name printable and free of escapes (no dots: a dot would add a level to the tree).
+/// Kubernetes names are RFC 1123 §2.1 labels (letters, digits, `-` inside); holding to that
+/// keeps every name printable and free of escapes (no dots: a dot would add a level to the tree).
 fn check_label(label: &str) -> Result<(), NameProblem> {
     if label.is_empty() {
         return Err(NameProblem::Empty);
@@ -347,10 +349,10 @@ fn check_label(label: &str) -> Result<(), NameProblem> {
     if label.len() > 63 {
         return Err(NameProblem::LabelTooLong);
     }
-    if !label
+    let ldh = label
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ldh || label.starts_with('-') || label.ends_with('-') {
         return Err(NameProblem::NotALabel);
     }
     Ok(())

@@ -260,6 +260,8 @@ fn snapshot_rejects_service_names_that_are_not_single_labels() {
         ("shop", "web.evil", NameProblem::NotALabel),
         ("sh op", "web", NameProblem::NotALabel),
         ("shop", "w_b", NameProblem::NotALabel),
+        ("shop", "-web", NameProblem::NotALabel),
+        ("shop", "web-", NameProblem::NotALabel),
         ("shop", &*"a".repeat(64), NameProblem::LabelTooLong),
     ];
     for (namespace, svc, expected) in cases {
@@ -306,4 +308,124 @@ fn snapshot_rejects_duplicate_services_case_insensitively() {
         matches!(result, Err(Error::DuplicateService { ref namespace, ref name }) if namespace == "SHOP" && name == "Web"),
         "got {result:?}"
     );
+}
+
+mod invariants {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("shop".to_owned()),
+            Just("web".to_owned()),
+            Just("Web".to_owned()),
+            // Valid labels and ones Snapshot must reject (a trailing '-'); hickory itself
+            // refuses a leading '-', so queries never carry one.
+            "[a-zA-Z0-9][a-zA-Z0-9-]{0,7}",
+        ]
+    }
+
+    fn address() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u8..4).prop_map(|i| IpAddr::from([10, 0, 0, i])),
+            (0u16..4).prop_map(|i| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, i])),
+        ]
+    }
+
+    fn services() -> impl Strategy<Value = Vec<ServiceRecords>> {
+        prop::collection::vec(
+            (label(), label(), prop::collection::vec(address(), 0..6)).prop_map(
+                |(namespace, name, addresses)| ServiceRecords {
+                    namespace,
+                    name,
+                    addresses,
+                },
+            ),
+            0..6,
+        )
+    }
+
+    fn query_name() -> impl Strategy<Value = String> {
+        let in_zone = prop::collection::vec(label(), 0..4).prop_map(|labels| {
+            let mut name = labels.join(".");
+            if !name.is_empty() {
+                name.push('.');
+            }
+            name + "svc.global."
+        });
+        prop_oneof![
+            in_zone,
+            Just("global.".to_owned()),
+            Just("example.com.".to_owned()),
+        ]
+    }
+
+    fn query_type() -> impl Strategy<Value = RecordType> {
+        prop::sample::select(vec![
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::SOA,
+            RecordType::NS,
+            RecordType::TXT,
+            RecordType::ANY,
+            RecordType::AXFR,
+        ])
+    }
+
+    proptest! {
+        /// Whatever the zone holds and whatever is asked, the answer obeys RFC 1034/2308.
+        #[test]
+        fn answers_obey_the_rfc_shape(
+            services in services(),
+            qname in query_name(),
+            qtype in query_type(),
+        ) {
+            // Duplicates are rejected; the invariant is about snapshots that exist.
+            let Ok(snapshot) = Snapshot::new("svc.global", TTL, services.clone()) else {
+                return Ok(());
+            };
+            let asked = name(&qname);
+            let answer = snapshot.answer(&asked, qtype);
+            let in_zone = name("svc.global.").zone_of(&asked);
+
+            if !in_zone || qtype == RecordType::AXFR {
+                prop_assert_eq!(answer, Answer::Refused);
+                return Ok(());
+            }
+            prop_assert!(answer.authoritative());
+            match answer {
+                Answer::Records(records) => {
+                    prop_assert!(!records.is_empty());
+                    for record in records {
+                        prop_assert_eq!(LowerName::new(&record.name), asked.clone());
+                        prop_assert!(qtype == RecordType::ANY || record.record_type() == qtype);
+                        prop_assert_eq!(record.ttl, TTL);
+                    }
+                }
+                Answer::NoData { soa } | Answer::NxDomain { soa } => {
+                    prop_assert!(matches!(soa, [s] if s.record_type() == RecordType::SOA));
+                }
+                Answer::Refused => prop_assert!(false, "refused inside the zone"),
+            }
+
+            // A service's own name always exists, and A answers its v4 addresses in order.
+            for service in &services {
+                let own = name(&format!("{}.{}.svc.global.", service.name, service.namespace));
+                if own != asked {
+                    continue;
+                }
+                prop_assert_ne!(answer.rcode(), ResponseCode::NXDomain);
+                if qtype == RecordType::A {
+                    let mut expected: Vec<String> = Vec::new();
+                    for a in service.addresses.iter().filter(|a| a.is_ipv4()) {
+                        if !expected.contains(&a.to_string()) {
+                            expected.push(a.to_string());
+                        }
+                    }
+                    prop_assert_eq!(data(&answer), expected);
+                }
+            }
+        }
+    }
 }
