@@ -531,7 +531,7 @@ async fn serve_reports_bad_zone_and_busy_port() {
 /// `dig` is what operators reach for; CI installs it (Debian dnsutils). Without it the test
 /// fails loudly rather than skipping: set CAUSEWAY_SKIP_DIG=1 to opt out explicitly.
 #[tokio::test]
-async fn dig_gets_the_addresses_in_order() {
+async fn dig_gets_addresses_in_order_and_nxdomain_with_soa() {
     if std::env::var_os("CAUSEWAY_SKIP_DIG").is_some() {
         return;
     }
@@ -562,5 +562,20 @@ async fn dig_gets_the_addresses_in_order() {
     for output in outputs {
         assert_eq!(output, "10.102.0.10\n10.101.0.10\n");
     }
+
+    let output = tokio::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port, "nope.shop.svc.global", "A"])
+        .args(["+norec", "+time=5", "+tries=1"])
+        .output()
+        .await
+        .expect("dig is installed (apt-get install dnsutils)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("status: NXDOMAIN"), "{text}");
+    assert!(text.contains("flags: qr aa"), "{text}");
+    assert!(text.contains("AUTHORITY: 1"), "{text}");
+    assert!(
+        text.contains("svc.global.\t\t5\tIN\tSOA\tns.svc.global. hostmaster.svc.global."),
+        "{text}"
+    );
     shutdown.cancel();
 }
