@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{Edns, LowerQuery, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::DNSClass;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -42,13 +42,6 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let response_edns = request.edns.as_ref().map(|req| {
-            let mut edns = Edns::new();
-            edns.set_version(EDNS_VERSION);
-            edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns
-        });
-
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let snapshot = self.current.load_full();
         let answer = match check_message(request) {
@@ -56,9 +49,7 @@ impl RequestHandler for Handler {
                 metadata.response_code = rcode;
                 None
             }
-            Ok(()) => {
-                // check_message guarantees exactly one question.
-                let query = &request.queries.queries()[0];
+            Ok(query) => {
                 let answer = if query.query_class() == DNSClass::IN {
                     snapshot.answer(query.name(), query.query_type())
                 } else {
@@ -71,10 +62,14 @@ impl RequestHandler for Handler {
             }
         };
 
-        let mut response_edns = response_edns;
-        if let Some(edns) = response_edns.as_mut() {
+        // RFC 6891 §7: a query with OPT gets an OPT back, carrying the upper rcode bits.
+        let response_edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_version(EDNS_VERSION);
+            edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             edns.set_rcode_high(metadata.response_code.high());
-        }
+            edns
+        });
         let answers = answer.map_or(&[][..], |a| a.answers());
         let authority = answer.map_or(&[][..], |a| a.authority());
         let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
@@ -100,8 +95,9 @@ impl RequestHandler for Handler {
     }
 }
 
-/// The checks RFC 1035 §4.1.1 and RFC 6891 §6.1.3 make before looking at the zone.
-fn check_message(request: &Request) -> Result<(), ResponseCode> {
+/// The checks RFC 1035 §4.1.1 and RFC 6891 §6.1.3 make before looking at the zone; on success,
+/// the one question.
+fn check_message(request: &Request) -> Result<&LowerQuery, ResponseCode> {
     if request.metadata.message_type != MessageType::Query {
         return Err(ResponseCode::FormErr);
     }
@@ -113,9 +109,9 @@ fn check_message(request: &Request) -> Result<(), ResponseCode> {
     {
         return Err(ResponseCode::BADVERS);
     }
-    // Exactly one question: RFC 9619 makes QDCOUNT > 1 a FORMERR for QUERY.
-    if request.queries.len() != 1 {
-        return Err(ResponseCode::FormErr);
+    // Exactly one question: RFC 9619 makes QDCOUNT != 1 a FORMERR for QUERY.
+    match request.queries.queries() {
+        [query] => Ok(query),
+        _ => Err(ResponseCode::FormErr),
     }
-    Ok(())
 }
