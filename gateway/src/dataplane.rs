@@ -5,7 +5,7 @@
 //! through an [`Io`] (send this datagram to that address, write this packet to the TUN device).
 //! Its unit tests wire two data planes together in memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use boringtun::noise::errors::WireGuardError;
@@ -30,11 +30,22 @@ pub trait Io {
     fn write_tun(&mut self, packet: &[u8]);
 }
 
-/// Kernel routes to add and remove after [`DataPlane::set_peers`].
+/// Kernel routes to add and remove to get from what is installed to what is desired.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RouteChanges {
     pub add: Vec<IpNet>,
     pub remove: Vec<IpNet>,
+}
+
+impl RouteChanges {
+    /// The shell keeps the set it managed to install; diffing against it (rather than against
+    /// the previous desired set) retries whatever failed last time.
+    pub fn between(installed: &BTreeSet<IpNet>, desired: &BTreeSet<IpNet>) -> Self {
+        Self {
+            add: desired.difference(installed).copied().collect(),
+            remove: installed.difference(desired).copied().collect(),
+        }
+    }
 }
 
 /// See the module docs.
@@ -68,9 +79,9 @@ impl DataPlane {
     }
 
     /// Applies a full desired peer set (see [`PeerTable::set_peers`]): tunnels are created for
-    /// new keys and dropped for removed ones; everyone else keeps their sessions. Returns the
-    /// kernel route changes for the shell to apply.
-    pub fn set_peers(&mut self, peers: Vec<PeerSpec>) -> Result<RouteChanges, Rejected> {
+    /// new keys and dropped for removed ones; everyone else keeps their sessions. Our own key is
+    /// ignored. Returns the kernel routes that should now point into the TUN device.
+    pub fn set_peers(&mut self, peers: Vec<PeerSpec>) -> Result<BTreeSet<IpNet>, Rejected> {
         let own = self.public_key();
         let peers = peers.into_iter().filter(|p| p.public_key != own).collect();
         let changes = self.table.set_peers(peers)?;
@@ -88,10 +99,7 @@ impl DataPlane {
             self.tunnels.insert(id, tunnel);
             info!(peer = id.tunnel_index(), key = %peers::hex(&key), "Peer added");
         }
-        Ok(RouteChanges {
-            add: changes.routes_added,
-            remove: changes.routes_removed,
-        })
+        Ok(self.table.routes())
     }
 
     /// An IP packet the kernel routed into the TUN device: encrypt it for the peer that owns
@@ -141,6 +149,7 @@ impl DataPlane {
                     );
                 }
                 if self.table.handle_authenticated(id, from) {
+                    self.counters.endpoint_roams += 1;
                     info!(peer = id.tunnel_index(), endpoint = %from, "Peer roamed");
                 }
             }

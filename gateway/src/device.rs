@@ -6,6 +6,7 @@
 //! apply the data plane's route changes over netlink. Every decision is in
 //! [`crate::dataplane`].
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -44,6 +45,7 @@ pub(crate) async fn spawn(
         index: tun.index,
         dev: tun.name.clone(),
         source: config.route_source,
+        installed: BTreeSet::new(),
     };
     let link = LinkUnspec::new_with_index(tun.index)
         .mtu(u32::from(config.mtu))
@@ -124,7 +126,9 @@ impl Driver {
                         let n = match guard.try_io(|fd| read(fd.as_raw_fd(), &mut self.tun_buf)) {
                             Ok(Ok(n)) => n,
                             Ok(Err(e)) => {
+                                // Wait for the next readiness edge rather than spin on it.
                                 debug!(error = %e, "TUN read failed");
+                                guard.clear_ready();
                                 break;
                             }
                             Err(_would_block) => break,
@@ -159,7 +163,7 @@ impl Driver {
         match command {
             Command::SetPeers(peers, reply) => {
                 let result = match self.plane.set_peers(peers) {
-                    Ok(changes) => self.routes.apply(changes).await,
+                    Ok(desired) => self.routes.apply(&desired).await,
                     Err(rejected) => Err(rejected.into()),
                 };
                 let _ = reply.send(result);
@@ -207,18 +211,28 @@ struct Routes {
     index: u32,
     dev: String,
     source: Option<IpAddr>,
+    /// Routes this process installed and has not removed.
+    installed: BTreeSet<IpNet>,
 }
 
 impl Routes {
-    /// Removes then adds; keeps going past errors and returns the first.
-    async fn apply(&self, changes: RouteChanges) -> Result<(), Error> {
+    /// Brings the installed routes to `desired`: removes, then adds (`replace`, so a route
+    /// someone else made for the same prefix is taken over). Keeps going past errors and
+    /// returns the first; what failed is retried on the next call.
+    async fn apply(&mut self, desired: &BTreeSet<IpNet>) -> Result<(), Error> {
+        let changes = RouteChanges::between(&self.installed, desired);
         let mut first_error = None;
         for cidr in changes.remove {
             let result = self.netlink.route().del(self.message(cidr)).execute().await;
             match result {
-                Ok(()) => debug!(%cidr, "Route removed"),
-                // Already gone (removed by hand, or the device was recreated): the goal holds.
-                Err(e) if is_no_such_route(&e) => {}
+                Ok(()) => {
+                    self.installed.remove(&cidr);
+                    debug!(%cidr, "Route removed");
+                }
+                // Already gone (removed by hand): the goal holds.
+                Err(e) if is_no_such_route(&e) => {
+                    self.installed.remove(&cidr);
+                }
                 Err(source) => {
                     first_error.get_or_insert(self.error("removing", cidr, source));
                 }
@@ -233,7 +247,10 @@ impl Routes {
                 .execute()
                 .await;
             match result {
-                Ok(()) => debug!(%cidr, "Route added"),
+                Ok(()) => {
+                    self.installed.insert(cidr);
+                    debug!(%cidr, "Route added");
+                }
                 Err(source) => {
                     first_error.get_or_insert(self.error("adding", cidr, source));
                 }

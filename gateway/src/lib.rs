@@ -89,6 +89,8 @@ pub struct DeviceStats {
     pub malformed_tun_packets: u64,
     /// Datagrams or packets dropped because the socket or TUN queue was full.
     pub send_drops: u64,
+    /// Times a peer's endpoint moved because it was heard, authenticated, from a new address.
+    pub endpoint_roams: u64,
 }
 
 /// Errors from [`start`] and [`Handle`].

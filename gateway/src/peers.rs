@@ -32,14 +32,12 @@ impl PeerId {
 /// boringtun shifts the tunnel index left by 8 bits, so only 24 bits are usable.
 const MAX_INDEX: u32 = (1 << 24) - 1;
 
-/// What a call to [`PeerTable::set_peers`] changed. The shell creates a tunnel for every added
-/// peer, drops the tunnels of removed peers, and applies the route changes.
+/// What a call to [`PeerTable::set_peers`] changed. The caller creates a tunnel for every
+/// added peer and drops the tunnels of removed peers. Routes follow from [`PeerTable::routes`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub added: Vec<(PeerId, [u8; 32])>,
     pub removed: Vec<PeerId>,
-    pub routes_added: Vec<IpNet>,
-    pub routes_removed: Vec<IpNet>,
 }
 
 /// A desired peer set that cannot be applied.
@@ -88,9 +86,7 @@ impl PeerTable {
     /// their tunnel and sessions); their endpoint and allowed IPs are updated in place. A peer
     /// whose key is new is added; a key no longer present is removed. A peer's endpoint is
     /// only reset when its configured endpoint changed, so repeating the same set does not undo
-    /// roaming. Routes are the union of
-    /// all allowed IPs (normalised to their network address); the diff against the previous
-    /// union is returned. On error nothing changes.
+    /// roaming. On error nothing changes.
     pub fn set_peers(&mut self, desired: Vec<PeerSpec>) -> Result<Changes, Rejected> {
         let mut seen = BTreeSet::new();
         for spec in &desired {
@@ -106,7 +102,6 @@ impl PeerTable {
             return Err(Rejected::IndexSpaceExhausted);
         }
 
-        let routes_before = self.routes();
         let mut changes = Changes::default();
 
         let gone: Vec<PeerId> = self
@@ -150,9 +145,6 @@ impl PeerTable {
             }
         }
 
-        let routes_after = self.routes();
-        changes.routes_added = routes_after.difference(&routes_before).copied().collect();
-        changes.routes_removed = routes_before.difference(&routes_after).copied().collect();
         Ok(changes)
     }
 
@@ -212,7 +204,8 @@ impl PeerTable {
         self.peers.keys().copied()
     }
 
-    /// The routes the kernel should send into the TUN device.
+    /// The routes the kernel should send into the TUN device: the union of all allowed IPs,
+    /// normalised to their network address.
     pub fn routes(&self) -> BTreeSet<IpNet> {
         self.peers
             .values()
@@ -323,7 +316,7 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(first.added.len(), 3);
-        assert_eq!(first.routes_added.len(), 3);
+        assert_eq!(table.routes().len(), 3);
         let [a, b, c] = [1, 2, 3].map(|k| table.lookup_by_key(&[k; 32]).unwrap());
 
         // Peer 1 unchanged; peer 2 moves endpoint and gains a CIDR; peer 3 is re-keyed to 4.
@@ -337,8 +330,18 @@ mod tests {
         let d = table.lookup_by_key(&[4; 32]).unwrap();
         assert_eq!(second.added, vec![(d, [4; 32])]);
         assert_eq!(second.removed, vec![c]);
-        assert_eq!(second.routes_added, vec![net("10.112.0.0/16")]);
-        assert!(second.routes_removed.is_empty(), "10.103/16 still routed");
+        let routes: Vec<IpNet> = table.routes().into_iter().collect();
+        assert_eq!(
+            routes,
+            [
+                "10.101.0.0/16",
+                "10.102.0.0/16",
+                "10.103.0.0/16",
+                "10.112.0.0/16"
+            ]
+            .map(net),
+            "10.103/16 still routed via the re-keyed peer"
+        );
         assert_eq!(table.lookup_by_key(&[1; 32]), Some(a));
         assert_eq!(table.lookup_by_key(&[2; 32]), Some(b));
         assert_eq!(table.endpoint(b), Some("10.0.0.22:51820".parse().unwrap()));
@@ -346,17 +349,21 @@ mod tests {
 
         let third = table.set_peers(vec![]).unwrap();
         assert_eq!(third.removed, vec![a, b, d]);
-        assert_eq!(third.routes_removed.len(), 4);
+        assert!(table.routes().is_empty());
         assert_eq!(table.ids().count(), 0);
     }
 
     #[test]
     fn allowed_ips_are_normalised_to_their_network() {
         let mut table = PeerTable::new();
-        let changes = table
+        table
             .set_peers(vec![spec(1, "10.0.0.1:51820", &["10.101.3.4/16"])])
             .unwrap();
-        assert_eq!(changes.routes_added, vec![net("10.101.0.0/16")]);
+        assert_eq!(
+            table.routes().into_iter().collect::<Vec<_>>(),
+            vec![net("10.101.0.0/16")]
+        );
+        assert!(table.lookup_by_destination(ip("10.101.200.1")).is_some());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -140,6 +140,65 @@ fn set_peers_keeps_kernel_routes_in_sync_and_shutdown_removes_the_device() -> Re
     Ok(())
 }
 
+#[test]
+fn start_and_set_peers_fail_with_typed_errors_and_failed_routes_are_retried() -> Result<()> {
+    require_root()?;
+    let (a, _b) = linked_pair("err")?;
+    // 10.251.9.9 is not (yet) an address of A, so the kernel refuses it as prefsrc.
+    let ga = Gateway::spawn(&a, config("10.250.0.1:51820", TUN, "10.251.9.9"))??;
+
+    let same_tun = Gateway::spawn(&a, config("10.250.0.1:51821", TUN, "10.251.1.1"))?;
+    ensure!(
+        matches!(&same_tun, Err(causeway_gateway::Error::OpenTun { name, .. }) if name == TUN),
+        "second gateway on the same TUN name: {:?}",
+        same_tun.err()
+    );
+    let same_port = Gateway::spawn(&a, config("10.250.0.1:51820", "cwt1", "10.251.1.1"))?;
+    ensure!(
+        matches!(&same_port, Err(causeway_gateway::Error::BindUdp { addr, .. }) if addr.port() == 51820),
+        "second gateway on the same UDP port: {:?}",
+        same_port.err()
+    );
+    let bad_name = Gateway::spawn(
+        &a,
+        config("10.250.0.1:0", "a-name-too-long-for-linux", "10.251.1.1"),
+    )?;
+    ensure!(matches!(
+        bad_name,
+        Err(causeway_gateway::Error::TunName { .. })
+    ));
+
+    let peers = vec![PeerSpec {
+        public_key: causeway_gateway::public_key(&generate_private_key()),
+        endpoint: "10.250.0.2:51820".parse()?,
+        allowed_ips: vec!["10.251.2.0/24".parse()?],
+    }];
+    let refused = ga.try_set_peers(peers.clone());
+    ensure!(
+        matches!(
+            &refused,
+            Err(causeway_gateway::Error::Route {
+                action: "adding",
+                ..
+            })
+        ),
+        "route with a foreign prefsrc: {refused:?}"
+    );
+    ensure!(
+        ga.stats().len() == 1,
+        "the peer set is applied even when a route fails"
+    );
+
+    a.ip(&["addr", "add", "10.251.9.9/32", "dev", "lo"])?;
+    ga.set_peers(peers)?;
+    let routes = a.ip(&["route", "show", "dev", TUN])?;
+    ensure!(
+        routes.contains("10.251.2.0/24") && routes.contains("src 10.251.9.9"),
+        "the same peer set retries the failed route: {routes:?}"
+    );
+    Ok(())
+}
+
 fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -246,56 +305,48 @@ struct Gateway {
 
 impl Gateway {
     fn start(ns: &Netns, listen: &str, cluster_addr: &str) -> Result<Self> {
-        let config = Config {
-            private_key: generate_private_key(),
-            listen: listen.parse()?,
-            tun_name: TUN.to_owned(),
-            mtu: causeway_gateway::DEFAULT_MTU,
-            persistent_keepalive: None,
-            route_source: Some(cluster_addr.parse::<IpAddr>()?),
-        };
+        let config = config(listen, TUN, cluster_addr);
+        Self::spawn(ns, config)?.context("starting gateway")
+    }
+
+    /// Starts a gateway on a thread inside `ns`; the inner result is [`start`]'s own.
+    fn spawn(ns: &Netns, config: Config) -> Result<Result<Self, causeway_gateway::Error>> {
         let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let name = ns.name.clone();
         let token = shutdown.clone();
         let thread = thread::spawn(move || {
-            let started = (|| -> Result<_> {
-                enter(&name)?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                Ok(rt)
-            })();
-            let rt = match started {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
+            enter(&name).expect("entering the test's namespace");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a runtime");
             rt.block_on(async move {
-                match start(config, token.clone()).await {
-                    Ok(handle) => {
-                        let _ = tx.send(Ok(handle));
-                        token.cancelled().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::Error::new(e).context("starting gateway")));
-                    }
+                let started = start(config, token.clone()).await;
+                let ok = started.is_ok();
+                let _ = tx.send(started);
+                if ok {
+                    token.cancelled().await;
                 }
             });
         });
-        let handle = rx
-            .recv_timeout(DEADLINE)
-            .context("gateway thread did not report")??;
-        Ok(Self {
+        let handle = match rx.recv_timeout(DEADLINE) {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(e) => bail!("gateway thread did not report: {e}"),
+        };
+        Ok(Ok(Self {
             handle,
             shutdown,
             thread: Some(thread),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
-        })
+        }))
+    }
+
+    fn try_set_peers(&self, peers: Vec<PeerSpec>) -> Result<(), causeway_gateway::Error> {
+        self.runtime.block_on(self.handle.set_peers(peers))
     }
 
     fn set_peers(&self, peers: Vec<PeerSpec>) -> Result<()> {
@@ -317,6 +368,17 @@ impl Drop for Gateway {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+fn config(listen: &str, tun: &str, route_source: &str) -> Config {
+    Config {
+        private_key: generate_private_key(),
+        listen: listen.parse().expect("literal"),
+        tun_name: tun.to_owned(),
+        mtu: causeway_gateway::DEFAULT_MTU,
+        persistent_keepalive: None,
+        route_source: Some(route_source.parse().expect("literal")),
     }
 }
 

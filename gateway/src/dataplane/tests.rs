@@ -166,6 +166,7 @@ fn authenticated_datagram_from_new_address_roams_the_peer() {
     pair.a.handle_tun_packet(&packet, &mut pair.wa);
     pair.pump();
     assert_eq!(pair.b.peer_stats()[0].endpoint, pair.a_seen_from);
+    assert_eq!(pair.b.counters().endpoint_roams, 1);
 
     // A replayed datagram from yet another address is rejected and does not roam.
     let replay = {
@@ -194,7 +195,7 @@ fn packet_for_destination_nobody_owns_is_counted() {
 fn own_key_in_peer_set_is_ignored_and_removed_peer_stops_routing() {
     let mut pair = Pair::new();
     let own = pair.a.public_key();
-    let changes = pair
+    let routes = pair
         .a
         .set_peers(vec![PeerSpec {
             public_key: own,
@@ -202,13 +203,31 @@ fn own_key_in_peer_set_is_ignored_and_removed_peer_stops_routing() {
             allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
         }])
         .unwrap();
-    assert_eq!(changes.add, Vec::<IpNet>::new());
-    assert_eq!(
-        changes.remove,
-        vec!["10.2.0.0/16".parse::<IpNet>().unwrap()]
+    assert!(
+        routes.is_empty(),
+        "own allowed IPs are not routed into the tunnel"
     );
     let packet = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], b"gone");
     pair.a.handle_tun_packet(&packet, &mut pair.wa);
     assert!(pair.wa.sent.is_empty());
     assert!(pair.a.peer_stats().is_empty());
+}
+
+#[test]
+fn route_changes_retry_what_failed_to_install() {
+    let set =
+        |nets: &[&str]| -> BTreeSet<IpNet> { nets.iter().map(|n| n.parse().unwrap()).collect() };
+    let desired = set(&["10.1.0.0/16", "10.2.0.0/16"]);
+    // 10.2/16 failed to install last time; 10.9/16 failed to be removed.
+    let installed = set(&["10.1.0.0/16", "10.9.0.0/16"]);
+    let changes = RouteChanges::between(&installed, &desired);
+    assert_eq!(changes.add, vec!["10.2.0.0/16".parse::<IpNet>().unwrap()]);
+    assert_eq!(
+        changes.remove,
+        vec!["10.9.0.0/16".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(
+        RouteChanges::between(&desired, &desired),
+        RouteChanges::default()
+    );
 }
