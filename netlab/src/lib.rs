@@ -1,1 +1,31 @@
-//! causeway-netlab (placeholder; being written).
+//! causeway-netlab: whole clusters built from Linux network namespaces on one machine,
+//! running the real `causeway` daemons (whose binary path is passed in; this crate does not
+//! depend on the `causeway` package).
+//!
+//! Module map:
+//! - `topology`: the lab's names and addresses, pure (the addressing every part relies on).
+//! - `ns`: commands with deadlines; namespaces, veths and bridges via `ip`; teardown by prefix.
+//! - `cluster`: supervision of daemon child processes; certificates; services dirs.
+//! - `lab`: [`Lab`]: build, start, wait ready, look from inside pods, tear down on drop.
+//! - `capture`: tcpdump on the wan and a small pcap parser.
+//! - `story`: the six steps the demo prints and the end-to-end test asserts.
+//! - `demo`: `causeway lab demo | up | down`.
+//! - `http`: the pods' tiny HTTP server (`causeway lab http-serve`).
+//! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
+//!
+//! Everything here needs root (namespaces, veths, tcpdump) except the pure parts.
+
+pub mod capture;
+pub mod cluster;
+pub mod demo;
+pub mod http;
+pub mod lab;
+pub mod ns;
+pub mod story;
+pub mod topology;
+pub mod wait;
+
+pub use demo::{DEFAULT_PREFIX, demo, down, up};
+pub use http::http_serve;
+pub use lab::{Lab, LabSpec};
+pub use topology::Topology;

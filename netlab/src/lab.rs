@@ -1,0 +1,563 @@
+//! A whole lab: the topology built, certificates issued, the broker and one gateway per
+//! cluster running, and the ways to look at it from inside a pod.
+//!
+//! [`Lab::up`] builds everything and waits until every gateway answers DNS from its pods;
+//! [`Lab::bare`] builds only the namespaces (no binary needed). Dropping a `Lab` tears it down
+//! (daemons stopped, namespaces and `/etc/netns` dirs removed; logs stay in the work dir).
+//! The steps of the demo live in `story`; the daemons' supervision in `cluster`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::capture::Capture;
+use crate::cluster::{self, CertFor, Daemon, STOP_GRACE};
+use crate::ns;
+use crate::topology::{TUN_NAME, Topology, WAN_BRIDGE};
+use crate::wait::poll_until;
+
+/// Pods in every cluster of the lab.
+pub const PODS_PER_CLUSTER: usize = 2;
+/// How long the broker may take to bind its QUIC port after start.
+const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a gateway may take to answer DNS after start (key generation, TUN, broker dial).
+const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a pod's HTTP server may take to answer after start.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on `exec`: generous, since commands run by the lab carry their own timeouts.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one `getent`: resolv.conf says 1 s × 2 attempts, and the A and AAAA lookups
+/// may each take that.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// curl's own whole-transfer limit, and our bound on the curl process around it.
+const HTTP_TIMEOUT_SECS: u64 = 5;
+
+/// What lab to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Names every namespace (`P-c1-gw`) and the default work dir: lowercase letters and
+    /// digits only. Two labs with different prefixes can run side by side.
+    pub prefix: String,
+    /// The `causeway` binary the lab runs (certs, broker, gateway, http-serve).
+    pub causeway_bin: PathBuf,
+    /// Where certificates, state, services dirs, logs and pid files go; default
+    /// `/tmp/causeway-lab-<prefix>`. Cleared of a previous run's files on start.
+    pub work_dir: Option<PathBuf>,
+    pub clusters: usize,
+}
+
+impl LabSpec {
+    /// Three clusters, default work dir.
+    pub fn new(prefix: &str, causeway_bin: impl Into<PathBuf>) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            causeway_bin: causeway_bin.into(),
+            work_dir: None,
+            clusters: 3,
+        }
+    }
+}
+
+/// The work dir a lab with this prefix uses unless told otherwise.
+pub fn default_work_dir(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/causeway-lab-{prefix}"))
+}
+
+/// A running lab. See the module docs for its life cycle.
+#[derive(Debug)]
+pub struct Lab {
+    spec: LabSpec,
+    topology: Topology,
+    work_dir: PathBuf,
+    broker: Option<Daemon>,
+    gateways: BTreeMap<usize, Daemon>,
+    servers: Vec<Daemon>,
+    /// Set by [`Lab::detach`]: dropping then leaves everything running.
+    detached: bool,
+}
+
+impl Lab {
+    /// Builds the namespaces only: no certificates, no daemons (the binary is not run).
+    /// Leftovers of an earlier run with the same prefix are removed first.
+    pub fn bare(spec: LabSpec) -> anyhow::Result<Self> {
+        let topology = Topology::new(&spec.prefix, spec.clusters, PODS_PER_CLUSTER)?;
+        let work_dir = spec
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| default_work_dir(&spec.prefix));
+        ns::destroy(&topology, STOP_GRACE).context("removing leftovers of an earlier lab")?;
+        clear_work_dir(&work_dir)?;
+        // Constructed before building so that a failure half way is torn down by Drop.
+        let lab = Self {
+            spec,
+            topology,
+            work_dir,
+            broker: None,
+            gateways: BTreeMap::new(),
+            servers: Vec::new(),
+            detached: false,
+        };
+        ns::create(&lab.topology).context("building the lab's namespaces")?;
+        Ok(lab)
+    }
+
+    /// Builds the namespaces, issues certificates, starts the broker and every gateway, and
+    /// returns once each gateway's DNS answers a query sent from one of its pods.
+    pub fn up(spec: LabSpec) -> anyhow::Result<Self> {
+        let mut lab = Self::bare(spec)?;
+        lab.issue_certs()?;
+        lab.start_broker()?;
+        for c in lab.topology.clusters() {
+            lab.spawn_gateway(c)?;
+        }
+        for c in lab.topology.clusters() {
+            lab.wait_gateway_ready(c)?;
+        }
+        Ok(lab)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// Runs `args` inside namespace `ns` and returns its output whatever its exit status.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> anyhow::Result<Output> {
+        Ok(ns::run(&mut ns::exec_in(ns, args), EXEC_TIMEOUT)?)
+    }
+
+    /// Resolves `name` from a pod with `getent hosts` (the pod's resolv.conf points at its
+    /// gateway's DNS) and returns every address in the order the answer listed them,
+    /// duplicates dropped. "Not found" is an empty list, not an error.
+    pub fn resolve(&self, cluster: usize, pod: usize, name: &str) -> anyhow::Result<Vec<IpAddr>> {
+        let ns = self.topology.pod_ns(cluster, pod);
+        let output = ns::run(
+            &mut ns::exec_in(&ns, &["getent", "hosts", name]),
+            RESOLVE_TIMEOUT,
+        )?;
+        // getent: 0 found, 2 not found (NXDOMAIN, no data, or no answer in time).
+        match output.status.code() {
+            Some(0) => Ok(parse_getent_hosts(&String::from_utf8_lossy(&output.stdout))),
+            Some(2) => Ok(Vec::new()),
+            _ => bail!(
+                "getent hosts {name} in {ns} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }
+    }
+
+    /// Fetches `url` with curl from a pod and returns the body; fails on any transport
+    /// error, timeout or non-2xx status.
+    pub fn http_get(&self, cluster: usize, pod: usize, url: &str) -> anyhow::Result<String> {
+        let ns = self.topology.pod_ns(cluster, pod);
+        let max_time = HTTP_TIMEOUT_SECS.to_string();
+        let args = [
+            "curl",
+            "-sS",
+            "--fail",
+            "--connect-timeout",
+            "3",
+            "--max-time",
+            &max_time,
+            url,
+        ];
+        let output = ns::run(
+            &mut ns::exec_in(&ns, &args),
+            Duration::from_secs(HTTP_TIMEOUT_SECS + 5),
+        )?;
+        if !output.status.success() {
+            bail!(
+                "curl {url} from {ns}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Starts `causeway lab http-serve --listen 0.0.0.0:80 --body BODY` in a pod and waits
+    /// until the pod itself gets the body back. Replaces a server already in that pod.
+    pub fn start_http_server(
+        &mut self,
+        cluster: usize,
+        pod: usize,
+        body: &str,
+    ) -> anyhow::Result<()> {
+        let name = format!("c{cluster}-pod{pod}-http");
+        self.servers.retain(|s| s.name() != name);
+        let args: Vec<OsString> = [
+            "lab",
+            "http-serve",
+            "--listen",
+            "0.0.0.0:80",
+            "--body",
+            body,
+        ]
+        .map(OsString::from)
+        .into();
+        let mut server = Daemon::new(
+            &name,
+            &self.topology.pod_ns(cluster, pod),
+            &self.spec.causeway_bin,
+            args,
+            &self.work_dir,
+        );
+        server.start()?;
+        let url = format!("http://{}/", self.topology.pod_addr(cluster, pod));
+        let result = poll_until(
+            &format!("the HTTP server in c{cluster}-pod{pod}"),
+            SERVER_READY_TIMEOUT,
+            || {
+                if let Some(status) = server.exit_status() {
+                    return Err(format!(
+                        "it exited ({status}); log: {}",
+                        tail(&server.log())
+                    ));
+                }
+                match self.http_get(cluster, pod, &url) {
+                    Ok(got) if got == body => Ok(()),
+                    Ok(got) => Err(format!("body {got:?}")),
+                    Err(e) => Err(format!("{e:#}")),
+                }
+            },
+        );
+        self.servers.push(server);
+        result
+    }
+
+    /// The cluster's file-source directory (passed to its gateway as `--source file:DIR`).
+    pub fn services_dir(&self, cluster: usize) -> PathBuf {
+        self.cluster_dir(cluster).join("services")
+    }
+
+    /// Writes (atomically) a service file into a cluster's services dir.
+    pub fn write_service(&self, cluster: usize, file_name: &str, yaml: &str) -> anyhow::Result<()> {
+        cluster::write_service(&self.services_dir(cluster), file_name, yaml)
+    }
+
+    /// Removes a service file from a cluster's services dir.
+    pub fn remove_service(&self, cluster: usize, file_name: &str) -> anyhow::Result<()> {
+        cluster::remove_service(&self.services_dir(cluster), file_name)
+    }
+
+    /// Starts the broker (same state file every time) and waits until its port is bound.
+    pub fn start_broker(&mut self) -> anyhow::Result<()> {
+        let broker_dir = self.work_dir.join("broker");
+        let args: Vec<OsString> = vec![
+            "broker".into(),
+            "--listen".into(),
+            self.topology.broker_listen().to_string().into(),
+            "--state".into(),
+            broker_dir.join("broker.redb").into(),
+            "--tls-dir".into(),
+            broker_dir.join("tls").into(),
+        ];
+        let broker = self.broker.get_or_insert_with(|| {
+            Daemon::new(
+                "broker",
+                &self.topology.broker_ns(),
+                &self.spec.causeway_bin,
+                args,
+                &self.work_dir,
+            )
+        });
+        broker.start()?;
+        let ns = self.topology.broker_ns();
+        let listen = self.topology.broker_listen().to_string();
+        poll_until(
+            "the broker to bind its QUIC port",
+            BROKER_READY_TIMEOUT,
+            || {
+                if let Some(status) = broker.exit_status() {
+                    return Err(format!(
+                        "it exited ({status}); log: {}",
+                        tail(&broker.log())
+                    ));
+                }
+                let sockets = ns::run(&mut ns::exec_in(&ns, &["ss", "-Hnlu"]), EXEC_TIMEOUT)
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .map_err(|e| e.to_string())?;
+                if sockets.contains(&listen) {
+                    Ok(())
+                } else {
+                    Err(format!("no UDP socket on {listen}"))
+                }
+            },
+        )
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after a grace period); its state file stays.
+    pub fn stop_broker(&mut self) {
+        if let Some(broker) = &mut self.broker {
+            broker.stop(STOP_GRACE);
+        }
+    }
+
+    /// The broker's pid while it runs.
+    pub fn broker_pid(&self) -> Option<u32> {
+        self.broker.as_ref().and_then(Daemon::pid)
+    }
+
+    /// Starts a cluster's gateway (again) and waits until its DNS answers from a pod.
+    pub fn start_gateway(&mut self, cluster: usize) -> anyhow::Result<()> {
+        self.spawn_gateway(cluster)?;
+        self.wait_gateway_ready(cluster)
+    }
+
+    /// Stops a cluster's gateway; its state dir (WireGuard key) stays.
+    pub fn stop_gateway(&mut self, cluster: usize) {
+        if let Some(gateway) = self.gateways.get_mut(&cluster) {
+            gateway.stop(STOP_GRACE);
+        }
+    }
+
+    pub fn gateway_log(&self, cluster: usize) -> String {
+        self.gateways
+            .get(&cluster)
+            .map(Daemon::log)
+            .unwrap_or_default()
+    }
+
+    pub fn broker_log(&self) -> String {
+        self.broker.as_ref().map(Daemon::log).unwrap_or_default()
+    }
+
+    /// Where every daemon's log is.
+    pub fn log_dir(&self) -> PathBuf {
+        self.work_dir.join("logs")
+    }
+
+    /// Starts capturing every frame on the wan bridge into `<work>/captures/<name>.pcap`.
+    pub fn capture_wan(&self, name: &str) -> anyhow::Result<Capture> {
+        let dir = self.work_dir.join("captures");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Capture::start(
+            &self.topology.wan_ns(),
+            WAN_BRIDGE,
+            &dir.join(format!("{name}.pcap")),
+        )
+    }
+
+    /// Leaves the lab running when this value is dropped (for `causeway lab up`); `down`
+    /// finds it again by prefix.
+    pub fn detach(mut self) {
+        self.detached = true;
+        for daemon in self.daemons_mut() {
+            daemon.detach();
+        }
+    }
+
+    /// Tears the lab down now, reporting failures (Drop does the same, silently).
+    pub fn down(mut self) -> anyhow::Result<()> {
+        self.detached = true;
+        self.teardown()
+    }
+
+    fn daemons_mut(&mut self) -> impl Iterator<Item = &mut Daemon> {
+        self.servers
+            .iter_mut()
+            .chain(self.gateways.values_mut())
+            .chain(self.broker.as_mut())
+    }
+
+    fn teardown(&mut self) -> anyhow::Result<()> {
+        for daemon in self.daemons_mut() {
+            daemon.stop(STOP_GRACE);
+        }
+        ns::destroy(&self.topology, STOP_GRACE).context("deleting the lab's namespaces")?;
+        Ok(())
+    }
+
+    fn cluster_dir(&self, cluster: usize) -> PathBuf {
+        self.work_dir.join(self.topology.cluster_id(cluster))
+    }
+
+    fn issue_certs(&self) -> anyhow::Result<()> {
+        let bin = &self.spec.causeway_bin;
+        let ca = self.work_dir.join("ca");
+        cluster::certs_init(bin, &ca)?;
+        cluster::certs_issue(
+            bin,
+            &ca,
+            CertFor::Broker,
+            &self.work_dir.join("broker").join("tls"),
+        )?;
+        for c in self.topology.clusters() {
+            let id = self.topology.cluster_id(c);
+            cluster::certs_issue(
+                bin,
+                &ca,
+                CertFor::Cluster(&id),
+                &self.cluster_dir(c).join("tls"),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn spawn_gateway(&mut self, c: usize) -> anyhow::Result<()> {
+        let t = &self.topology;
+        let dir = self.cluster_dir(c);
+        let services = self.services_dir(c);
+        std::fs::create_dir_all(&services)
+            .with_context(|| format!("creating {}", services.display()))?;
+        let mut source = OsString::from("file:");
+        source.push(&services);
+        let args: Vec<OsString> = vec![
+            "gateway".into(),
+            "--cluster-id".into(),
+            t.cluster_id(c).into(),
+            "--broker".into(),
+            t.broker_listen().to_string().into(),
+            "--tls-dir".into(),
+            dir.join("tls").into(),
+            "--source".into(),
+            source,
+            "--wg-listen".into(),
+            t.wg_listen(c).to_string().into(),
+            "--cidr".into(),
+            t.cluster_cidr(c).into(),
+            "--dns-listen".into(),
+            t.dns_listen(c).to_string().into(),
+            "--state-dir".into(),
+            dir.join("state").into(),
+            "--tun-name".into(),
+            TUN_NAME.into(),
+        ];
+        let name = format!("{}-gw", t.cluster_id(c));
+        let ns = t.gw_ns(c);
+        let gateway = self.gateways.entry(c).or_insert_with(|| {
+            Daemon::new(&name, &ns, &self.spec.causeway_bin, args, &self.work_dir)
+        });
+        gateway.start()
+    }
+
+    fn wait_gateway_ready(&mut self, c: usize) -> anyhow::Result<()> {
+        let pod_ns = self.topology.pod_ns(c, 1);
+        let dns = self.topology.dns_listen(c);
+        let Some(gateway) = self.gateways.get_mut(&c) else {
+            bail!("gateway c{c} was never started")
+        };
+        poll_until(
+            &format!("the c{c} gateway's DNS on {dns}"),
+            GATEWAY_READY_TIMEOUT,
+            || {
+                if let Some(status) = gateway.exit_status() {
+                    return Err(format!(
+                        "it exited ({status}); log: {}",
+                        tail(&gateway.log())
+                    ));
+                }
+                dns_answers(&pod_ns, dns)
+            },
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.detached {
+            let _ = self.teardown();
+        }
+    }
+}
+
+/// The addresses of `getent hosts` output ("ADDR NAME [ALIASES]" per line), in order, deduped.
+pub fn parse_getent_hosts(stdout: &str) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    for address in stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<IpAddr>().ok())
+    {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    addresses
+}
+
+/// Removes the files a previous run left in the work dir (only the ones a lab makes).
+fn clear_work_dir(work_dir: &Path) -> anyhow::Result<()> {
+    let mut ours = vec!["ca", "broker", "logs", "pids", "captures"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect::<Vec<_>>();
+    // Any cluster count: a previous run may have had more clusters.
+    ours.extend((1..=9).map(|c| PathBuf::from(format!("c{c}"))));
+    for sub in ours {
+        let path = work_dir.join(sub);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("clearing {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))
+}
+
+/// The last lines of a log, for error messages.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Sends one DNS query (A `probe.netlab.svc.global`) from inside `ns` to `server`; `Ok` if
+/// any well-formed reply with our id comes back, whatever its rcode.
+fn dns_answers(ns: &str, server: SocketAddr) -> Result<(), String> {
+    const ID: u16 = 0x4e4c;
+    let mut query = Vec::new();
+    query.extend_from_slice(&ID.to_be_bytes());
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, one question
+    for label in ["probe", "netlab", "svc", "global"] {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    let socket = ns::in_netns(ns, || UdpSocket::bind("0.0.0.0:0"))
+        .and_then(|bound| bound)
+        .map_err(|e| format!("opening a UDP socket in {ns}: {e}"))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    socket
+        .send_to(&query, server)
+        .map_err(|e| format!("sending to {server}: {e}"))?;
+    let mut reply = [0u8; 512];
+    let (n, _) = socket
+        .recv_from(&mut reply)
+        .map_err(|e| format!("no reply from {server}: {e}"))?;
+    let is_reply = n >= 12 && reply[..2] == ID.to_be_bytes() && reply[2] & 0x80 != 0;
+    if is_reply {
+        Ok(())
+    } else {
+        Err(format!("malformed reply of {n} bytes from {server}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getent_output_keeps_answer_order_and_drops_duplicates() {
+        let out = "10.103.0.10     web.shop.svc.global\n10.101.0.10     web.shop.svc.global\n10.103.0.10 web\n";
+        let want: Vec<IpAddr> = vec![
+            "10.103.0.10".parse().unwrap(),
+            "10.101.0.10".parse().unwrap(),
+        ];
+        assert_eq!(parse_getent_hosts(out), want);
+        assert_eq!(parse_getent_hosts(""), Vec::<IpAddr>::new());
+    }
+}
