@@ -11,7 +11,10 @@
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 
+pub mod broker;
+pub mod certs;
 pub mod clock;
 pub mod model;
+pub mod sync;
 pub mod select;
 pub mod source;

@@ -1,0 +1,19 @@
+//! The broker: the clusterset's record of clusters and their exports.
+//!
+//! - `state`: pure `BrokerState` — ownership rules (a cluster writes only its own records),
+//!   publish diffing, revisions and the resume log;
+//! - `store`: the `Store` trait and its in-memory and redb implementations;
+//! - `server`: the QUIC shell, `run` / `Broker`.
+//!
+//! The wire messages are `crate::sync::wire`, shared with the gateway.
+
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use server::{Broker, BrokerConfig, run};
+pub use state::BrokerState;
+pub use store::{MemStore, Persisted, RedbStore, Store, StoreError};
+
+/// Why the broker refused a write: the wire's `RejectReason`, sent back to the gateway as is.
+pub type Rejected = crate::sync::wire::RejectReason;

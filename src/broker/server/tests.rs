@@ -1,0 +1,558 @@
+//! Shell tests: a real broker and real sync clients over QUIC on loopback, with certificates
+//! made in a temporary directory. Every wait polls a condition with a deadline.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::certs::{ALPN, BROKER_SERVER_NAME, TlsFiles};
+use crate::model::{ClusterInfo, Endpoint, Export, PortSpec, Protocol, ServiceKey};
+use crate::sync::wire::{RejectReason, Resume};
+use crate::sync::{SyncConfig, SyncState, spawn_client};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        certs::init_ca(&root.join("ca")).unwrap();
+        certs::issue_broker(&root.join("ca"), &root.join("broker")).unwrap();
+        for c in ["c1", "c2"] {
+            certs::issue_cluster(&root.join("ca"), &id(c), &root.join(c)).unwrap();
+        }
+        Self { _dir: dir, root }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+fn id(s: &str) -> ClusterId {
+    ClusterId::new(s).unwrap()
+}
+
+fn cluster(name: &str) -> ClusterInfo {
+    ClusterInfo {
+        id: id(name),
+        wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
+        wg_public_key: [5; 32],
+        cidrs: vec!["10.101.0.0/16".parse().unwrap()],
+        region: None,
+        zone: None,
+    }
+}
+
+fn export(name: &str, address: &str) -> Export {
+    Export {
+        service: ServiceKey::new("shop", name).unwrap(),
+        ports: vec![PortSpec {
+            name: Some("http".into()),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }],
+        endpoints: vec![Endpoint {
+            address: address.parse().unwrap(),
+            ready: true,
+            hostname: None,
+        }],
+    }
+}
+
+struct RunningBroker {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningBroker {
+    fn start(pki: &Pki, state: &Path, listen: SocketAddr) -> Self {
+        let config = BrokerConfig {
+            listen,
+            state_path: state.to_owned(),
+            tls_dir: pki.path("broker"),
+        };
+        let broker = Broker::bind(&config).unwrap();
+        let addr = broker.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(broker.run(shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("broker stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Client {
+    exports: watch::Sender<Vec<Export>>,
+    state: watch::Receiver<SyncState>,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+fn client(
+    pki: &Pki,
+    tls: &str,
+    me: ClusterInfo,
+    broker: SocketAddr,
+    exports: Vec<Export>,
+) -> Client {
+    let (exports, exports_rx) = watch::channel(exports);
+    let shutdown = CancellationToken::new();
+    let config = SyncConfig {
+        brokers: vec![broker],
+        tls_dir: pki.path(tls),
+        reconnect_backoff_max: Duration::from_millis(500),
+    };
+    let state = spawn_client(config, me, exports_rx, shutdown.clone()).unwrap();
+    Client {
+        exports,
+        state,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+impl Client {
+    async fn wait_for(&mut self, what: &str, predicate: impl Fn(&SyncState) -> bool) -> SyncState {
+        let result = tokio::time::timeout(DEADLINE, self.state.wait_for(|s| predicate(s)))
+            .await
+            .map(|r| r.map(|state| state.clone()));
+        match result {
+            Ok(Ok(state)) => state,
+            _ => panic!(
+                "timed out waiting for {what}; last state: {:#?}",
+                *self.state.borrow()
+            ),
+        }
+    }
+}
+
+fn has_export(state: &SyncState, cluster: &str, name: &str) -> bool {
+    state
+        .view
+        .exports
+        .contains_key(&(id(cluster), ServiceKey::new("shop", name).unwrap()))
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[tokio::test]
+async fn two_clusters_see_each_others_exports_and_removals() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let mut c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut c2 = client(
+        &pki,
+        "c2",
+        cluster("c2"),
+        broker.addr,
+        vec![export("db", "10.102.0.10")],
+    );
+
+    let state = c1
+        .wait_for("c1 to see c2's export", |s| {
+            s.connected && has_export(s, "c2", "db")
+        })
+        .await;
+    assert!(state.view.clusters.contains_key(&id("c2")));
+    c2.wait_for("c2 to see c1's export", |s| has_export(s, "c1", "web"))
+        .await;
+
+    c1.exports.send_replace(vec![]);
+    c2.wait_for("c1's removal to reach c2", |s| !has_export(s, "c1", "web"))
+        .await;
+    c1.exports.send_replace(vec![export("web", "10.101.0.11")]);
+    let state = c2
+        .wait_for("c1's new endpoint to reach c2", |s| {
+            has_export(s, "c1", "web")
+        })
+        .await;
+    let web = &state.view.exports[&(id("c1"), ServiceKey::new("shop", "web").unwrap())];
+    assert_eq!(web.endpoints[0].address.to_string(), "10.101.0.11");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn broker_restart_keeps_everything_and_clients_catch_up() {
+    let pki = Pki::new();
+    let state_path = pki.path("broker.redb");
+    let broker = RunningBroker::start(&pki, &state_path, loopback());
+    let addr = broker.addr;
+    let mut c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut c2 = client(
+        &pki,
+        "c2",
+        cluster("c2"),
+        addr,
+        vec![export("db", "10.102.0.10")],
+    );
+    c1.wait_for("c1 to see c2", |s| has_export(s, "c2", "db"))
+        .await;
+    c2.wait_for("c2 to see c1", |s| has_export(s, "c1", "web"))
+        .await;
+
+    broker.stop().await;
+    let state = c1
+        .wait_for("c1 to notice the broker is gone", |s| !s.connected)
+        .await;
+    assert!(
+        has_export(&state, "c2", "db"),
+        "the last view is kept while disconnected"
+    );
+
+    let broker = RunningBroker::start(&pki, &state_path, addr);
+    let state = c1.wait_for("c1 to reconnect", |s| s.connected).await;
+    assert!(has_export(&state, "c2", "db") && has_export(&state, "c1", "web"));
+    c2.wait_for("c2 to reconnect", |s| s.connected).await;
+
+    c1.exports.send_replace(vec![
+        export("web", "10.101.0.10"),
+        export("api", "10.101.0.12"),
+    ]);
+    c2.wait_for("an export made after the restart to propagate", |s| {
+        has_export(s, "c1", "api")
+    })
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn broker_restart_state_is_loaded_from_disk() {
+    // Without any client to carry the view across, a fresh client sees what was stored.
+    let pki = Pki::new();
+    let state_path = pki.path("broker.redb");
+    let broker = RunningBroker::start(&pki, &state_path, loopback());
+    let mut c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    c1.wait_for("c1's own export to be accepted", |s| {
+        has_export(s, "c1", "web")
+    })
+    .await;
+    drop(c1);
+    broker.stop().await;
+
+    let broker = RunningBroker::start(&pki, &state_path, loopback());
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    let state = c2.wait_for("c2 to get a snapshot", |s| s.connected).await;
+    assert!(has_export(&state, "c1", "web"));
+    assert!(state.view.clusters.contains_key(&id("c1")));
+    broker.stop().await;
+}
+
+/// A hand-driven client, to send what a correct gateway never would.
+async fn raw_session(
+    config: quinn::ClientConfig,
+    broker: SocketAddr,
+    messages: &[ClientMessage],
+) -> anyhow::Result<(
+    quinn::Connection,
+    quinn::RecvStream,
+    quinn::SendStream,
+    Decoder,
+)> {
+    let endpoint = quinn::Endpoint::client(loopback())?;
+    let conn = endpoint
+        .connect_with(config, broker, BROKER_SERVER_NAME)?
+        .await?;
+    let (mut send, recv) = conn.open_bi().await?;
+    for m in messages {
+        send.write_all(&wire::encode(m)?).await?;
+    }
+    Ok((conn, recv, send, Decoder::new()))
+}
+
+async fn read_message(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut Decoder,
+) -> anyhow::Result<BrokerMessage> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Some(m) = decoder.decode()? {
+            return Ok(m);
+        }
+        let n = recv
+            .read(&mut buf)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        decoder.extend(&buf[..n]);
+    }
+}
+
+fn hello(info: ClusterInfo) -> ClientMessage {
+    ClientMessage::Hello(Hello {
+        cluster: info,
+        resume: None,
+    })
+}
+
+#[tokio::test]
+async fn hello_claiming_another_cluster_is_rejected_and_not_stored() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(cluster("c2"))])
+            .await
+            .unwrap();
+    let reply = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply,
+        BrokerMessage::Rejected {
+            reason: RejectReason::ForeignCluster {
+                cert: id("c1"),
+                claimed: id("c2")
+            }
+        }
+    );
+    // The broker ends the session after a rejected Hello.
+    let end = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+        .await
+        .unwrap();
+    assert!(end.is_err(), "{end:?}");
+
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    let state = c2.wait_for("a snapshot", |s| s.connected).await;
+    assert_eq!(
+        state.view.clusters.keys().collect::<Vec<_>>(),
+        vec![&id("c2")],
+        "only the real c2"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn publish_for_another_cluster_is_rejected_and_not_applied() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let foreign = ClientMessage::Publish(Publish {
+        cluster: id("c2"),
+        exports: vec![export("web", "10.0.0.1")],
+    });
+    let (_conn, mut recv, mut send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(cluster("c1")), foreign])
+            .await
+            .unwrap();
+    let first = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+        .await
+        .unwrap()
+        .unwrap();
+    let BrokerMessage::Snapshot(snapshot) = first else {
+        panic!("expected a snapshot, got {first:?}")
+    };
+    let mut revision = snapshot.revision;
+    let rejected = loop {
+        match tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            BrokerMessage::Delta(d) => revision = d.revision,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        rejected,
+        BrokerMessage::Rejected {
+            reason: RejectReason::ForeignCluster {
+                cert: id("c1"),
+                claimed: id("c2")
+            }
+        }
+    );
+    // The session stays usable, and nothing of the foreign write was stored.
+    let own = ClientMessage::Publish(Publish {
+        cluster: id("c1"),
+        exports: vec![export("api", "10.0.0.2")],
+    });
+    send.write_all(&wire::encode(&own).unwrap()).await.unwrap();
+    let delta = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        delta,
+        BrokerMessage::Delta(Delta {
+            epoch: snapshot.epoch,
+            revision: revision + 1,
+            changes: vec![Change::UpsertExport {
+                cluster: id("c1"),
+                export: export("api", "10.0.0.2")
+            }],
+        })
+    );
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    let state = c2.wait_for("a snapshot", |s| s.connected).await;
+    assert!(!has_export(&state, "c2", "web"));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_client_gets_only_what_it_missed() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let (conn, mut recv, _send, mut decoder) =
+        raw_session(config.clone(), broker.addr, &[hello(cluster("c1"))])
+            .await
+            .unwrap();
+    let BrokerMessage::Snapshot(snapshot) = read_message(&mut recv, &mut decoder).await.unwrap()
+    else {
+        panic!("expected a snapshot")
+    };
+    conn.close(0u32.into(), b"");
+    let mut c2 = client(
+        &pki,
+        "c2",
+        cluster("c2"),
+        broker.addr,
+        vec![export("db", "10.102.0.10")],
+    );
+    c2.wait_for("c2's export", |s| has_export(s, "c2", "db"))
+        .await;
+
+    let resume = Some(Resume {
+        epoch: snapshot.epoch,
+        revision: snapshot.revision,
+    });
+    let again = ClientMessage::Hello(Hello {
+        cluster: cluster("c1"),
+        resume,
+    });
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker.addr, &[again]).await.unwrap();
+    let reply = read_message(&mut recv, &mut decoder).await.unwrap();
+    let BrokerMessage::Delta(delta) = reply else {
+        panic!("expected a delta, got {reply:?}")
+    };
+    assert_eq!(
+        delta.changes,
+        vec![
+            Change::UpsertCluster(cluster("c2")),
+            Change::UpsertExport {
+                cluster: id("c2"),
+                export: export("db", "10.102.0.10")
+            },
+        ]
+    );
+    assert_eq!(delta.revision, snapshot.revision + 2);
+    broker.stop().await;
+}
+
+/// Tries a whole exchange; `Err` if the broker refuses the connection at any point.
+async fn try_hello(
+    config: quinn::ClientConfig,
+    broker: SocketAddr,
+) -> anyhow::Result<BrokerMessage> {
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker, &[hello(cluster("c1"))]).await?;
+    read_message(&mut recv, &mut decoder).await
+}
+
+#[tokio::test]
+async fn client_with_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    // A rogue CA issues a "c1" certificate; the client trusts the real CA for the broker.
+    certs::init_ca(&pki.path("rogue-ca")).unwrap();
+    certs::issue_cluster(&pki.path("rogue-ca"), &id("c1"), &pki.path("rogue")).unwrap();
+    std::fs::copy(pki.path("ca/ca.crt"), pki.path("rogue/ca.crt")).unwrap();
+    let config = certs::client_config(&pki.path("rogue")).unwrap();
+    let result = tokio::time::timeout(DEADLINE, try_hello(config, broker.addr))
+        .await
+        .expect("refused in time");
+    assert!(result.is_err(), "{result:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let files = TlsFiles::load(&pki.path("c1")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(files.ca[0].clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let result = tokio::time::timeout(DEADLINE, try_hello(config, broker.addr))
+        .await
+        .expect("refused in time");
+    assert!(result.is_err(), "{result:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_stream_ends_only_that_session() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let conn = endpoint
+        .connect_with(config, broker.addr, BROKER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let mut decoder = Decoder::new();
+    let end = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+        .await
+        .unwrap();
+    assert!(end.is_err(), "{end:?}");
+    // The broker still serves others.
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    c2.wait_for("c2 to connect", |s| s.connected).await;
+    broker.stop().await;
+}

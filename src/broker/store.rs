@@ -1,0 +1,430 @@
+//! Where the broker's records survive restarts.
+//!
+//! [`Store`] is what the broker's state task needs: load everything once at start, then
+//! durably apply each batch of accepted changes before they are broadcast. [`MemStore`] keeps
+//! them in memory (tests, simulations); [`RedbStore`] in a redb file (`--state PATH`), whose
+//! commit is durable (fsync) when `apply` returns. The epoch is drawn at random when a store is
+//! created and never changes, so gateways can tell a restarted broker (same epoch: resume) from
+//! a new one (new epoch: full resync).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::broker::state::BrokerState;
+use crate::model::{ClusterId, ClusterInfo, Export};
+use crate::sync::wire::Change;
+
+/// Everything the broker holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    pub epoch: u64,
+    pub revision: u64,
+    pub clusters: Vec<ClusterInfo>,
+    pub exports: Vec<(ClusterId, Export)>,
+}
+
+impl Persisted {
+    pub fn empty(epoch: u64) -> Self {
+        Self {
+            epoch,
+            revision: 0,
+            clusters: vec![],
+            exports: vec![],
+        }
+    }
+}
+
+/// Durable storage of the broker's records.
+pub trait Store: Send + 'static {
+    /// Everything stored; called once at start.
+    fn load(&self) -> Result<Persisted, StoreError>;
+    /// Durably applies `changes`, after which the revision is `revision`. On `Ok` the changes
+    /// survive a crash; on `Err` none of them were applied.
+    fn apply(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("broker state {path}")]
+    Redb {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("broker state {path}: corrupt record in table {table}")]
+    Corrupt {
+        path: PathBuf,
+        table: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("broker state {path}: invalid cluster id in a key of table {table}")]
+    CorruptKey {
+        path: PathBuf,
+        table: &'static str,
+        #[source]
+        source: crate::model::IdError,
+    },
+    #[error(
+        "broker state {path}: revision {stored} in the file, but changes were applied at revision {expected}"
+    )]
+    RevisionMismatch {
+        path: PathBuf,
+        stored: u64,
+        expected: u64,
+    },
+    #[error("drawing a random epoch: {0}")]
+    Random(getrandom::Error),
+}
+
+/// In-memory store: loses everything with the process.
+#[derive(Debug)]
+pub struct MemStore {
+    state: BrokerState,
+}
+
+impl MemStore {
+    pub fn new(epoch: u64) -> Self {
+        Self {
+            state: BrokerState::new(Persisted::empty(epoch), 0),
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        let s = self.state.snapshot();
+        Ok(Persisted {
+            epoch: s.epoch,
+            revision: s.revision,
+            clusters: s.clusters,
+            exports: s.exports,
+        })
+    }
+
+    fn apply(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+        let reached = self.state.apply(changes);
+        debug_assert_eq!(
+            reached, revision,
+            "the broker's state and its store advance together"
+        );
+        Ok(())
+    }
+}
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// cluster id → postcard `ClusterInfo`.
+const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
+/// (cluster id, namespace, name) → postcard `Export`.
+const EXPORTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("exports");
+const EPOCH_KEY: &str = "epoch";
+const REVISION_KEY: &str = "revision";
+
+/// A redb file. Opening takes redb's file lock: one broker per file.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the file at `path`, creating it (with a fresh random epoch) if missing.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Self {
+            db: Database::create(path).at(path)?,
+            path: path.to_owned(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().at(&self.path)?;
+        {
+            let mut meta = txn.open_table(META).at(&self.path)?;
+            if meta.get(EPOCH_KEY).at(&self.path)?.is_none() {
+                let epoch = getrandom::u64().map_err(StoreError::Random)?;
+                meta.insert(EPOCH_KEY, epoch).at(&self.path)?;
+                meta.insert(REVISION_KEY, 0).at(&self.path)?;
+            }
+            txn.open_table(CLUSTERS).at(&self.path)?;
+            txn.open_table(EXPORTS).at(&self.path)?;
+        }
+        txn.commit().at(&self.path)
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        let corrupt = |table, source| StoreError::Corrupt {
+            path: self.path.clone(),
+            table,
+            source,
+        };
+        let txn = self.db.begin_read().at(&self.path)?;
+        let meta = txn.open_table(META).at(&self.path)?;
+        let read_meta = |key| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(key)
+                .at(&self.path)?
+                .map(|v| v.value())
+                .unwrap_or_default())
+        };
+        let (epoch, revision) = (read_meta(EPOCH_KEY)?, read_meta(REVISION_KEY)?);
+        let mut clusters = vec![];
+        for row in txn
+            .open_table(CLUSTERS)
+            .at(&self.path)?
+            .iter()
+            .at(&self.path)?
+        {
+            let (_, value) = row.at(&self.path)?;
+            clusters.push(postcard::from_bytes(value.value()).map_err(|e| corrupt("clusters", e))?);
+        }
+        let mut exports = vec![];
+        for row in txn
+            .open_table(EXPORTS)
+            .at(&self.path)?
+            .iter()
+            .at(&self.path)?
+        {
+            let (key, value) = row.at(&self.path)?;
+            let cluster: ClusterId =
+                key.value()
+                    .0
+                    .parse()
+                    .map_err(|source| StoreError::CorruptKey {
+                        path: self.path.clone(),
+                        table: "exports",
+                        source,
+                    })?;
+            let export: Export =
+                postcard::from_bytes(value.value()).map_err(|e| corrupt("exports", e))?;
+            exports.push((cluster, export));
+        }
+        Ok(Persisted {
+            epoch,
+            revision,
+            clusters,
+            exports,
+        })
+    }
+
+    fn apply(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().at(&self.path)?;
+        {
+            let mut meta = txn.open_table(META).at(&self.path)?;
+            let stored = meta
+                .get(REVISION_KEY)
+                .at(&self.path)?
+                .map(|v| v.value())
+                .unwrap_or_default();
+            let expected = revision.saturating_sub(changes.len() as u64);
+            if stored != expected {
+                return Err(StoreError::RevisionMismatch {
+                    path: self.path.clone(),
+                    stored,
+                    expected,
+                });
+            }
+            let mut clusters = txn.open_table(CLUSTERS).at(&self.path)?;
+            let mut exports = txn.open_table(EXPORTS).at(&self.path)?;
+            for change in changes {
+                match change {
+                    Change::UpsertCluster(info) => {
+                        let bytes =
+                            postcard::to_stdvec(info).expect("model types always serialize");
+                        clusters
+                            .insert(info.id.as_str(), bytes.as_slice())
+                            .at(&self.path)?;
+                    }
+                    Change::RemoveCluster(id) => {
+                        clusters.remove(id.as_str()).at(&self.path)?;
+                        let mut doomed: Vec<(String, String)> = vec![];
+                        for row in exports.iter().at(&self.path)? {
+                            let (key, _) = row.at(&self.path)?;
+                            let (c, ns, name) = key.value();
+                            if c == id.as_str() {
+                                doomed.push((ns.to_owned(), name.to_owned()));
+                            }
+                        }
+                        for (ns, name) in doomed {
+                            exports
+                                .remove((id.as_str(), ns.as_str(), name.as_str()))
+                                .at(&self.path)?;
+                        }
+                    }
+                    Change::UpsertExport { cluster, export } => {
+                        let bytes =
+                            postcard::to_stdvec(export).expect("model types always serialize");
+                        let key = (
+                            cluster.as_str(),
+                            export.service.namespace.as_str(),
+                            export.service.name.as_str(),
+                        );
+                        exports.insert(key, bytes.as_slice()).at(&self.path)?;
+                    }
+                    Change::RemoveExport { cluster, service } => {
+                        exports
+                            .remove((
+                                cluster.as_str(),
+                                service.namespace.as_str(),
+                                service.name.as_str(),
+                            ))
+                            .at(&self.path)?;
+                    }
+                }
+            }
+            meta.insert(REVISION_KEY, revision).at(&self.path)?;
+        }
+        txn.commit().at(&self.path)
+    }
+}
+
+/// Attaches the file's path to redb's many error types.
+trait AtPath<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> AtPath<T> for Result<T, E> {
+    fn at(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Redb {
+            path: path.to_owned(),
+            source: Box::new(e.into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, PortSpec, Protocol, ServiceKey};
+
+    fn id(s: &str) -> ClusterId {
+        ClusterId::new(s).unwrap()
+    }
+
+    fn cluster(name: &str) -> ClusterInfo {
+        ClusterInfo {
+            id: id(name),
+            wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
+            wg_public_key: [9; 32],
+            cidrs: vec!["10.101.0.0/16".parse().unwrap()],
+            region: Some("r1".into()),
+            zone: Some("z1".into()),
+        }
+    }
+
+    fn export(name: &str) -> Export {
+        Export {
+            service: ServiceKey::new("shop", name).unwrap(),
+            ports: vec![PortSpec {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: vec![Endpoint {
+                address: "10.101.0.10".parse().unwrap(),
+                ready: true,
+                hostname: None,
+            }],
+        }
+    }
+
+    fn changes() -> Vec<Change> {
+        vec![
+            Change::UpsertCluster(cluster("c1")),
+            Change::UpsertCluster(cluster("c2")),
+            Change::UpsertExport {
+                cluster: id("c1"),
+                export: export("web"),
+            },
+            Change::UpsertExport {
+                cluster: id("c1"),
+                export: export("db"),
+            },
+            Change::UpsertExport {
+                cluster: id("c2"),
+                export: export("web"),
+            },
+            Change::RemoveExport {
+                cluster: id("c1"),
+                service: ServiceKey::new("shop", "db").unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn redb_store_survives_reopening_with_the_same_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.redb");
+        let epoch = {
+            let mut store = RedbStore::open(&path).unwrap();
+            let empty = store.load().unwrap();
+            assert_eq!(empty.revision, 0);
+            store.apply(&changes(), 6).unwrap();
+            empty.epoch
+        };
+        let store = RedbStore::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        let mut mem = MemStore::new(epoch);
+        mem.apply(&changes(), 6).unwrap();
+        assert_eq!(loaded, mem.load().unwrap());
+        assert_eq!(loaded.exports.len(), 2);
+    }
+
+    #[test]
+    fn redb_store_removing_a_cluster_removes_its_exports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(&dir.path().join("b.redb")).unwrap();
+        store.apply(&changes(), 6).unwrap();
+        store.apply(&[Change::RemoveCluster(id("c1"))], 7).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.clusters, vec![cluster("c2")]);
+        assert_eq!(loaded.exports, vec![(id("c2"), export("web"))]);
+        assert_eq!(loaded.revision, 7);
+    }
+
+    #[test]
+    fn redb_store_refuses_changes_out_of_revision_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(&dir.path().join("b.redb")).unwrap();
+        let err = store.apply(&changes(), 9).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::RevisionMismatch {
+                    stored: 0,
+                    expected: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.load().unwrap().revision, 0, "nothing applied");
+    }
+
+    #[test]
+    fn new_stores_draw_different_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RedbStore::open(&dir.path().join("a.redb"))
+            .unwrap()
+            .load()
+            .unwrap()
+            .epoch;
+        let b = RedbStore::open(&dir.path().join("b.redb"))
+            .unwrap()
+            .load()
+            .unwrap()
+            .epoch;
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,207 @@
+//! The gateway's sync client: the tokio/quinn shell around `proto::ClusterSession`.
+//!
+//! [`spawn_client`] starts one task that connects to a broker (server name
+//! `broker.causeway`, mutual TLS), opens one bidirectional stream, and moves messages between
+//! it and the session: Hello and Publish on connect, Publish whenever the exports watch changes,
+//! broker updates into the view. Every change of view or connectivity is published as a
+//! [`SyncState`]. On disconnect the last view is kept (`connected: false`) and the task
+//! reconnects with capped exponential backoff, moving to the next broker after a failure.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::certs::{self, BROKER_SERVER_NAME};
+use crate::model::{ClusterInfo, Export};
+use crate::sync::Error;
+use crate::sync::proto::{Backoff, ClusterSession, ClusterSetView, SessionEvent};
+use crate::sync::wire::{self, BrokerMessage, Decoder};
+
+/// The first reconnect delay; doubles up to `SyncConfig::reconnect_backoff_max`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the sync client needs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Brokers to try, in order; after a failure the next one is tried.
+    pub brokers: Vec<SocketAddr>,
+    /// `ca.crt`, and this cluster's `tls.crt` / `tls.key` (`causeway certs issue --cluster`).
+    pub tls_dir: PathBuf,
+    /// The longest wait between reconnect attempts.
+    pub reconnect_backoff_max: Duration,
+}
+
+/// What the gateway knows, published on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The clusterset as last synced (this cluster included); kept while disconnected.
+    pub view: ClusterSetView,
+    /// Connected to a broker and up to date with it.
+    pub connected: bool,
+}
+
+/// Starts the sync client; it runs until `shutdown` is cancelled. Must be called inside a
+/// tokio runtime. Fails only on local problems (no broker, unreadable TLS files, no socket);
+/// network trouble is retried forever and shows as `connected: false`.
+pub fn spawn_client(
+    config: SyncConfig,
+    me: ClusterInfo,
+    mut exports: watch::Receiver<Vec<Export>>,
+    shutdown: CancellationToken,
+) -> Result<watch::Receiver<SyncState>, Error> {
+    if config.brokers.is_empty() {
+        return Err(Error::NoBrokers);
+    }
+    let client_config = certs::client_config(&config.tls_dir)?;
+    let bind: SocketAddr = if config.brokers.iter().all(SocketAddr::is_ipv4) {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| Error::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client_config);
+    let (state, state_rx) = watch::channel(SyncState::default());
+    let span = info_span!("cluster", id = %me.id);
+    let initial = exports.borrow_and_update().clone();
+    let driver = ClientDriver {
+        endpoint,
+        brokers: config.brokers,
+        backoff: Backoff::new(INITIAL_BACKOFF, config.reconnect_backoff_max),
+        session: ClusterSession::new(me, initial),
+        exports,
+        exports_open: true,
+        state,
+        shutdown,
+    };
+    tokio::spawn(driver.run().instrument(span));
+    Ok(state_rx)
+}
+
+/// How a connection ended without an error.
+enum Ended {
+    Shutdown,
+    Resync,
+}
+
+struct ClientDriver {
+    endpoint: quinn::Endpoint,
+    brokers: Vec<SocketAddr>,
+    backoff: Backoff,
+    session: ClusterSession,
+    exports: watch::Receiver<Vec<Export>>,
+    /// False once the exports sender is gone (its last value stays published).
+    exports_open: bool,
+    state: watch::Sender<SyncState>,
+    shutdown: CancellationToken,
+}
+
+impl ClientDriver {
+    async fn run(mut self) {
+        let mut index = 0;
+        loop {
+            let broker = self.brokers[index % self.brokers.len()];
+            let outcome = self.serve_connection(broker).await;
+            let was_live = self.session.is_live();
+            self.session.handle_disconnected();
+            self.drain_events();
+            match outcome {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Resync) => {}
+                Err(e) => {
+                    warn!(%broker, error = %anyhow::Error::new(e).to_string(), "Broker unreachable; serving the last known view");
+                    index += 1;
+                }
+            }
+            if was_live {
+                self.backoff.reset();
+            }
+            let delay = self.backoff.next_delay();
+            debug!(delay_ms = delay.as_millis() as u64, "Reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        self.endpoint.close(0u32.into(), b"gateway shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    async fn serve_connection(&mut self, broker: std::net::SocketAddr) -> Result<Ended, Error> {
+        let connecting = self
+            .endpoint
+            .connect(broker, BROKER_SERVER_NAME)
+            .map_err(|source| Error::Connect {
+                addr: broker,
+                source,
+            })?;
+        let conn = tokio::select! {
+            conn = connecting => conn?,
+            _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        let (mut send, mut recv) = conn.open_bi().await?;
+        debug!(%broker, "Connected");
+        self.session.handle_connected();
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(message) = self.session.poll_transmit() {
+                send.write_all(&wire::encode(&message)?).await?;
+            }
+            if let Some(ended) = self.drain_events() {
+                conn.close(0u32.into(), b"resync");
+                return Ok(ended);
+            }
+            tokio::select! {
+                read = recv.read(&mut buf) => {
+                    let n = read?.ok_or(Error::StreamClosed)?;
+                    decoder.extend(&buf[..n]);
+                    while let Some(message) = decoder.decode::<BrokerMessage>()? {
+                        self.session.handle_message(message);
+                    }
+                }
+                changed = self.exports.changed(), if self.exports_open => match changed {
+                    Ok(()) => self.session.set_exports(self.exports.borrow_and_update().clone()),
+                    Err(_) => self.exports_open = false,
+                },
+                _ = self.shutdown.cancelled() => {
+                    conn.close(0u32.into(), b"gateway shutting down");
+                    return Ok(Ended::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Acts on the session's events; `Some` if the connection must end.
+    fn drain_events(&mut self) -> Option<Ended> {
+        let mut ended = None;
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                SessionEvent::ViewChanged => {
+                    let next = SyncState {
+                        view: self.session.view().clone(),
+                        connected: self.session.is_live(),
+                    };
+                    self.state.send_if_modified(|state| {
+                        let changed = *state != next;
+                        *state = next;
+                        changed
+                    });
+                }
+                SessionEvent::Rejected(reason) => warn!(%reason, "Broker rejected our message"),
+                SessionEvent::ResyncNeeded { reason } => {
+                    info!(
+                        ?reason,
+                        "Broker updates do not follow on from our view; resyncing"
+                    );
+                    ended = Some(Ended::Resync);
+                }
+            }
+        }
+        ended
+    }
+}

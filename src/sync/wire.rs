@@ -1,0 +1,377 @@
+//! The sync protocol's messages and their framing.
+//!
+//! One bidirectional QUIC stream per session carries frames: a `u32` big-endian length, then
+//! that many bytes of postcard. The gateway sends [`ClientMessage`]s, the broker
+//! [`BrokerMessage`]s. A frame longer than [`MAX_FRAME_LEN`] is refused before anything is
+//! allocated for it. Owns no I/O: [`encode`] makes a frame, [`Decoder`] takes bytes as they
+//! arrive and yields whole messages. The shells are `sync/quic.rs` and `broker/server.rs`.
+
+use bytes::{Buf, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey};
+
+/// The largest frame either side accepts: 16 MiB holds a snapshot of ~50k exports with a few
+/// endpoints each; anything bigger is a bug or an attack.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+const HEADER_LEN: usize = 4;
+
+/// Gateway → broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first message of every session: who the cluster is, and where its view stands.
+    Hello(Hello),
+    /// The FULL set of the cluster's exports; the broker diffs it against what it holds.
+    Publish(Publish),
+    /// The gateway has applied everything up to `revision`.
+    Ack { revision: u64 },
+}
+
+/// Broker → gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerMessage {
+    /// The whole clusterset, replacing the gateway's view.
+    Snapshot(Snapshot),
+    /// Changes on top of the gateway's view; see [`Delta`].
+    Delta(Delta),
+    /// The broker refused the last Hello or Publish; nothing of it was applied.
+    Rejected { reason: RejectReason },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub cluster: ClusterInfo,
+    /// Where the gateway's view stands, so the broker can send only what it missed.
+    pub resume: Option<Resume>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub epoch: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    pub cluster: ClusterId,
+    pub exports: Vec<Export>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub epoch: u64,
+    pub revision: u64,
+    pub clusters: Vec<ClusterInfo>,
+    pub exports: Vec<(ClusterId, Export)>,
+}
+
+/// `changes` are the revisions `revision - changes.len() + 1 ..= revision`, in order: a
+/// gateway at revision `revision - changes.len()` of the same `epoch` can apply it. An empty
+/// delta says "you are up to date at `revision`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub epoch: u64,
+    pub revision: u64,
+    pub changes: Vec<Change>,
+}
+
+/// One change to the clusterset; each advances the broker's revision by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    UpsertCluster(ClusterInfo),
+    /// Explicit removal of a cluster and all its exports.
+    RemoveCluster(ClusterId),
+    UpsertExport {
+        cluster: ClusterId,
+        export: Export,
+    },
+    RemoveExport {
+        cluster: ClusterId,
+        service: ServiceKey,
+    },
+}
+
+/// Why the broker refused a message (also `broker::Rejected`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RejectReason {
+    #[error("certificate is for cluster {cert} but the message claims cluster {claimed}")]
+    ForeignCluster { cert: ClusterId, claimed: ClusterId },
+    #[error("service {service} is not a valid namespace/name")]
+    InvalidService { service: ServiceKey },
+    #[error("service {service} appears more than once in one publish")]
+    DuplicateService { service: ServiceKey },
+}
+
+/// A frame that could not be made or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("malformed message")]
+    Malformed(#[source] postcard::Error),
+    #[error("message could not be serialized")]
+    Serialize(#[source] postcard::Error),
+}
+
+/// One frame: length prefix and postcard body.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
+    let mut frame = vec![0u8; HEADER_LEN];
+    frame = postcard::to_extend(message, frame).map_err(CodecError::Serialize)?;
+    let len = frame.len() - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        return Err(CodecError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let prefix = u32::try_from(len).expect("len <= MAX_FRAME_LEN fits in u32");
+    frame[..HEADER_LEN].copy_from_slice(&prefix.to_be_bytes());
+    Ok(frame)
+}
+
+/// Reassembles frames from bytes in whatever pieces the stream delivers them.
+///
+/// Call [`Decoder::extend`] with each chunk, then [`Decoder::decode`] until it returns
+/// `Ok(None)`. After an error the stream is unusable: close it.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: BytesMut,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, `Ok(None)` if more bytes are needed.
+    pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        let Some(header) = self.buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let len =
+            u32::from_be_bytes(header.try_into().expect("slice of HEADER_LEN bytes")) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            // Reserve only what the peer has declared and we have accepted as bounded.
+            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(HEADER_LEN);
+        let body = self.buf.split_to(len);
+        postcard::from_bytes(&body)
+            .map(Some)
+            .map_err(CodecError::Malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, PortSpec, Protocol};
+    use proptest::prelude::*;
+
+    fn cluster(id: &str) -> ClusterInfo {
+        ClusterInfo {
+            id: ClusterId::new(id).unwrap(),
+            wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
+            wg_public_key: [7; 32],
+            cidrs: vec!["10.101.0.0/16".parse().unwrap()],
+            region: Some("r1".into()),
+            zone: None,
+        }
+    }
+
+    fn export(name: &str) -> Export {
+        Export {
+            service: ServiceKey::new("shop", name).unwrap(),
+            ports: vec![PortSpec {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: vec![Endpoint {
+                address: "10.101.0.10".parse().unwrap(),
+                ready: true,
+                hostname: None,
+            }],
+        }
+    }
+
+    fn all_messages() -> (Vec<ClientMessage>, Vec<BrokerMessage>) {
+        let c1 = ClusterId::new("c1").unwrap();
+        let client = vec![
+            ClientMessage::Hello(Hello {
+                cluster: cluster("c1"),
+                resume: None,
+            }),
+            ClientMessage::Hello(Hello {
+                cluster: cluster("c1"),
+                resume: Some(Resume {
+                    epoch: 9,
+                    revision: 3,
+                }),
+            }),
+            ClientMessage::Publish(Publish {
+                cluster: c1.clone(),
+                exports: vec![export("web"), export("db")],
+            }),
+            ClientMessage::Ack { revision: u64::MAX },
+        ];
+        let broker = vec![
+            BrokerMessage::Snapshot(Snapshot {
+                epoch: 1,
+                revision: 2,
+                clusters: vec![cluster("c1"), cluster("c2")],
+                exports: vec![(c1.clone(), export("web"))],
+            }),
+            BrokerMessage::Delta(Delta {
+                epoch: 1,
+                revision: 6,
+                changes: vec![
+                    Change::UpsertCluster(cluster("c3")),
+                    Change::RemoveCluster(c1.clone()),
+                    Change::UpsertExport {
+                        cluster: c1.clone(),
+                        export: export("web"),
+                    },
+                    Change::RemoveExport {
+                        cluster: c1.clone(),
+                        service: ServiceKey::new("shop", "web").unwrap(),
+                    },
+                ],
+            }),
+            BrokerMessage::Rejected {
+                reason: RejectReason::ForeignCluster {
+                    cert: c1,
+                    claimed: ClusterId::new("c2").unwrap(),
+                },
+            },
+        ];
+        (client, broker)
+    }
+
+    #[test]
+    fn every_message_round_trips_through_one_decoder() {
+        let (client, broker) = all_messages();
+        let mut decoder = Decoder::new();
+        for m in &client {
+            decoder.extend(&encode(m).unwrap());
+        }
+        for m in &client {
+            assert_eq!(decoder.decode::<ClientMessage>().unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(decoder.decode::<ClientMessage>().unwrap(), None);
+        for m in &broker {
+            decoder.extend(&encode(m).unwrap());
+            assert_eq!(decoder.decode::<BrokerMessage>().unwrap().as_ref(), Some(m));
+        }
+    }
+
+    #[test]
+    fn decoder_waits_for_a_frame_split_into_single_bytes() {
+        let (client, _) = all_messages();
+        let frame = encode(&client[2]).unwrap();
+        let mut decoder = Decoder::new();
+        for (i, b) in frame.iter().enumerate() {
+            assert_eq!(decoder.decode::<ClientMessage>().unwrap(), None, "byte {i}");
+            decoder.extend(&[*b]);
+        }
+        assert_eq!(
+            decoder.decode::<ClientMessage>().unwrap(),
+            Some(client[2].clone())
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_from_its_header() {
+        let mut decoder = Decoder::new();
+        decoder.extend(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            decoder.decode::<ClientMessage>(),
+            Err(CodecError::FrameTooLarge {
+                len: u32::MAX as usize,
+                max: MAX_FRAME_LEN
+            })
+        );
+        let mut decoder = Decoder::new();
+        decoder.extend(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes());
+        assert!(matches!(
+            decoder.decode::<BrokerMessage>(),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_message_is_refused_when_encoding() {
+        let big = Publish {
+            cluster: ClusterId::new("c1").unwrap(),
+            exports: vec![export("web"); 1_000_000],
+        };
+        assert!(matches!(
+            encode(&ClientMessage::Publish(big)),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_body_is_a_malformed_error() {
+        let mut decoder = Decoder::new();
+        decoder.extend(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decoder.decode::<ClientMessage>(),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_cluster_id_inside_a_message_is_malformed() {
+        // Encode a valid id, then upper-case it in the bytes: ids are validated on decode.
+        let delta = BrokerMessage::Delta(Delta {
+            epoch: 0,
+            revision: 1,
+            changes: vec![Change::RemoveCluster(ClusterId::new("cx").unwrap())],
+        });
+        let mut frame = encode(&delta).unwrap();
+        let pos = frame.windows(2).position(|w| w == b"cx").unwrap();
+        frame[pos] = b'C';
+        let mut decoder = Decoder::new();
+        decoder.extend(&frame);
+        assert!(matches!(
+            decoder.decode::<BrokerMessage>(),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut decoder = Decoder::new();
+            decoder.extend(&bytes);
+            for _ in 0..8 {
+                match decoder.decode::<ClientMessage>() {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+            let mut decoder = Decoder::new();
+            decoder.extend(&bytes);
+            for _ in 0..8 {
+                match decoder.decode::<BrokerMessage>() {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
