@@ -199,6 +199,147 @@ fn start_and_set_peers_fail_with_typed_errors_and_failed_routes_are_retried() ->
     Ok(())
 }
 
+/// Interop with a standard WireGuard implementation: wireguard-go in B, our gateway in A.
+/// wireguard-go initiates first (we answer as responder), then we carry TCP both ways.
+#[test]
+fn gateway_interoperates_with_wireguard_go() -> Result<()> {
+    require_root()?;
+    ensure!(
+        Command::new("sh")
+            .args(["-c", "command -v wireguard-go && command -v wg"])
+            .output()?
+            .status
+            .success(),
+        "wireguard-go and wg not found: install wireguard-go and wireguard-tools"
+    );
+    let (a, b) = linked_pair("wgo")?;
+    let ga = Gateway::start(&a, "10.250.0.1:51820", "10.251.1.1")?;
+
+    // wireguard-go's UAPI socket lives in the shared /var/run/wireguard: unique name per run.
+    let dev = format!("cwgo{}", std::process::id() % 100_000);
+    let wg = WireguardGo::start(&b, &dev)?;
+    let b_private = generate_private_key();
+    let b_public = causeway_gateway::public_key(&b_private);
+    let mut key_file = tempfile::NamedTempFile::new()?;
+    writeln!(key_file, "{}", b64(&b_private))?;
+    let key_path = key_file
+        .path()
+        .to_str()
+        .context("temp path is UTF-8")?
+        .to_owned();
+    let a_public = b64(&ga.handle.public_key());
+    let out = b.exec(&[
+        "wg",
+        "set",
+        &wg.dev,
+        "private-key",
+        &key_path,
+        "listen-port",
+        "51820",
+        "peer",
+        &a_public,
+        "endpoint",
+        "10.250.0.1:51820",
+        "allowed-ips",
+        "10.251.1.0/24",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "wg set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.ip(&["link", "set", &wg.dev, "up"])?;
+    b.ip(&[
+        "route",
+        "add",
+        "10.251.1.0/24",
+        "dev",
+        &wg.dev,
+        "src",
+        "10.251.2.1",
+    ])?;
+
+    ga.set_peers(vec![PeerSpec {
+        public_key: b_public,
+        endpoint: "10.250.0.2:51820".parse()?,
+        allowed_ips: vec!["10.251.2.0/24".parse()?],
+    }])?;
+
+    poll("ping 10.251.1.1 from wireguard-go's side", || {
+        let out = b.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "10.251.2.1",
+            "10.251.1.1",
+        ])?;
+        Ok(out.status.success())
+    })?;
+    tcp_transfer(&a.name, &b.name, "10.251.2.1:5002".parse()?, 1 << 20)?;
+    tcp_transfer(&b.name, &a.name, "10.251.1.1:5003".parse()?, 1 << 20)?;
+    let stats = ga.stats();
+    ensure!(stats[0].last_handshake.is_some(), "{stats:?}");
+    ensure!(
+        stats[0].rx_bytes >= 1 << 20 && stats[0].tx_bytes >= 1 << 20,
+        "{stats:?}"
+    );
+    drop(wg);
+    Ok(())
+}
+
+/// A wireguard-go process (our child) serving interface `dev` in a namespace; killed on drop.
+struct WireguardGo {
+    child: std::process::Child,
+    dev: String,
+}
+
+impl WireguardGo {
+    fn start(ns: &Netns, dev: &str) -> Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "wireguard-go", "-f", dev])
+            // wireguard-go refuses to run where it believes a kernel module exists.
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawning wireguard-go")?;
+        let wg = Self {
+            child,
+            dev: dev.to_owned(),
+        };
+        poll("wireguard-go creates its interface", || {
+            Ok(ns.ip(&["link", "show", dev]).is_ok())
+        })?;
+        Ok(wg)
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        // SIGTERM lets wireguard-go remove its UAPI socket; SIGKILL is the fallback.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let exited = poll("wireguard-go exits", || {
+            Ok(self.child.try_wait()?.is_some())
+        });
+        if exited.is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
+    }
+}
+
+fn b64(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
 fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
