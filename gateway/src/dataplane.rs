@@ -128,7 +128,7 @@ impl DataPlane {
     /// A UDP datagram from `from`. Anything that is not a WireGuard message for one of our
     /// peers is dropped and counted; an authenticated one from a new address roams the peer.
     pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], io: &mut impl Io) {
-        let Some(id) = self.route_datagram(datagram) else {
+        let Some((id, kind)) = self.route_datagram(datagram) else {
             return;
         };
         let Some(tunnel) = self.tunnels.get_mut(&id) else {
@@ -148,7 +148,9 @@ impl DataPlane {
                         "Dropped packet with foreign inner source"
                     );
                 }
-                if self.table.handle_authenticated(id, from) {
+                // A cookie reply proves nothing about its sender (its key derives from the
+                // peer's public key), so only handshakes and data roam (WireGuard paper §2.1).
+                if kind != Kind::CookieReply && self.table.handle_authenticated(id, from) {
                     self.counters.endpoint_roams += 1;
                     info!(peer = id.tunnel_index(), endpoint = %from, "Peer roamed");
                 }
@@ -197,7 +199,7 @@ impl DataPlane {
 
     /// Which peer a datagram is for: by the sender's static key for handshake initiations
     /// (which costs a Diffie-Hellman), by receiver index for everything else.
-    fn route_datagram(&mut self, datagram: &[u8]) -> Option<PeerId> {
+    fn route_datagram(&mut self, datagram: &[u8]) -> Option<(PeerId, Kind)> {
         let packet = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => p,
             Err(e) => {
@@ -206,20 +208,40 @@ impl DataPlane {
                 return None;
             }
         };
-        let id = match &packet {
-            Packet::HandshakeInit(init) => parse_handshake_anon(&self.private, &self.public, init)
-                .ok()
-                .and_then(|half| self.table.lookup_by_key(&half.peer_static_public)),
-            Packet::HandshakeResponse(p) => self.table.lookup_by_receiver_index(p.receiver_idx),
-            Packet::PacketCookieReply(p) => self.table.lookup_by_receiver_index(p.receiver_idx),
-            Packet::PacketData(p) => self.table.lookup_by_receiver_index(p.receiver_idx),
+        let (id, kind) = match &packet {
+            Packet::HandshakeInit(init) => (
+                parse_handshake_anon(&self.private, &self.public, init)
+                    .ok()
+                    .and_then(|half| self.table.lookup_by_key(&half.peer_static_public)),
+                Kind::Handshake,
+            ),
+            Packet::HandshakeResponse(p) => (
+                self.table.lookup_by_receiver_index(p.receiver_idx),
+                Kind::Handshake,
+            ),
+            Packet::PacketCookieReply(p) => (
+                self.table.lookup_by_receiver_index(p.receiver_idx),
+                Kind::CookieReply,
+            ),
+            Packet::PacketData(p) => (
+                self.table.lookup_by_receiver_index(p.receiver_idx),
+                Kind::Data,
+            ),
         };
         if id.is_none() {
             self.counters.unknown_peer_datagrams += 1;
             debug!(len = datagram.len(), "Datagram for no known peer");
         }
-        id
+        id.map(|id| (id, kind))
     }
+}
+
+/// The WireGuard message types, as far as routing and roaming care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Handshake,
+    CookieReply,
+    Data,
 }
 
 /// Binds an [`Io`] to one peer's endpoint for the tunnel's [`tunnel::Output`].
