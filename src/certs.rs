@@ -143,7 +143,7 @@ pub fn init_ca(out: &Path) -> Result<(), CertError> {
 
 /// Issues a cluster's certificate (client auth) into `out`: `ca.crt`, `tls.crt`, `tls.key`.
 pub fn issue_cluster(ca_dir: &Path, cluster: &ClusterId, out: &Path) -> Result<(), CertError> {
-    let mut params = leaf_params()?;
+    let mut params = leaf_params();
     params
         .distinguished_name
         .push(DnType::CommonName, cluster.as_str());
@@ -158,7 +158,7 @@ pub fn issue_cluster(ca_dir: &Path, cluster: &ClusterId, out: &Path) -> Result<(
 
 /// Issues the broker's certificate (server auth, SAN DNS `broker.causeway`) into `out`.
 pub fn issue_broker(ca_dir: &Path, out: &Path) -> Result<(), CertError> {
-    let mut params = leaf_params()?;
+    let mut params = leaf_params();
     params
         .distinguished_name
         .push(DnType::CommonName, BROKER_SERVER_NAME);
@@ -311,7 +311,7 @@ fn ca_params(validity: Duration) -> CertificateParams {
     params
 }
 
-fn leaf_params() -> Result<CertificateParams, CertError> {
+fn leaf_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let now = clock::wall_now();
     params.not_before = (now - BACKDATE).into();
@@ -320,7 +320,7 @@ fn leaf_params() -> Result<CertificateParams, CertError> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    Ok(params)
+    params
 }
 
 fn issue(ca_dir: &Path, params: CertificateParams, out: &Path) -> Result<(), CertError> {

@@ -38,6 +38,11 @@ pub enum Error {
         #[source]
         source: quinn::ConnectError,
     },
+    #[error("broker {addr} did not complete the handshake within {after:?}")]
+    ConnectTimeout {
+        addr: std::net::SocketAddr,
+        after: std::time::Duration,
+    },
     #[error("QUIC connection lost")]
     Connection(#[from] quinn::ConnectionError),
     #[error("writing to the QUIC stream")]

@@ -23,6 +23,9 @@ use crate::sync::wire::{self, BrokerMessage, Decoder};
 
 /// The first reconnect delay; doubles up to `SyncConfig::reconnect_backoff_max`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// A broker that does not complete the handshake in this time counts as down, and the next
+/// one is tried (without it, a silent address would hold us for the 20 s idle timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the sync client needs.
 #[derive(Debug, Clone)]
@@ -140,11 +143,17 @@ impl ClientDriver {
                 source,
             })?;
         let conn = tokio::select! {
-            conn = connecting => conn?,
+            conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => {
+                conn.map_err(|_| Error::ConnectTimeout { addr: broker, after: CONNECT_TIMEOUT })??
+            }
             _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         let (mut send, mut recv) = conn.open_bi().await?;
         debug!(%broker, "Connected");
+        if self.exports.has_changed().unwrap_or(false) {
+            self.session
+                .set_exports(self.exports.borrow_and_update().clone());
+        }
         self.session.handle_connected();
         let mut decoder = Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];

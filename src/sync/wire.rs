@@ -163,8 +163,7 @@ impl Decoder {
             });
         }
         if self.buf.len() < HEADER_LEN + len {
-            // Reserve only what the peer has declared and we have accepted as bounded.
-            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            // No reservation for the declared length: memory grows only with bytes received.
             return Ok(None);
         }
         self.buf.advance(HEADER_LEN);

@@ -118,10 +118,20 @@ fn client(
     broker: SocketAddr,
     exports: Vec<Export>,
 ) -> Client {
+    client_of(pki, tls, me, vec![broker], exports)
+}
+
+fn client_of(
+    pki: &Pki,
+    tls: &str,
+    me: ClusterInfo,
+    brokers: Vec<SocketAddr>,
+    exports: Vec<Export>,
+) -> Client {
     let (exports, exports_rx) = watch::channel(exports);
     let shutdown = CancellationToken::new();
     let config = SyncConfig {
-        brokers: vec![broker],
+        brokers,
         tls_dir: pki.path(tls),
         reconnect_backoff_max: Duration::from_millis(500),
     };
@@ -554,5 +564,38 @@ async fn garbage_on_the_stream_ends_only_that_session() {
     // The broker still serves others.
     let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
     c2.wait_for("c2 to connect", |s| s.connected).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn client_moves_on_to_the_next_broker_when_one_fails() {
+    let pki = Pki::new();
+    // The first "broker" presents a certificate from another CA: the handshake fails at once.
+    certs::init_ca(&pki.path("rogue-ca")).unwrap();
+    certs::issue_broker(&pki.path("rogue-ca"), &pki.path("rogue-broker")).unwrap();
+    let rogue_config = BrokerConfig {
+        listen: loopback(),
+        state_path: pki.path("rogue.redb"),
+        tls_dir: pki.path("rogue-broker"),
+    };
+    let rogue = Broker::bind(&rogue_config).unwrap();
+    let rogue_addr = rogue.local_addr().unwrap();
+    let rogue_shutdown = CancellationToken::new();
+    let rogue_task = tokio::spawn(rogue.run(rogue_shutdown.clone()));
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+
+    let mut c1 = client_of(
+        &pki,
+        "c1",
+        cluster("c1"),
+        vec![rogue_addr, broker.addr],
+        vec![export("web", "10.0.0.1")],
+    );
+    c1.wait_for("c1 to sync through the second broker", |s| {
+        s.connected && has_export(s, "c1", "web")
+    })
+    .await;
+    rogue_shutdown.cancel();
+    rogue_task.await.unwrap().unwrap();
     broker.stop().await;
 }
