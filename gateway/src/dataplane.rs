@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 use tracing::{debug, info, trace};
@@ -57,6 +58,10 @@ pub struct DataPlane {
     tunnels: HashMap<PeerId, Tunnel>,
     counters: DeviceStats,
     buf: Box<[u8]>,
+    /// Checks handshakes' mac1 (a keyed hash over our public key) before the Diffie-Hellman
+    /// that finds the sender, so garbage costs a hash rather than a scalar multiplication.
+    /// Its limit is unreachable: per-peer rate limiting stays inside each `Tunn`.
+    mac1: RateLimiter,
 }
 
 impl DataPlane {
@@ -71,6 +76,7 @@ impl DataPlane {
             tunnels: HashMap::new(),
             counters: DeviceStats::default(),
             buf: vec![0; BUF_LEN].into_boxed_slice(),
+            mac1: RateLimiter::new(&public, u64::MAX),
         }
     }
 
@@ -198,10 +204,17 @@ impl DataPlane {
     }
 
     /// Which peer a datagram is for: by the sender's static key for handshake initiations
-    /// (which costs a Diffie-Hellman), by receiver index for everything else.
+    /// (which costs a Diffie-Hellman, so mac1 is checked first), by receiver index for
+    /// everything else.
     fn route_datagram(&mut self, datagram: &[u8]) -> Option<(PeerId, Kind)> {
-        let packet = match Tunn::parse_incoming_packet(datagram) {
+        let mut unused_cookie = [0u8; 64];
+        let packet = match self.mac1.verify_packet(None, datagram, &mut unused_cookie) {
             Ok(p) => p,
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
+                self.counters.rejected_datagrams += 1;
+                debug!(len = datagram.len(), "Handshake with bad mac1");
+                return None;
+            }
             Err(e) => {
                 self.counters.malformed_datagrams += 1;
                 debug!(len = datagram.len(), error = ?e, "Malformed datagram");
