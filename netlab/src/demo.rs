@@ -42,15 +42,18 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
         }
     }
     println!("Tearing the lab down...");
-    let teardown = lab.down();
-    if outcome
+    if let Err(e) = lab.down() {
+        println!("Teardown failed: {e:#}");
+        if outcome.is_ok() {
+            outcome = Err(e);
+        }
+    } else if outcome
         .as_ref()
         .is_err_and(|e| e.downcast_ref::<Interrupted>().is_some())
     {
         println!("Interrupted; the lab is torn down.");
     }
     outcome?;
-    teardown?;
     println!("Done: all six steps passed.");
     Ok(())
 }

@@ -467,8 +467,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if !self.detached {
-            let _ = self.teardown();
+        if !self.detached
+            && let Err(e) = self.teardown()
+        {
+            eprintln!("netlab: tearing down lab {}: {e:#}", self.topology.prefix());
         }
     }
 }

@@ -79,9 +79,30 @@ pub fn describe(command: &Command) -> String {
     words.join(" ")
 }
 
-/// Runs `command` to completion, capturing its output, killing it after `timeout`.
-/// Returns the output whatever the exit status (see [`run_ok`] for "must succeed").
+/// Runs `command` to completion, capturing its output, killing it after `timeout` or as
+/// soon as SIGINT/SIGTERM arrived (see `wait`). Returns the output whatever the exit status
+/// (see [`run_ok`] for "must succeed").
 pub fn run(command: &mut Command, timeout: Duration) -> Result<Output, CommandError> {
+    run_inner(command, timeout, Interruptible::Yes)
+}
+
+/// Like [`run`], but an interrupt does not stop it: for teardown, which runs *because* of
+/// an interrupt.
+pub fn run_to_end(command: &mut Command, timeout: Duration) -> Result<Output, CommandError> {
+    run_inner(command, timeout, Interruptible::No)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruptible {
+    Yes,
+    No,
+}
+
+fn run_inner(
+    command: &mut Command,
+    timeout: Duration,
+    interruptible: Interruptible,
+) -> Result<Output, CommandError> {
     let shown = describe(command);
     let mut child = command
         .stdin(Stdio::null())
@@ -119,7 +140,7 @@ pub fn run(command: &mut Command, timeout: Duration) -> Result<Output, CommandEr
         if let Ok(Some(status)) = child.try_wait() {
             break status;
         }
-        let stop = if wait::interrupted() {
+        let stop = if interruptible == Interruptible::Yes && wait::interrupted() {
             Some(CommandError::Interrupted {
                 command: shown.clone(),
             })
@@ -148,6 +169,16 @@ pub fn run(command: &mut Command, timeout: Duration) -> Result<Output, CommandEr
 /// Runs `command` like [`run`] and requires exit status 0.
 pub fn run_ok(command: &mut Command, timeout: Duration) -> Result<Output, CommandError> {
     let output = run(command, timeout)?;
+    require_success(command, output)
+}
+
+/// Runs `command` like [`run_to_end`] and requires exit status 0.
+pub fn run_ok_to_end(command: &mut Command, timeout: Duration) -> Result<Output, CommandError> {
+    let output = run_to_end(command, timeout)?;
+    require_success(command, output)
+}
+
+fn require_success(command: &Command, output: Output) -> Result<Output, CommandError> {
     if output.status.success() {
         Ok(output)
     } else {
@@ -187,7 +218,7 @@ fn sysctl_in(ns: &str, setting: &str) -> Result<(), CommandError> {
 
 /// Names of all named network namespaces (`ip netns list`), in no particular order.
 pub fn list_namespaces() -> Result<Vec<String>, CommandError> {
-    let output = run_ok(
+    let output = run_ok_to_end(
         Command::new("ip").args(["netns", "list"]),
         SETUP_COMMAND_TIMEOUT,
     )?;
@@ -307,7 +338,7 @@ fn uplink(inner: &str, outer: &str, port: &str, bridge: &str) -> Result<(), Comm
 
 /// Process ids inside a namespace (`ip netns pids`).
 pub fn pids_in(ns: &str) -> Result<Vec<i32>, CommandError> {
-    let output = run_ok(
+    let output = run_ok_to_end(
         Command::new("ip").args(["netns", "pids", ns]),
         SETUP_COMMAND_TIMEOUT,
     )?;
@@ -354,7 +385,9 @@ pub fn destroy(topology: &Topology, grace: Duration) -> Result<(), CommandError>
         signal_all(&pids_of(&ours), libc::SIGKILL);
     }
     for ns in &ours {
-        note(ip(&["netns", "del", ns]));
+        let mut delete = Command::new("ip");
+        delete.args(["netns", "del", ns]);
+        note(run_ok_to_end(&mut delete, SETUP_COMMAND_TIMEOUT).map(drop));
     }
     // /etc/netns dirs can outlive their namespace (a crash between the two); match by name.
     if let Ok(entries) = std::fs::read_dir("/etc/netns") {

@@ -207,31 +207,48 @@ pub struct WanVerdict {
     pub between_gateways: usize,
     /// Gateway-to-gateway packets that are WireGuard transport data (message type 4).
     pub wireguard_data: usize,
-    /// The first few rule breaks, described.
+    /// One line per broken rule: how many frames broke it and the first of them.
     pub violations: Vec<String>,
+}
+
+/// Frames breaking one rule: how many, and the first one described.
+#[derive(Default)]
+struct Breaks {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Breaks {
+    fn add(&mut self, index: usize, what: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(format!("frame {index}: {}", what()));
+        }
+    }
+
+    fn describe(self, rule: &str) -> Option<String> {
+        let first = self.first?;
+        Some(format!("{} frames {rule} (first: {first})", self.count))
+    }
 }
 
 /// Judges a wan capture (pure, so it is unit-tested): see [`step3_wan_carries_only_wireguard`].
 pub fn judge_wan(packets: &[Packet], gateways: &BTreeSet<Ipv4Addr>, secret: &[u8]) -> WanVerdict {
-    const MAX_VIOLATIONS: usize = 5;
     const WG_TRANSPORT_DATA: u8 = 4;
     let is_pod = |a: &Ipv4Addr| a.octets()[0] == 10 && (101..=109).contains(&a.octets()[1]);
     let mut verdict = WanVerdict::default();
+    let (mut in_clear, mut pod_address, mut not_wireguard) =
+        (Breaks::default(), Breaks::default(), Breaks::default());
     for (index, packet) in packets.iter().enumerate() {
-        let mut broke = |what: String| {
-            if verdict.violations.len() < MAX_VIOLATIONS {
-                verdict.violations.push(format!("frame {index}: {what}"));
-            }
-        };
         if packet.contains(secret) {
-            broke(format!(
-                "carries {:?} in clear",
-                String::from_utf8_lossy(secret)
-            ));
+            in_clear.add(index, || match &packet.ipv4 {
+                Some(ip) => format!("{} -> {}", ip.src, ip.dst),
+                None => "a non-IPv4 frame".into(),
+            });
         }
         let Some(ip) = &packet.ipv4 else { continue };
         if is_pod(&ip.src) || is_pod(&ip.dst) {
-            broke(format!("pod address on the wan ({} -> {})", ip.src, ip.dst));
+            pod_address.add(index, || format!("{} -> {}", ip.src, ip.dst));
         }
         if !(gateways.contains(&ip.src) && gateways.contains(&ip.dst)) {
             continue;
@@ -247,12 +264,18 @@ pub fn judge_wan(packets: &[Packet], gateways: &BTreeSet<Ipv4Addr>, secret: &[u8
                     verdict.wireguard_data += 1;
                 }
             }
-            other => broke(format!(
-                "{} -> {} is not WireGuard: {other:?}",
-                ip.src, ip.dst
-            )),
+            other => not_wireguard.add(index, || format!("{} -> {}: {other:?}", ip.src, ip.dst)),
         }
     }
+    let secret = String::from_utf8_lossy(secret);
+    verdict.violations = [
+        in_clear.describe(&format!("carry {secret:?} in clear")),
+        pod_address.describe("have a pod address on the wan"),
+        not_wireguard.describe(&format!("between gateways are not UDP on port {WG_PORT}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     verdict
 }
 
@@ -426,5 +449,17 @@ mod tests {
         ];
         let verdict = judge_wan(&packets, &gateways(), b"hello from c1");
         assert_eq!(verdict.violations.len(), 3, "{:?}", verdict.violations);
+        assert!(
+            verdict.violations[0]
+                .starts_with("1 frames carry \"hello from c1\" in clear (first: frame 2")
+        );
+        assert!(
+            verdict.violations[1]
+                .starts_with("1 frames have a pod address on the wan (first: frame 1")
+        );
+        assert!(
+            verdict.violations[2]
+                .starts_with("1 frames between gateways are not UDP on port 51820 (first: frame 0")
+        );
     }
 }
