@@ -481,4 +481,13 @@ mod tests {
         let err = TlsFiles::load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("ca.crt"), "{err}");
     }
+
+    #[test]
+    fn errors_can_cross_threads_into_anyhow() {
+        fn check<T: std::error::Error + Send + Sync + 'static>() {}
+        check::<CertError>();
+        check::<crate::sync::Error>();
+        check::<crate::broker::StoreError>();
+        check::<crate::broker::Rejected>();
+    }
 }

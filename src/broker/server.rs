@@ -47,6 +47,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
 const SESSION_QUEUE: usize = 1024;
 /// How long a closing session waits for the peer to acknowledge its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// A client that does not take a frame within this time is stuck or hostile (its keep-alives
+/// would otherwise hold the session open forever): the session ends.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound broker that has not started serving yet (tests bind port 0 and read the address).
 pub struct Broker {
@@ -305,6 +308,8 @@ enum SessionEnd {
     Read(#[from] quinn::ReadError),
     #[error("writing")]
     Write(#[from] quinn::WriteError),
+    #[error("the client took no data for {WRITE_TIMEOUT:?}")]
+    WriteTimeout,
     #[error("bad frame")]
     Codec(#[from] wire::CodecError),
     #[error("first message was not Hello, or Hello was repeated")]
@@ -366,7 +371,12 @@ async fn session_loop(
                 }
             }
             out = replies.recv(), if reply.is_none() => match out {
-                Some(message) => send.write_all(&wire::encode(&message)?).await?,
+                Some(message) => {
+                    let frame = wire::encode(&message)?;
+                    tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&frame))
+                        .await
+                        .map_err(|_| SessionEnd::WriteTimeout)??;
+                }
                 None => {
                     // The state task ended the session (rejected, or too slow): let the last
                     // frames reach the client, then close.
