@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use crate::capture::Capture;
 use crate::cluster::{self, CertFor, Daemon, STOP_GRACE};
 use crate::ns;
+use crate::probe;
 use crate::topology::{TUN_NAME, Topology, WAN_BRIDGE};
 use crate::wait::poll_until;
 
@@ -410,8 +411,10 @@ impl Lab {
         let t = &self.topology;
         let dir = self.cluster_dir(c);
         let services = self.services_dir(c);
-        std::fs::create_dir_all(&services)
-            .with_context(|| format!("creating {}", services.display()))?;
+        for needed in [&services, &dir.join("state")] {
+            std::fs::create_dir_all(needed)
+                .with_context(|| format!("creating {}", needed.display()))?;
+        }
         let mut source = OsString::from("file:");
         source.push(&services);
         let args: Vec<OsString> = vec![
@@ -459,7 +462,10 @@ impl Lab {
                         tail(&gateway.log())
                     ));
                 }
-                dns_answers(&pod_ns, dns)
+                let socket = ns::in_netns(&pod_ns, || UdpSocket::bind("0.0.0.0:0"))
+                    .and_then(|bound| bound)
+                    .map_err(|e| format!("opening a UDP socket in {pod_ns}: {e}"))?;
+                probe::dns_answers(&socket, dns)
             },
         )
     }
@@ -513,39 +519,6 @@ fn clear_work_dir(work_dir: &Path) -> anyhow::Result<()> {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(8)..].join("\n")
-}
-
-/// Sends one DNS query (A `probe.netlab.svc.global`) from inside `ns` to `server`; `Ok` if
-/// any well-formed reply with our id comes back, whatever its rcode.
-fn dns_answers(ns: &str, server: SocketAddr) -> Result<(), String> {
-    const ID: u16 = 0x4e4c;
-    let mut query = Vec::new();
-    query.extend_from_slice(&ID.to_be_bytes());
-    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, one question
-    for label in ["probe", "netlab", "svc", "global"] {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
-    let socket = ns::in_netns(ns, || UdpSocket::bind("0.0.0.0:0"))
-        .and_then(|bound| bound)
-        .map_err(|e| format!("opening a UDP socket in {ns}: {e}"))?;
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .map_err(|e| e.to_string())?;
-    socket
-        .send_to(&query, server)
-        .map_err(|e| format!("sending to {server}: {e}"))?;
-    let mut reply = [0u8; 512];
-    let (n, _) = socket
-        .recv_from(&mut reply)
-        .map_err(|e| format!("no reply from {server}: {e}"))?;
-    let is_reply = n >= 12 && reply[..2] == ID.to_be_bytes() && reply[2] & 0x80 != 0;
-    if is_reply {
-        Ok(())
-    } else {
-        Err(format!("malformed reply of {n} bytes from {server}"))
-    }
 }
 
 #[cfg(test)]

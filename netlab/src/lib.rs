@@ -11,6 +11,7 @@
 //! - `story`: the six steps the demo prints and the end-to-end test asserts.
 //! - `demo`: `causeway lab demo | up | down`.
 //! - `http`: the pods' tiny HTTP server (`causeway lab http-serve`).
+//! - `probe`: readiness probes (a DNS query from inside a pod).
 //! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
 //!
 //! Everything here needs root (namespaces, veths, tcpdump) except the pure parts.
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod http;
 pub mod lab;
 pub mod ns;
+pub mod probe;
 pub mod story;
 pub mod topology;
 pub mod wait;
