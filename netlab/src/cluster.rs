@@ -91,9 +91,6 @@ impl Daemon {
             .stdout(log)
             .stderr(err_log)
             .process_group(0);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {}: {}", self.name, ns::describe(&command)))?;
