@@ -3,7 +3,7 @@
 //! Module map (dependencies point inward: `model` ← {sync, broker, select} ← {source, app}):
 //! - `model`: ids, services, endpoints, cluster records — plain data, no I/O.
 //! - `clock`: the one place that reads the clock (tokio's, so tests can pause it).
-//! - `config`: the validated configuration of every subcommand (YAML file < flags).
+//! - `cli`: every subcommand and flag, parsed into validated types.
 //! - `certs`: the clusterset CA and cluster/broker certificates (rcgen), and TLS configs.
 //! - `sync`: the gateway↔broker protocol: wire messages, sans-IO sessions, the QUIC shell.
 //! - `broker`: the broker's pure state, its persistent store and its QUIC server.
@@ -11,10 +11,12 @@
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 
+pub mod app;
 pub mod broker;
 pub mod certs;
+pub mod cli;
 pub mod clock;
 pub mod model;
-pub mod sync;
 pub mod select;
 pub mod source;
+pub mod sync;

@@ -1,5 +1,119 @@
-//! The `causeway` binary: CLI → Config → run. Nothing else.
+//! The `causeway` binary: CLI → validated arguments → run. Nothing else.
 
-fn main() {
-    println!("causeway {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+
+use causeway::cli::{CertsCommand, Cli, Command, LabCommand, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Certs(CertsCommand::Init { out }) => {
+            causeway::certs::init_ca(&out)?;
+            println!("Created the clusterset CA in {}", out.display());
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Issue {
+            cluster: Some(id),
+            ca_dir,
+            out,
+            ..
+        }) => {
+            causeway::certs::issue_cluster(&ca_dir, &id, &out)?;
+            println!(
+                "Issued the certificate of cluster {id} into {}",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Issue {
+            cluster: None,
+            ca_dir,
+            out,
+            ..
+        }) => {
+            causeway::certs::issue_broker(&ca_dir, &out)?;
+            println!("Issued the broker's certificate into {}", out.display());
+            Ok(())
+        }
+        Command::Broker(args) => daemon(|shutdown| async move {
+            let config = causeway::broker::server::BrokerConfig {
+                listen: args.listen,
+                state_path: args.state,
+                tls_dir: args.tls_dir,
+            };
+            causeway::broker::server::run(config, shutdown).await
+        }),
+        Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
+        Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),
+        Command::Lab(LabCommand::Up) => causeway_netlab::demo::up(&current_exe()?),
+        Command::Lab(LabCommand::Down) => {
+            causeway_netlab::demo::down(causeway_netlab::DEFAULT_PREFIX)
+        }
+        Command::Lab(LabCommand::HttpServe { listen, body }) => {
+            causeway_netlab::http_serve(listen, body)
+        }
+    }
+}
+
+fn current_exe() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("finding the causeway binary")
+}
+
+/// Runs a daemon on a multi-threaded runtime until SIGINT or SIGTERM.
+fn daemon<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot watch SIGTERM");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("Shutting down");
+            on_signal.cancel();
+        });
+        f(shutdown).await
+    })
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: bad --log filter {filter:?} ({e}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -28,19 +28,33 @@ pub enum IdError {
 /// Checks an RFC 1123 DNS label as Kubernetes does for namespaces and service names
 /// (lowercase alphanumerics and '-', at most 63 characters). `leading_letter` adds the
 /// RFC 1035 rule that Kubernetes applies to Service names.
-pub fn check_dns_label(what: &'static str, value: &str, leading_letter: bool) -> Result<(), IdError> {
+pub fn check_dns_label(
+    what: &'static str,
+    value: &str,
+    leading_letter: bool,
+) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { what });
     }
     if value.len() > 63 {
-        return Err(IdError::TooLong { what, value: value.to_owned() });
+        return Err(IdError::TooLong {
+            what,
+            value: value.to_owned(),
+        });
     }
     let bytes = value.as_bytes();
     let ok_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-    let first_ok = if leading_letter { bytes[0].is_ascii_lowercase() } else { bytes[0] != b'-' };
+    let first_ok = if leading_letter {
+        bytes[0].is_ascii_lowercase()
+    } else {
+        bytes[0] != b'-'
+    };
     let last_ok = bytes[bytes.len() - 1] != b'-';
     if !(bytes.iter().all(ok_char) && first_ok && last_ok) {
-        return Err(IdError::NotDnsLabel { what, value: value.to_owned() });
+        return Err(IdError::NotDnsLabel {
+            what,
+            value: value.to_owned(),
+        });
     }
     Ok(())
 }
@@ -113,7 +127,9 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "TCP")]
@@ -183,12 +199,30 @@ mod tests {
     fn cluster_id_accepts_dns_labels_and_rejects_the_rest() {
         assert!(ClusterId::new("c1").is_ok());
         assert!(ClusterId::new("eu-west-1a").is_ok());
-        assert_eq!(ClusterId::new(""), Err(IdError::Empty { what: "cluster id" }));
-        assert!(matches!(ClusterId::new("C1"), Err(IdError::NotDnsLabel { .. })));
-        assert!(matches!(ClusterId::new("1c"), Err(IdError::NotDnsLabel { .. })));
-        assert!(matches!(ClusterId::new("c1-"), Err(IdError::NotDnsLabel { .. })));
-        assert!(matches!(ClusterId::new("a.b"), Err(IdError::NotDnsLabel { .. })));
-        assert!(matches!(ClusterId::new("a".repeat(64)), Err(IdError::TooLong { .. })));
+        assert_eq!(
+            ClusterId::new(""),
+            Err(IdError::Empty { what: "cluster id" })
+        );
+        assert!(matches!(
+            ClusterId::new("C1"),
+            Err(IdError::NotDnsLabel { .. })
+        ));
+        assert!(matches!(
+            ClusterId::new("1c"),
+            Err(IdError::NotDnsLabel { .. })
+        ));
+        assert!(matches!(
+            ClusterId::new("c1-"),
+            Err(IdError::NotDnsLabel { .. })
+        ));
+        assert!(matches!(
+            ClusterId::new("a.b"),
+            Err(IdError::NotDnsLabel { .. })
+        ));
+        assert!(matches!(
+            ClusterId::new("a".repeat(64)),
+            Err(IdError::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -196,7 +230,10 @@ mod tests {
         let key = ServiceKey::new("shop", "web").unwrap();
         assert_eq!(key.to_string(), "shop/web");
         assert!(ServiceKey::new("shop", "9web").is_err());
-        assert!(ServiceKey::new("9shop", "web").is_ok(), "namespaces may start with a digit");
+        assert!(
+            ServiceKey::new("9shop", "web").is_ok(),
+            "namespaces may start with a digit"
+        );
     }
 
     #[test]

@@ -484,6 +484,23 @@ mod tests {
         assert!(!is_service_file(Path::new("/d/README")));
     }
 
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md has a yaml example");
+        let services = parse_file(Path::new("README.md"), block).unwrap();
+        assert_eq!(services[0].spec.service.to_string(), "shop/web");
+        let bogus = block.replace("export: true", "exprot: true");
+        assert!(
+            parse_file(Path::new("README.md"), &bogus).is_err(),
+            "a bogus key is refused"
+        );
+    }
+
     #[tokio::test]
     async fn watch_publishes_edits_and_keeps_last_good_on_errors() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,351 @@
+//! The command line: every subcommand and flag, parsed into validated types (`ClusterId`,
+//! `IpNet`, `SocketAddr`), so that a bad flag is refused by name before anything starts.
+//! `main` dispatches; `app` runs the daemons.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use crate::model::ClusterId;
+
+/// causeway joins clusters into one network: a WireGuard tunnel between every pair of cluster
+/// gateways, exported services synced through a broker, and a `svc.global` DNS zone in every
+/// cluster that answers with the nearest ready endpoints.
+///
+/// Typical setup: `certs init` once, `certs issue` per cluster and for the broker, run one
+/// `broker`, and one `gateway` per cluster. `lab demo` shows the whole story on one machine.
+#[derive(Debug, Parser)]
+#[command(name = "causeway", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CAUSEWAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `causeway=debug`).
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,hickory_server=warn,quinn=warn",
+        env = "CAUSEWAY_LOG"
+    )]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the clusterset's certificate authority and issue certificates from it.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run the broker: the registry of clusters and exported services that gateways sync with.
+    Broker(BrokerArgs),
+    /// Run one cluster's gateway: tunnels to the other clusters, service sync and DNS.
+    Gateway(Box<GatewayArgs>),
+    /// A lab of three clusters built from network namespaces on this machine (Linux, root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a new clusterset CA (ca.crt, ca.key) in DIR. Refuses to overwrite one.
+    Init {
+        /// Directory to write the CA into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a certificate signed by the CA: for a cluster's gateway (the cluster id is carried in
+    /// the certificate, and the broker lets it write only that cluster's records) or for the broker.
+    /// Writes DIR/ca.crt, DIR/tls.crt and DIR/tls.key, the layout --tls-dir expects.
+    Issue {
+        /// The cluster id to issue a gateway certificate for.
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "broker",
+            required_unless_present = "broker"
+        )]
+        cluster: Option<ClusterId>,
+        /// Issue the broker's server certificate instead.
+        #[arg(long)]
+        broker: bool,
+        /// Directory holding the CA (ca.crt, ca.key) made by `certs init`.
+        #[arg(long, value_name = "DIR", default_value = "causeway-ca")]
+        ca_dir: PathBuf,
+        /// Directory to write the certificate into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// UDP address to serve QUIC on.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:7443",
+        env = "CAUSEWAY_BROKER_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// File of the embedded store; everything the broker accepted survives a restart.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/lib/causeway/broker.redb",
+        env = "CAUSEWAY_BROKER_STATE"
+    )]
+    pub state: PathBuf,
+    /// Directory with ca.crt, tls.crt, tls.key (from `certs issue --broker`).
+    #[arg(long, value_name = "DIR", env = "CAUSEWAY_TLS_DIR")]
+    pub tls_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// This cluster's id: a DNS label, and the one in the certificate under --tls-dir.
+    #[arg(long, value_name = "ID", env = "CAUSEWAY_CLUSTER_ID")]
+    pub cluster_id: ClusterId,
+    /// Broker address(es), tried in order; repeat the flag or separate with commas.
+    #[arg(
+        long = "broker",
+        value_name = "ADDR",
+        required = true,
+        value_delimiter = ',',
+        env = "CAUSEWAY_BROKER"
+    )]
+    pub brokers: Vec<SocketAddr>,
+    /// Directory with ca.crt, tls.crt, tls.key (from `certs issue --cluster ID`).
+    #[arg(long, value_name = "DIR", env = "CAUSEWAY_TLS_DIR")]
+    pub tls_dir: PathBuf,
+    /// Where this cluster's services come from: `file:DIR`, a directory of YAML service files
+    /// (see README, "The file source").
+    #[arg(long, value_name = "SOURCE", env = "CAUSEWAY_SOURCE")]
+    pub source: SourceSpec,
+    /// UDP address WireGuard listens on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:51820")]
+    pub wg_listen: SocketAddr,
+    /// The address other gateways reach this one's WireGuard port at (default: --wg-listen, which
+    /// must then be a specific address, not 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub wg_advertise: Option<SocketAddr>,
+    /// This cluster's pod and service ranges; other clusters route them into their tunnel to us.
+    #[arg(
+        long = "cidr",
+        value_name = "CIDR",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub cidrs: Vec<IpNet>,
+    /// This cluster's region (answers prefer endpoints in the same region).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// This cluster's zone within its region (answers prefer the same zone).
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// Address (UDP and TCP) to serve the svc.global DNS zone on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:53")]
+    pub dns_listen: SocketAddr,
+    /// The DNS zone served.
+    #[arg(long, value_name = "ZONE", default_value = "svc.global")]
+    pub dns_zone: String,
+    /// TTL of DNS answers, in seconds; also the SOA minimum (negative-answer TTL). Lower means
+    /// faster failover for clients, more queries.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub dns_ttl: u32,
+    /// Directory for this gateway's state (its WireGuard private key).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/causeway")]
+    pub state_dir: PathBuf,
+    /// Name of the TUN device carrying tunnel traffic.
+    #[arg(long, value_name = "NAME", default_value = "cw0", value_parser = parse_ifname)]
+    pub tun_name: String,
+    /// MTU of the TUN device: the underlying link's MTU minus WireGuard's 80 bytes (IPv6 outer
+    /// header) overhead; 1420 fits a 1500-byte link.
+    #[arg(long, value_name = "BYTES", default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..=9000))]
+    pub mtu: u16,
+    /// WireGuard persistent keepalive, in seconds (0 = off). Keeps NAT mappings alive.
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    pub keepalive: u16,
+    /// Source address for traffic this gateway itself sends into the tunnel; must lie in one of
+    /// --cidr. Default: the --dns-listen address when it lies in one of --cidr.
+    #[arg(long, value_name = "IP")]
+    pub tunnel_source: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    File(PathBuf),
+}
+
+impl FromStr for SourceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("file", dir)) if !dir.is_empty() => Ok(SourceSpec::File(PathBuf::from(dir))),
+            Some(("file", _)) => {
+                Err("`file:` needs a directory, e.g. file:/etc/causeway/services".into())
+            }
+            _ => Err(format!("unknown source {s:?}: expected file:DIR")),
+        }
+    }
+}
+
+fn parse_ifname(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an interface name (1-15 of [A-Za-z0-9._-])"
+        ))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab, run the story (export, resolve and reach from another cluster, only
+    /// WireGuard on the wire, nearest first, withdrawal, broker restart), print each step and
+    /// tear everything down.
+    Demo,
+    /// Build the lab and leave it running for exploration; prints how to get into a pod.
+    Up,
+    /// Tear down a lab left by `lab up` (or a crashed run).
+    Down,
+    /// A tiny HTTP server for lab pods (used by the lab itself).
+    #[command(hide = true)]
+    HttpServe {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        body: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// A valid gateway command line; each `(flag, value)` in `over` replaces that flag's value
+    /// (or is added).
+    fn gateway(over: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+        let mut flags = vec![
+            ("--cluster-id", "c1"),
+            ("--broker", "10.0.0.2:7443"),
+            ("--tls-dir", "/t"),
+            ("--source", "file:/s"),
+            ("--cidr", "10.101.0.0/16"),
+        ];
+        for (flag, value) in over {
+            match flags.iter_mut().find(|(f, _)| f == flag) {
+                Some(slot) => slot.1 = value,
+                None => flags.push((flag, value)),
+            }
+        }
+        let args = flags.iter().flat_map(|(f, v)| [*f, *v]);
+        Cli::try_parse_from(["causeway", "gateway"].into_iter().chain(args))
+    }
+
+    #[test]
+    fn gateway_flags_parse_into_validated_types() {
+        let cli = gateway(&[
+            ("--cidr", "10.101.0.0/16,fd00::/64"),
+            ("--broker", "10.0.0.2:7443,10.0.0.3:7443"),
+        ])
+        .unwrap();
+        let Command::Gateway(args) = cli.command else {
+            panic!("not a gateway")
+        };
+        assert_eq!(args.cluster_id.as_str(), "c1");
+        assert_eq!(args.cidrs.len(), 2);
+        assert_eq!(args.brokers.len(), 2);
+        assert_eq!(args.source, SourceSpec::File("/s".into()));
+        assert_eq!(args.dns_ttl, 5);
+    }
+
+    #[test]
+    fn bad_flags_are_refused_by_name() {
+        let cases = [
+            (("--cidr", "10.1.0.0/33"), "--cidr"),
+            (("--cluster-id", "Bad_Id"), "not a DNS label"),
+            (("--wg-listen", "nowhere"), "--wg-listen"),
+            (("--source", "kube"), "expected file:DIR"),
+            (("--tun-name", "a-name-that-is-too-long"), "interface name"),
+            (("--mtu", "100"), "--mtu"),
+            (("--dns-ttl", "-1"), "unexpected argument '-1'"),
+            (("--dns-ttl", "five"), "--dns-ttl"),
+        ];
+        for (over, needle) in cases {
+            let err = gateway(&[over]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{over:?}: {err}");
+        }
+    }
+
+    /// Every `causeway ...` command line in README.md parses (shell continuations joined).
+    #[test]
+    fn readme_command_lines_parse() {
+        let readme = include_str!("../README.md");
+        let joined = readme.replace("\\\n", " ");
+        let shell_blocks = joined
+            .split("```sh\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next());
+        let mut checked = 0;
+        for line in shell_blocks
+            .flat_map(str::lines)
+            .map(str::trim)
+            .filter(|l| l.starts_with("causeway "))
+        {
+            let words: Vec<&str> = line
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("README line {line:?}: {e}"));
+            checked += 1;
+        }
+        assert!(
+            checked >= 5,
+            "found only {checked} command lines in README.md"
+        );
+    }
+
+    #[test]
+    fn certs_issue_needs_a_cluster_or_broker() {
+        assert!(Cli::try_parse_from(["causeway", "certs", "issue", "--out", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["causeway", "certs", "issue", "--broker", "--out", "x"]).is_ok()
+        );
+        let both = Cli::try_parse_from([
+            "causeway",
+            "certs",
+            "issue",
+            "--broker",
+            "--cluster",
+            "c1",
+            "--out",
+            "x",
+        ]);
+        assert!(both.is_err());
+    }
+}
