@@ -116,3 +116,34 @@ fn bare_lab_removes_leftovers_of_a_crashed_run_with_the_same_prefix() {
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
     std::fs::remove_dir_all(work_dir).unwrap();
 }
+
+#[test]
+#[ignore = "needs root: netlab"]
+fn daemons_restart_and_down_stops_what_a_detached_lab_left_running() {
+    use causeway_netlab::cluster::{Daemon, STOP_GRACE};
+    let prefix = format!("cwnd{}", std::process::id());
+    let lab = Lab::bare(spec(&prefix)).unwrap();
+    let work_dir = lab.work_dir().to_owned();
+    let pod = lab.topology().pod_ns(1, 1);
+    let sleep = std::path::Path::new("/bin/sleep");
+
+    let mut daemon = Daemon::new("sleeper", &pod, sleep, vec!["600".into()], &work_dir);
+    daemon.start().unwrap();
+    assert!(daemon.is_running());
+    let first = daemon.pid();
+    daemon.restart(STOP_GRACE).unwrap();
+    assert!(daemon.is_running());
+    assert_ne!(daemon.pid(), first);
+    daemon.stop(STOP_GRACE);
+    assert!(!daemon.is_running());
+
+    // A daemon left behind by a detached lab (as `causeway lab up` leaves them).
+    let mut left = Daemon::new("left", &pod, sleep, vec!["600".into()], &work_dir);
+    left.start().unwrap();
+    left.detach();
+    lab.detach();
+    assert_eq!(ns::pids_in(&pod).unwrap().len(), 1);
+    causeway_netlab::down(&prefix).unwrap();
+    assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
+    std::fs::remove_dir_all(work_dir).unwrap();
+}
