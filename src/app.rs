@@ -275,6 +275,7 @@ mod tests {
     fn export(ns: &str, name: &str, addrs: &[&str]) -> Export {
         Export {
             service: ServiceKey::new(ns, name).unwrap(),
+            cluster_ips: vec![],
             ports: vec![],
             endpoints: addrs
                 .iter()

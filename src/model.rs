@@ -173,6 +173,9 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Export {
     pub service: ServiceKey,
+    /// The service's address(es) in its own cluster (one per IP family), as kube-proxy routes
+    /// them. Empty for a headless service, whose endpoints are answered directly.
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec>,
     pub endpoints: Vec<Endpoint>,
 }

@@ -217,6 +217,7 @@ mod tests {
     fn export(name: &str, address: &str) -> Export {
         Export {
             service: key(name),
+            cluster_ips: vec![],
             ports: vec![PortSpec {
                 name: None,
                 port: 80,

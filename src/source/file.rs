@@ -12,6 +12,7 @@
 //! name: web
 //! namespace: shop
 //! export: true          # only exported services leave the cluster (MCS: a ServiceExport exists)
+//! clusterIPs: [10.101.128.10]  # optional: the service's own address(es); none means headless
 //! ports:
 //!   - name: http
 //!     port: 80
@@ -74,6 +75,8 @@ pub enum Problem {
     DuplicatePort { port: u16, protocol: Protocol },
     #[error("a service with more than one port must name every port")]
     UnnamedPort,
+    #[error("clusterIPs {ips:?}: give at most one address per IP family")]
+    ClusterIps { ips: Vec<IpAddr> },
     #[error("endpoint hostname {hostname:?} is not a DNS label")]
     Hostname { hostname: String },
 }
@@ -92,6 +95,8 @@ struct ServiceDoc {
     namespace: String,
     #[serde(default)]
     export: bool,
+    #[serde(default, rename = "clusterIPs")]
+    cluster_ips: Vec<IpAddr>,
     #[serde(default)]
     ports: Vec<PortDoc>,
     #[serde(default)]
@@ -191,10 +196,21 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
             hostname: e.hostname,
         });
     }
+    let families_distinct = match doc.cluster_ips.as_slice() {
+        [] | [_] => true,
+        [a, b] => a.is_ipv4() != b.is_ipv4(),
+        _ => false,
+    };
+    if !families_distinct {
+        return Err(Problem::ClusterIps {
+            ips: doc.cluster_ips,
+        });
+    }
     Ok(LocalService {
         export: doc.export,
         spec: Export {
             service,
+            cluster_ips: doc.cluster_ips,
             ports,
             endpoints,
         },
@@ -431,6 +447,10 @@ mod tests {
             (
                 "name: web\nnamespace: shop\nports:\n  - {name: a, port: 80}\n  - {name: b, port: 80}\n",
                 "listed twice",
+            ),
+            (
+                "name: web\nnamespace: shop\nclusterIPs: [10.0.0.1, 10.0.0.2]\n",
+                "one address per IP family",
             ),
             ("name: [web\n", "document 1"),
             ("- just\n- a list\n", "document 1"),

@@ -300,6 +300,7 @@ mod tests {
     fn export(name: &str) -> Export {
         Export {
             service: ServiceKey::new("shop", name).unwrap(),
+            cluster_ips: vec![],
             ports: vec![PortSpec {
                 name: None,
                 port: 80,

@@ -58,6 +58,7 @@ fn cluster(name: &str) -> ClusterInfo {
 fn export(name: &str, address: &str) -> Export {
     Export {
         service: ServiceKey::new("shop", name).unwrap(),
+        cluster_ips: vec![],
         ports: vec![PortSpec {
             name: Some("http".into()),
             port: 80,
