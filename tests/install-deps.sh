@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the lab demo and the tests need (Debian/Ubuntu, as root).
+# Only what is missing is installed; --no-install-recommends keeps wireguard-tools from
+# dragging in a kernel image.
+set -euo pipefail
+pkgs=(
+  iproute2 iputils-ping procps   # namespaces, veth, bridges; ping; sysctl
+  curl                           # HTTP GET from lab pods
+  tcpdump                        # capture on the lab's wan
+  dnsutils                       # dig, against our DNS server
+  nftables                       # cluster IPs in the lab's routers
+  wireguard-go wireguard-tools   # a standard WireGuard peer for interop tests
+  iperf3                         # tunnel throughput (bench/)
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

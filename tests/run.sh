@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every check and test of causeway: installs the Debian packages the tests need, then lints
+# and runs the whole workspace's tests, the lab end-to-end tests included (they build network
+# namespaces, so this runs as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/run.sh: run as root (the lab tests create network namespaces and TUN devices)" >&2
+  exit 1
+fi
+tests/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked -- --include-ignored
