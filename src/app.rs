@@ -162,6 +162,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             mtu: args.mtu,
             persistent_keepalive: (args.keepalive > 0).then_some(args.keepalive),
             route_source,
+            health: causeway_gateway::HealthConfig::default(),
         },
         shutdown.clone(),
     )

@@ -5,7 +5,7 @@
 //! through an [`Io`] (send this datagram to that address, write this packet to the TUN device).
 //! Its unit tests wire two data planes together in memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use boringtun::noise::errors::WireGuardError;
@@ -16,9 +16,11 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 use tracing::{debug, info, trace};
 
+use crate::health::{PeerHealth, ProbeId};
 use crate::peers::{self, PeerId, PeerTable, Rejected};
+use crate::probe::{self, Kind as ProbeKind};
 use crate::tunnel::{self, Received, Tunnel};
-use crate::{DeviceStats, PeerSpec, PeerStats};
+use crate::{DeviceStats, PeerSpec, PeerStats, mss};
 
 /// Room for the largest IP packet plus WireGuard's 32 bytes of overhead.
 pub const BUF_LEN: usize = 65536 + 64;
@@ -54,6 +56,8 @@ pub struct DataPlane {
     private: StaticSecret,
     public: PublicKey,
     persistent_keepalive: Option<u16>,
+    /// The TUN MTU: TCP SYNs in both directions are clamped to an MSS that fits it.
+    mtu: u16,
     table: PeerTable,
     tunnels: HashMap<PeerId, Tunnel>,
     counters: DeviceStats,
@@ -62,21 +66,29 @@ pub struct DataPlane {
     /// that finds the sender, so garbage costs a hash rather than a scalar multiplication.
     /// Its limit is unreachable: per-peer rate limiting stays inside each `Tunn`.
     mac1: RateLimiter,
+    /// Probes decrypted from the datagram being handled; drained before it returns.
+    inbox: Vec<probe::Message>,
+    /// Probe replies for the shell to pass to the prober.
+    replies: VecDeque<([u8; 32], ProbeId)>,
 }
 
 impl DataPlane {
-    pub fn new(private_key: [u8; 32], persistent_keepalive: Option<u16>) -> Self {
+    /// `mtu` is the TUN device's: it bounds the MSS of TCP connections through the tunnel.
+    pub fn new(private_key: [u8; 32], persistent_keepalive: Option<u16>, mtu: u16) -> Self {
         let private = StaticSecret::from(private_key);
         let public = PublicKey::from(&private);
         Self {
             private,
             public,
             persistent_keepalive,
+            mtu,
             table: PeerTable::new(),
             tunnels: HashMap::new(),
             counters: DeviceStats::default(),
             buf: vec![0; BUF_LEN].into_boxed_slice(),
             mac1: RateLimiter::new(&public, u64::MAX),
+            inbox: Vec::new(),
+            replies: VecDeque::new(),
         }
     }
 
@@ -109,13 +121,19 @@ impl DataPlane {
     }
 
     /// An IP packet the kernel routed into the TUN device: encrypt it for the peer that owns
-    /// its destination, or drop it if nobody does.
-    pub fn handle_tun_packet(&mut self, packet: &[u8], io: &mut impl Io) {
+    /// its destination, or drop it if nobody does. TCP SYNs get their MSS clamped first.
+    pub fn handle_tun_packet(&mut self, packet: &mut [u8], io: &mut impl Io) {
         let Some(destination) = Tunn::dst_address(packet) else {
             self.counters.malformed_tun_packets += 1;
             trace!(len = packet.len(), "Dropping non-IP packet from TUN");
             return;
         };
+        if probe::Message::is_probe_shaped(packet) {
+            // Only the data plane may originate probes (see `probe`).
+            self.counters.malformed_tun_packets += 1;
+            return;
+        }
+        mss::clamp(packet, self.mtu);
         let Some(id) = self.table.lookup_by_destination(destination) else {
             self.counters.no_route_packets += 1;
             trace!(%destination, "No peer owns destination");
@@ -125,10 +143,28 @@ impl DataPlane {
         else {
             return;
         };
-        let mut out = PeerOutput { io, endpoint };
+        let mut out = PeerOutput::sending(io, endpoint);
         if let Some(e) = tunnel.encapsulate(packet, &mut self.buf, &mut out) {
             debug!(peer = id.tunnel_index(), error = ?e, "Encapsulate failed");
         }
+    }
+
+    /// Sends health probe `id` to `peer` through its tunnel (starting a handshake if there is
+    /// no session). Unknown peers are ignored: the prober's targets may lag the peer set.
+    pub fn send_probe(&mut self, peer: &[u8; 32], id: ProbeId, io: &mut impl Io) {
+        let Some(peer_id) = self.table.lookup_by_key(peer) else {
+            return;
+        };
+        let message = probe::Message {
+            kind: ProbeKind::Request,
+            id,
+        };
+        self.send_probe_message(peer_id, message, io);
+    }
+
+    /// The next probe reply received (authenticated) from a peer: its key and the probe id.
+    pub fn poll_probe_reply(&mut self) -> Option<([u8; 32], ProbeId)> {
+        self.replies.pop_front()
     }
 
     /// A UDP datagram from `from`. Anything that is not a WireGuard message for one of our
@@ -142,7 +178,12 @@ impl DataPlane {
         };
         // Replies (handshake responses, flushed queue) go to where this datagram came from;
         // only an authenticated datagram moves the peer's endpoint there for good.
-        let mut out = PeerOutput { io, endpoint: from };
+        let mut out = PeerOutput {
+            io: &mut *io,
+            endpoint: from,
+            mtu: self.mtu,
+            probes: Some(&mut self.inbox),
+        };
         let table = &self.table;
         let accepts = |source: IpAddr| table.accepts_source(id, source);
         match tunnel.decapsulate(from.ip(), datagram, &mut self.buf, &accepts, &mut out) {
@@ -167,6 +208,41 @@ impl DataPlane {
                 debug!(peer = id.tunnel_index(), %from, error = ?e, "Datagram rejected");
             }
         }
+        self.handle_probes(id, io);
+    }
+
+    /// Answers probe requests and queues replies for the prober. Only called with probes that
+    /// were just decrypted from `id`'s session.
+    fn handle_probes(&mut self, id: PeerId, io: &mut impl Io) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        for message in inbox.drain(..) {
+            match message.kind {
+                ProbeKind::Request => {
+                    let reply = probe::Message {
+                        kind: ProbeKind::Reply,
+                        id: message.id,
+                    };
+                    self.send_probe_message(id, reply, io);
+                }
+                ProbeKind::Reply => {
+                    if let Some(key) = self.table.public_key(id) {
+                        self.replies.push_back((key, message.id));
+                    }
+                }
+            }
+        }
+        self.inbox = inbox;
+    }
+
+    fn send_probe_message(&mut self, id: PeerId, message: probe::Message, io: &mut impl Io) {
+        let (Some(tunnel), Some(endpoint)) = (self.tunnels.get_mut(&id), self.table.endpoint(id))
+        else {
+            return;
+        };
+        let mut out = PeerOutput::sending(io, endpoint);
+        if let Some(e) = tunnel.encapsulate(&message.encode(), &mut self.buf, &mut out) {
+            debug!(peer = id.tunnel_index(), error = ?e, "Encapsulating a probe failed");
+        }
     }
 
     /// Runs every tunnel's timers. Call every 250 ms (as boringtun's own device does).
@@ -175,7 +251,7 @@ impl DataPlane {
             let Some(endpoint) = self.table.endpoint(*id) else {
                 continue;
             };
-            let mut out = PeerOutput { io, endpoint };
+            let mut out = PeerOutput::sending(io, endpoint);
             match tunnel.update_timers(&mut self.buf, &mut out) {
                 None | Some(WireGuardError::ConnectionExpired) => {}
                 Some(e) => debug!(peer = id.tunnel_index(), error = ?e, "Timer error"),
@@ -183,19 +259,30 @@ impl DataPlane {
         }
     }
 
-    pub fn peer_stats(&self) -> Vec<PeerStats> {
+    /// Every peer's counters; `health` supplies what the prober knows (unknown otherwise).
+    pub fn peer_stats(&self, health: &dyn Fn(&[u8; 32]) -> Option<PeerHealth>) -> Vec<PeerStats> {
         self.table
             .ids()
             .filter_map(|id| {
                 let stats = self.tunnels.get(&id)?.stats();
+                let public_key = self.table.public_key(id)?;
                 Some(PeerStats {
-                    public_key: self.table.public_key(id)?,
+                    public_key,
                     endpoint: self.table.endpoint(id)?,
                     last_handshake: stats.since_last_handshake,
                     rx_bytes: stats.rx_bytes,
                     tx_bytes: stats.tx_bytes,
+                    health: health(&public_key).unwrap_or(PeerHealth::UNKNOWN),
                 })
             })
+            .collect()
+    }
+
+    /// The public keys of the current peers (the prober's targets).
+    pub fn peer_keys(&self) -> Vec<[u8; 32]> {
+        self.table
+            .ids()
+            .filter_map(|id| self.table.public_key(id))
             .collect()
     }
 
@@ -257,10 +344,26 @@ enum Kind {
     Data,
 }
 
-/// Binds an [`Io`] to one peer's endpoint for the tunnel's [`tunnel::Output`].
+/// Binds an [`Io`] to one peer's endpoint for the tunnel's [`tunnel::Output`]; clamps the MSS
+/// of decrypted SYNs and collects decrypted probes.
 struct PeerOutput<'a, I: Io> {
     io: &'a mut I,
     endpoint: SocketAddr,
+    mtu: u16,
+    /// Where decrypted probes go; `None` where nothing is decrypted (encapsulation, timers).
+    probes: Option<&'a mut Vec<probe::Message>>,
+}
+
+impl<'a, I: Io> PeerOutput<'a, I> {
+    /// For encapsulation and timers, which only ever produce datagrams.
+    fn sending(io: &'a mut I, endpoint: SocketAddr) -> PeerOutput<'a, I> {
+        PeerOutput {
+            io,
+            endpoint,
+            mtu: u16::MAX,
+            probes: None,
+        }
+    }
 }
 
 impl<I: Io> tunnel::Output for PeerOutput<'_, I> {
@@ -268,8 +371,15 @@ impl<I: Io> tunnel::Output for PeerOutput<'_, I> {
         self.io.send(self.endpoint, datagram);
     }
 
-    fn to_tun(&mut self, packet: &[u8]) {
+    fn to_tun(&mut self, packet: &mut [u8]) {
+        mss::clamp(packet, self.mtu);
         self.io.write_tun(packet);
+    }
+
+    fn probe(&mut self, message: probe::Message) {
+        if let Some(probes) = self.probes.as_mut() {
+            probes.push(message);
+        }
     }
 }
 

@@ -3,10 +3,12 @@
 //!
 //! It only moves data: TUN reads and UDP datagrams go into the data plane, its output goes
 //! out through [`ShellIo`], a 250 ms tick runs boringtun's timers, and `set_peers` commands
-//! apply the data plane's route changes over netlink. Every decision is in
-//! [`crate::dataplane`].
+//! apply the data plane's route changes over netlink. The same task owns the [`Prober`]: it
+//! wakes it when it asks, sends its probes through the data plane, feeds it the probe replies
+//! the data plane decrypted, and publishes its transitions on the health watch channel. Every
+//! decision is in [`crate::dataplane`] and [`crate::health`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -16,13 +18,14 @@ use ipnet::IpNet;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span};
 
 use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
-use crate::{Command, Config, DeviceStats, Error};
+use crate::health::{PeerHealth, Prober};
+use crate::{Command, Config, DeviceStats, Error, peers};
 
 /// boringtun's device ticks its timers every 250 ms; its timer constants assume that.
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -35,6 +38,7 @@ const BATCH: usize = 64;
 pub(crate) async fn spawn(
     config: Config,
     commands: mpsc::Receiver<Command>,
+    health: watch::Sender<BTreeMap<[u8; 32], PeerHealth>>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, Error> {
     let tun = Tun::open(&config.tun_name)?;
@@ -75,8 +79,14 @@ pub(crate) async fn spawn(
     })?;
     info!(tun = %tun.name, %local_addr, mtu = config.mtu, "WireGuard device up");
     let span = info_span!("gateway", tun = %tun.name);
+    let mut seed = [0u8; 8];
+    // Probe ids only need to differ from a previous run's; a failed RNG read leaves them at 0.
+    let _ = getrandom::fill(&mut seed);
     let driver = Driver {
-        plane: DataPlane::new(config.private_key, config.persistent_keepalive),
+        plane: DataPlane::new(config.private_key, config.persistent_keepalive, config.mtu),
+        prober: Prober::new(config.health, u64::from_le_bytes(seed)),
+        health,
+        health_transitions: 0,
         tun: tun.fd,
         udp,
         routes,
@@ -97,6 +107,9 @@ pub(crate) async fn spawn(
 /// The task that owns the data plane. See the module docs.
 struct Driver {
     plane: DataPlane,
+    prober: Prober,
+    health: watch::Sender<BTreeMap<[u8; 32], PeerHealth>>,
+    health_transitions: u64,
     tun: AsyncFd<OwnedFd>,
     udp: UdpSocket,
     routes: Routes,
@@ -110,8 +123,11 @@ impl Driver {
         let mut tick = tokio::time::interval(TIMER_TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            self.drain_health();
+            let wake = self.prober.poll_timeout().map(|(at, _why)| at);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sleep_until(wake) => self.prober.handle_timeout(now()),
                 Some(command) = commands.recv() => self.handle_command(command).await,
                 ready = self.tun.readable() => {
                     let mut guard = match ready {
@@ -133,7 +149,7 @@ impl Driver {
                             }
                             Err(_would_block) => break,
                         };
-                        self.plane.handle_tun_packet(&self.tun_buf[..n], &mut io);
+                        self.plane.handle_tun_packet(&mut self.tun_buf[..n], &mut io);
                     }
                 }
                 ready = self.udp.readable() => {
@@ -159,6 +175,39 @@ impl Driver {
         info!("WireGuard device stopping");
     }
 
+    /// Moves health traffic between the prober and the data plane, and publishes transitions.
+    fn drain_health(&mut self) {
+        let mut io = ShellIo {
+            udp: &self.udp,
+            tun: &self.tun,
+            drops: &mut self.send_drops,
+        };
+        while let Some((peer, id)) = self.plane.poll_probe_reply() {
+            self.prober.handle_reply(peer, id, now());
+        }
+        while let Some(probe) = self.prober.poll_probe() {
+            self.plane.send_probe(&probe.peer, probe.id, &mut io);
+        }
+        let mut changed = false;
+        while let Some(event) = self.prober.poll_event() {
+            changed = true;
+            self.health_transitions += 1;
+            let rtt_ms = event.health.rtt.map(|r| r.as_secs_f64() * 1000.0);
+            info!(
+                peer = %peers::hex(&event.peer),
+                from = ?event.previous,
+                to = ?event.health.state,
+                rtt_ms,
+                lost = event.health.lost,
+                window = event.health.window,
+                "Peer health changed"
+            );
+        }
+        if changed {
+            self.health.send_replace(self.prober.health());
+        }
+    }
+
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::SetPeers(peers, reply) => {
@@ -166,18 +215,43 @@ impl Driver {
                     Ok(desired) => self.routes.apply(&desired).await,
                     Err(rejected) => Err(rejected.into()),
                 };
+                self.prober.set_targets(self.plane.peer_keys(), now());
+                let health = self.prober.health();
+                self.health.send_if_modified(|current| {
+                    let membership_changed = !current.keys().eq(health.keys());
+                    if membership_changed {
+                        *current = health;
+                    }
+                    membership_changed
+                });
                 let _ = reply.send(result);
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.plane.peer_stats());
+                let prober = &self.prober;
+                let _ = reply.send(self.plane.peer_stats(&|key| prober.peer_health(key)));
             }
             Command::DeviceStats(reply) => {
                 let _ = reply.send(DeviceStats {
                     send_drops: self.send_drops,
+                    health_transitions: self.health_transitions,
                     ..self.plane.counters()
                 });
             }
         }
+    }
+}
+
+/// The shell's one clock read, as the cores' `std` instant (tokio's clock, so that
+/// `tokio::time::pause` works).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 

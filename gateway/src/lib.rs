@@ -10,21 +10,30 @@
 //!   roaming) and the diff of a new desired peer set.
 //! - `tunnel`: one boringtun `Tunn` per peer; turns its results into output in one place.
 //! - `dataplane`: the decisions (which tunnel, what to drop and count), no sockets.
-//! - `device`: the tokio shell — TUN device, UDP socket, netlink, 250 ms timer tick.
+//! - `health`: pure peer-health state machine ([`Prober`]): probes, RTT, loss, up/down.
+//! - `probe`: the in-tunnel probe packet the data planes exchange and answer themselves.
+//! - `mss`: TCP MSS clamping of SYNs crossing the tunnel (pure byte surgery).
+//! - `device`: the tokio shell — TUN device, UDP socket, netlink, 250 ms timer tick, prober
+//!   timer.
 //! - this file: the public API ([`start`], [`Handle`]) and its types.
 
 mod dataplane;
 mod device;
+mod health;
+mod mss;
 mod peers;
+mod probe;
 mod tunnel;
 
+pub use health::{HealthConfig, HealthEvent, HealthState, PeerHealth, Probe, ProbeId, Prober};
 pub use peers::Rejected;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How to bring up the data plane.
@@ -36,17 +45,32 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Name of the TUN device to create, e.g. "cw0" (at most 15 bytes).
     pub tun_name: String,
-    /// MTU of the TUN device; 1420 leaves room for WireGuard over IPv6 on a 1500 link.
+    /// MTU of the TUN device; 1420 leaves room for WireGuard over IPv6 on a 1500 link (see
+    /// [`tunnel_mtu`] for other links). TCP SYNs through the tunnel get their MSS clamped to
+    /// fit it.
     pub mtu: u16,
     /// Send a keepalive after this many idle seconds, to hold NAT mappings open.
     pub persistent_keepalive: Option<u16>,
     /// Preferred source address (`src`) for routes into the TUN device, so locally originated
     /// traffic leaves with an address the far side routes back to us.
     pub route_source: Option<IpAddr>,
+    /// How peers are probed through their tunnels (see [`Handle::health`]).
+    pub health: HealthConfig,
 }
 
 /// The default TUN MTU: 1500 minus WireGuard-over-IPv6 overhead (40 + 8 + 32).
 pub const DEFAULT_MTU: u16 = 1420;
+
+/// WireGuard's worst-case overhead per packet: an IPv6 header (40), UDP (8), and the data
+/// message header and tag (16 + 16). Padding never adds to it: the protocol pads only up to
+/// the MTU (and boringtun not at all).
+pub const OVERHEAD: u16 = 40 + 8 + 32;
+
+/// The TUN MTU for an underlying link of `link_mtu` bytes: the link minus [`OVERHEAD`]
+/// (1500 → 1420, 1280 → 1200), but at least the IPv4 minimum of 576.
+pub fn tunnel_mtu(link_mtu: u16) -> u16 {
+    link_mtu.saturating_sub(OVERHEAD).max(576)
+}
 
 /// One peer of the desired peer set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +94,8 @@ pub struct PeerStats {
     /// Decrypted payload bytes received and plaintext bytes sent, as boringtun counts them.
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// What the in-tunnel probes say about the peer.
+    pub health: PeerHealth,
 }
 
 /// Device-wide drop counters, from [`Handle::device_stats`].
@@ -91,6 +117,8 @@ pub struct DeviceStats {
     pub send_drops: u64,
     /// Times a peer's endpoint moved because it was heard, authenticated, from a new address.
     pub endpoint_roams: u64,
+    /// Peer health state changes (see [`Handle::health`]).
+    pub health_transitions: u64,
 }
 
 /// Errors from [`start`] and [`Handle`].
@@ -160,12 +188,14 @@ pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
 /// route into it) disappears then.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Handle, Error> {
     let (commands, rx) = mpsc::channel(16);
+    let (health_tx, health) = watch::channel(BTreeMap::new());
     let public_key = public_key(&config.private_key);
-    let local_addr = device::spawn(config, rx, shutdown).await?;
+    let local_addr = device::spawn(config, rx, health_tx, shutdown).await?;
     Ok(Handle {
         commands,
         public_key,
         local_addr,
+        health,
     })
 }
 
@@ -175,6 +205,7 @@ pub struct Handle {
     commands: mpsc::Sender<Command>,
     public_key: [u8; 32],
     local_addr: SocketAddr,
+    health: watch::Receiver<BTreeMap<[u8; 32], PeerHealth>>,
 }
 
 /// Requests from a [`Handle`] to the device task.
@@ -200,6 +231,19 @@ impl Handle {
     /// Our public key.
     pub fn public_key(&self) -> [u8; 32] {
         self.public_key
+    }
+
+    /// Every peer's health, keyed by public key, as the in-tunnel probes see it.
+    ///
+    /// The map changes when a peer is added (as [`HealthState::Unknown`]) or removed, and on
+    /// every state transition (`Unknown`/`Up`/`Degraded`/`Down`); the RTT and loss figures in
+    /// it are those of the moment of the last change (current ones are in
+    /// [`PeerStats::health`]). With the default [`HealthConfig`] a peer whose link is cut is
+    /// `Down` within 1 s and `Up` again within 1 s of the link returning. Only causeway
+    /// gateways answer probes: a standard WireGuard peer goes `Down` and stays there. After
+    /// shutdown the receiver keeps the last map and `changed()` fails.
+    pub fn health(&self) -> watch::Receiver<BTreeMap<[u8; 32], PeerHealth>> {
+        self.health.clone()
     }
 
     /// The UDP address WireGuard is bound to.

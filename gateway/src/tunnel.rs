@@ -4,7 +4,8 @@
 //! [`Output`], in one place ([`Tunnel::deliver`]), including the "repeat `decapsulate` with an
 //! empty datagram until `Done`" rule that flushes packets queued during a handshake. It knows
 //! nothing about other peers or addresses: the inner-source check is a predicate passed in by
-//! [`crate::dataplane`]. Note that boringtun 0.7 reads the clock itself (for timers and
+//! [`crate::dataplane`]; so is the recognition of in-tunnel health probes ([`crate::probe`]),
+//! which are handed to [`Output::probe`] instead of the TUN device. Note that boringtun 0.7 reads the clock itself (for timers and
 //! handshake timestamps), so this is not a pure core; it is tested through the data plane.
 
 use std::net::IpAddr;
@@ -14,12 +15,17 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
+use crate::probe;
+
 /// Where a tunnel's products go. Implemented by the data plane, which knows the endpoint.
 pub trait Output {
     /// An encrypted datagram for this tunnel's peer.
     fn to_network(&mut self, datagram: &[u8]);
-    /// A decrypted IP packet whose inner source passed the caller's check.
-    fn to_tun(&mut self, packet: &[u8]);
+    /// A decrypted IP packet whose inner source passed the caller's check. Mutable so the
+    /// data plane can clamp the MSS of TCP SYNs in place.
+    fn to_tun(&mut self, packet: &mut [u8]);
+    /// A decrypted health probe (request or reply) from this peer; never written to the TUN.
+    fn probe(&mut self, message: probe::Message);
 }
 
 /// What became of one datagram handed to [`Tunnel::decapsulate`].
@@ -167,12 +173,16 @@ impl Tunnel {
     }
 
     fn to_tun(
-        packet: &[u8],
+        packet: &mut [u8],
         source: IpAddr,
         accepts_source: &dyn Fn(IpAddr) -> bool,
         out: &mut impl Output,
     ) -> Delivered {
-        if accepts_source(source) {
+        // Probes come from 0.0.0.0, which is nobody's allowed IP: recognise them first.
+        if let Some(message) = probe::Message::parse(packet) {
+            out.probe(message);
+            Delivered::ToTun
+        } else if accepts_source(source) {
             out.to_tun(packet);
             Delivered::ToTun
         } else {

@@ -35,8 +35,8 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
-        let mut a = DataPlane::new([1; 32], None);
-        let mut b = DataPlane::new([2; 32], None);
+        let mut a = DataPlane::new([1; 32], None, 1420);
+        let mut b = DataPlane::new([2; 32], None, 1420);
         a.set_peers(vec![PeerSpec {
             public_key: b.public_key(),
             endpoint: B_ADDR.parse().unwrap(),
@@ -96,16 +96,16 @@ fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
 fn first_packet_triggers_handshake_and_arrives_after_it() {
     let mut pair = Pair::new();
     let packet = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], b"hello");
-    pair.a.handle_tun_packet(&packet, &mut pair.wa);
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
     assert_eq!(pair.wa.sent.len(), 1, "a handshake initiation");
     pair.pump();
     assert_eq!(pair.wb.tun, vec![packet]);
 
     let reply = ipv4_packet([10, 2, 0, 1], [10, 1, 0, 1], b"world");
-    pair.b.handle_tun_packet(&reply, &mut pair.wb);
+    pair.b.handle_tun_packet(&mut reply.clone(), &mut pair.wb);
     pair.pump();
     assert_eq!(pair.wa.tun, vec![reply]);
-    let stats = pair.a.peer_stats();
+    let stats = pair.a.peer_stats(&|_| None);
     assert_eq!(stats.len(), 1);
     assert!(stats[0].last_handshake.is_some());
     assert!(stats[0].tx_bytes > 0 && stats[0].rx_bytes > 0);
@@ -116,7 +116,7 @@ fn decrypted_packet_with_foreign_inner_source_is_dropped_and_counted() {
     let mut pair = Pair::new();
     // A may send 10.9.9.9 as source (its TUN does not check), but B only accepts 10.1/16 from A.
     let spoofed = ipv4_packet([10, 9, 9, 9], [10, 2, 0, 1], b"spoof");
-    pair.a.handle_tun_packet(&spoofed, &mut pair.wa);
+    pair.a.handle_tun_packet(&mut spoofed.clone(), &mut pair.wa);
     pair.pump();
     assert!(pair.wb.tun.is_empty());
     assert_eq!(pair.b.counters().spoofed_source_packets, 1);
@@ -153,7 +153,7 @@ fn garbage_datagrams_are_counted_and_do_not_disturb_the_tunnel() {
     assert_eq!(c.unknown_peer_datagrams, 1);
 
     let packet = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], b"still works");
-    pair.a.handle_tun_packet(&packet, &mut pair.wa);
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
     pair.pump();
     assert_eq!(pair.wb.tun, vec![packet]);
 }
@@ -162,25 +162,28 @@ fn garbage_datagrams_are_counted_and_do_not_disturb_the_tunnel() {
 fn authenticated_datagram_from_new_address_roams_the_peer() {
     let mut pair = Pair::new();
     let packet = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], b"one");
-    pair.a.handle_tun_packet(&packet, &mut pair.wa);
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
     pair.pump();
-    assert_eq!(pair.b.peer_stats()[0].endpoint, A_ADDR.parse().unwrap());
+    assert_eq!(
+        pair.b.peer_stats(&|_| None)[0].endpoint,
+        A_ADDR.parse().unwrap()
+    );
 
     pair.a_seen_from = "10.0.0.77:6000".parse().unwrap();
-    pair.a.handle_tun_packet(&packet, &mut pair.wa);
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
     pair.pump();
-    assert_eq!(pair.b.peer_stats()[0].endpoint, pair.a_seen_from);
+    assert_eq!(pair.b.peer_stats(&|_| None)[0].endpoint, pair.a_seen_from);
     assert_eq!(pair.b.counters().endpoint_roams, 1);
 
     // A replayed datagram from yet another address is rejected and does not roam.
     let replay = {
-        pair.a.handle_tun_packet(&packet, &mut pair.wa);
+        pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
         pair.wa.sent[0].1.clone()
     };
     pair.pump();
     pair.b
         .handle_datagram("10.0.0.99:1".parse().unwrap(), &replay, &mut pair.wb);
-    assert_eq!(pair.b.peer_stats()[0].endpoint, pair.a_seen_from);
+    assert_eq!(pair.b.peer_stats(&|_| None)[0].endpoint, pair.a_seen_from);
     assert_eq!(pair.b.counters().rejected_datagrams, 1);
 }
 
@@ -188,8 +191,8 @@ fn authenticated_datagram_from_new_address_roams_the_peer() {
 fn packet_for_destination_nobody_owns_is_counted() {
     let mut pair = Pair::new();
     let packet = ipv4_packet([10, 1, 0, 1], [192, 168, 1, 1], b"nowhere");
-    pair.a.handle_tun_packet(&packet, &mut pair.wa);
-    pair.a.handle_tun_packet(&[0x00, 0x01], &mut pair.wa);
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
+    pair.a.handle_tun_packet(&mut [0x00, 0x01], &mut pair.wa);
     assert!(pair.wa.sent.is_empty());
     assert_eq!(pair.a.counters().no_route_packets, 1);
     assert_eq!(pair.a.counters().malformed_tun_packets, 1);
@@ -212,9 +215,9 @@ fn own_key_in_peer_set_is_ignored_and_removed_peer_stops_routing() {
         "own allowed IPs are not routed into the tunnel"
     );
     let packet = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], b"gone");
-    pair.a.handle_tun_packet(&packet, &mut pair.wa);
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
     assert!(pair.wa.sent.is_empty());
-    assert!(pair.a.peer_stats().is_empty());
+    assert!(pair.a.peer_stats(&|_| None).is_empty());
 }
 
 #[test]
@@ -233,5 +236,98 @@ fn route_changes_retry_what_failed_to_install() {
     assert_eq!(
         RouteChanges::between(&desired, &desired),
         RouteChanges::default()
+    );
+}
+
+#[test]
+fn probe_through_the_tunnel_is_answered_by_the_peer_data_plane_not_its_tun() {
+    let mut pair = Pair::new();
+    let b_key = pair.b.public_key();
+    pair.a.send_probe(&b_key, ProbeId(42), &mut pair.wa);
+    pair.pump();
+    assert!(pair.wb.tun.is_empty(), "B's TUN never sees the probe");
+    assert!(pair.wa.tun.is_empty(), "nor A's the reply");
+    assert_eq!(pair.a.poll_probe_reply(), Some((b_key, ProbeId(42))));
+    assert_eq!(pair.a.poll_probe_reply(), None);
+    assert_eq!(
+        pair.b.poll_probe_reply(),
+        None,
+        "B got a request, not a reply"
+    );
+    assert_eq!(pair.b.counters().spoofed_source_packets, 0);
+
+    // Unknown peers are ignored.
+    pair.a.send_probe(&[9; 32], ProbeId(43), &mut pair.wa);
+    assert!(pair.wa.sent.is_empty());
+}
+
+#[test]
+fn probe_shaped_packet_from_the_tun_is_dropped() {
+    let mut pair = Pair::new();
+    let forged = probe::Message {
+        kind: ProbeKind::Reply,
+        id: ProbeId(1),
+    }
+    .encode();
+    pair.a.handle_tun_packet(&mut forged.clone(), &mut pair.wa);
+    assert!(pair.wa.sent.is_empty());
+    assert_eq!(pair.a.counters().malformed_tun_packets, 1);
+}
+
+#[test]
+fn tcp_syn_mss_is_clamped_to_the_tunnel_mtu_on_the_way_in_and_out() {
+    let mut pair = Pair::new();
+    // A SYN from 10.1.0.1 to 10.2.0.1 announcing MSS 1460 (a 1500-byte link behind A).
+    let mut tcp = vec![0u8; 24];
+    tcp[12] = 6 << 4;
+    tcp[13] = 0x02;
+    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    let mut syn = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], &tcp);
+    syn[9] = 6;
+    pair.a.handle_tun_packet(&mut syn.clone(), &mut pair.wa);
+    pair.pump();
+    assert_eq!(pair.wb.tun.len(), 1);
+    assert_eq!(
+        &pair.wb.tun[0][40..44],
+        &[2, 4, 0x05, 0x64],
+        "1420 - 40 = 1380"
+    );
+
+    // A peer whose MTU is larger (say 9000) sends a SYN-ACK with a large MSS: clamped on the
+    // way to B's TUN.
+    let mut peer = DataPlane::new([3; 32], None, 9000);
+    let mut wp = Wire::default();
+    peer.set_peers(vec![PeerSpec {
+        public_key: pair.b.public_key(),
+        endpoint: B_ADDR.parse().unwrap(),
+        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+    }])
+    .unwrap();
+    pair.b
+        .set_peers(vec![PeerSpec {
+            public_key: peer.public_key(),
+            endpoint: A_ADDR.parse().unwrap(),
+            allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+        }])
+        .unwrap();
+    syn[20 + 13] = 0x12;
+    syn[40..44].copy_from_slice(&[2, 4, 0x20, 0x00]);
+    peer.handle_tun_packet(&mut syn.clone(), &mut wp);
+    assert_eq!(&syn[40..44], &[2, 4, 0x20, 0x00], "8192 fits 9000");
+    pair.wb.tun.clear();
+    for _ in 0..5 {
+        for (_, d) in std::mem::take(&mut wp.sent) {
+            pair.b
+                .handle_datagram(A_ADDR.parse().unwrap(), &d, &mut pair.wb);
+        }
+        for (_, d) in std::mem::take(&mut pair.wb.sent) {
+            peer.handle_datagram(B_ADDR.parse().unwrap(), &d, &mut wp);
+        }
+    }
+    assert_eq!(pair.wb.tun.len(), 1);
+    assert_eq!(
+        &pair.wb.tun[0][40..44],
+        &[2, 4, 0x05, 0x64],
+        "clamped for B's 1420"
     );
 }

@@ -147,6 +147,92 @@ pub fn linked_pair(tag: &str) -> Result<(Netns, Netns)> {
     Ok((a, b))
 }
 
+/// Creates namespace `cwgt-<pid>-<tag>` joined to `gw` by a veth pair: `pod0` (in the new
+/// namespace, `addr`, default route via `gw_addr`'s address) and `gwp0` (in `gw`, `gw_addr`).
+/// Forwarding is turned on in `gw`.
+pub fn attach_pod(gw: &Netns, tag: &str, addr: &str, gw_addr: &str) -> Result<Netns> {
+    let pod = Netns::create(format!("{PREFIX}{}-{tag}", std::process::id()))?;
+    run(
+        "ip",
+        &[
+            "link", "add", "gwp0", "netns", &gw.name, "type", "veth", "peer", "name", "pod0",
+            "netns", &pod.name,
+        ],
+    )?;
+    pod.ip(&["addr", "add", addr, "dev", "pod0"])?;
+    pod.ip(&["link", "set", "pod0", "up"])?;
+    gw.ip(&["addr", "add", gw_addr, "dev", "gwp0"])?;
+    gw.ip(&["link", "set", "gwp0", "up"])?;
+    let via = gw_addr.split('/').next().context("address/prefix")?;
+    pod.ip(&["route", "add", "default", "via", via])?;
+    let out = gw.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    ensure!(out.status.success(), "enabling forwarding");
+    Ok(pod)
+}
+
+/// Runs an nftables script in a namespace (the rules vanish with the namespace).
+pub fn nft(ns: &Netns, script: &str) -> Result<()> {
+    let out = ns.exec(&["nft", script])?;
+    ensure!(
+        out.status.success(),
+        "nft {script:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Streams a known pattern from `from_ns` to `to` (a listener in `to_ns`) until `stop` is set,
+/// checking every byte on arrival. Returns how many bytes arrived, all in order.
+pub fn tcp_stream_until(
+    from_ns: &str,
+    to_ns: &str,
+    to: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Result<u64> {
+    let pattern = |i: u64| (i.wrapping_mul(31) % 251) as u8;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(to_ns, move || {
+        let listener = TcpListener::bind(to)?;
+        ready_tx.send(())?;
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(at);
+            }
+            for &b in &buf[..n] {
+                ensure!(b == pattern(at), "byte {at} differs");
+                at += 1;
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(DEADLINE)
+        .context("TCP server did not start")?;
+    let client = in_ns(from_ns, move || {
+        let mut stream = TcpStream::connect_timeout(&to, DEADLINE)?;
+        stream.set_write_timeout(Some(DEADLINE))?;
+        let mut at = 0u64;
+        let mut chunk = vec![0u8; 16 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            for b in chunk.iter_mut() {
+                *b = pattern(at);
+                at += 1;
+            }
+            stream.write_all(&chunk)?;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        Ok(at)
+    });
+    let sent = client.join().expect("client panicked")?;
+    let received = server.join().expect("server panicked")?;
+    ensure!(received == sent, "received {received} of {sent} bytes");
+    Ok(received)
+}
+
 /// Deletes `cwgt-<pid>-…` namespaces whose process is gone (an earlier run that was killed).
 pub fn remove_stale_namespaces() {
     let Ok(list) = run("ip", &["netns", "list"]) else {
@@ -230,6 +316,13 @@ impl Gateway {
     pub fn device_stats(&self) -> causeway_gateway::DeviceStats {
         self.runtime.block_on(self.handle.device_stats())
     }
+
+    /// What this gateway's health watch says about `peer` now.
+    pub fn health_of(&self, peer: &Gateway) -> Option<causeway_gateway::HealthState> {
+        let health = self.handle.health();
+        let map = health.borrow();
+        map.get(&peer.handle.public_key()).map(|h| h.state)
+    }
 }
 
 impl Drop for Gateway {
@@ -241,6 +334,15 @@ impl Drop for Gateway {
     }
 }
 
+/// A pair with both veth ends at `mtu` bytes.
+pub fn linked_pair_mtu(tag: &str, mtu: u16) -> Result<(Netns, Netns)> {
+    let (a, b) = linked_pair(tag)?;
+    let mtu = mtu.to_string();
+    a.ip(&["link", "set", "veth-a", "mtu", &mtu])?;
+    b.ip(&["link", "set", "veth-b", "mtu", &mtu])?;
+    Ok((a, b))
+}
+
 pub fn config(listen: &str, tun: &str, route_source: &str) -> Config {
     Config {
         private_key: generate_private_key(),
@@ -249,6 +351,7 @@ pub fn config(listen: &str, tun: &str, route_source: &str) -> Config {
         mtu: causeway_gateway::DEFAULT_MTU,
         persistent_keepalive: None,
         route_source: Some(route_source.parse().expect("literal")),
+        health: causeway_gateway::HealthConfig::default(),
     }
 }
 

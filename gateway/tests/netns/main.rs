@@ -6,7 +6,10 @@
 //! inside the namespaces these tests create. Needs root (CI runs as root), `ip`, `ping`,
 //! `wireguard-go` and `wg` (tests/install-deps.sh installs them). The fixtures are in `lab.rs`.
 
+mod health;
 mod lab;
+mod mtu;
+mod peers;
 
 use std::io::Write;
 use std::process::Command;
