@@ -109,9 +109,11 @@ fn init_logging(format: LogFormat, filter: &str) {
         eprintln!("warning: bad --log filter {filter:?} ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")
     });
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
