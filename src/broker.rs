@@ -1,18 +1,21 @@
 //! The broker: the clusterset's record of clusters and their exports.
 //!
 //! - `state`: pure `BrokerState` — ownership rules (a cluster writes only its own records),
-//!   publish diffing, revisions and the resume log;
+//!   limits, leases (withhold, then remove, absent clusters), publish diffing, revisions and
+//!   the resume log;
+//! - `deny`: the revocation deny list (cluster ids, certificate serials), parsed and matched;
 //! - `store`: the `Store` trait and its in-memory and redb implementations;
 //! - `server`: the QUIC shell, `run` / `Broker`.
 //!
 //! The wire messages are `crate::sync::wire`, shared with the gateway.
 
+pub mod deny;
 pub mod server;
 pub mod state;
 pub mod store;
 
-pub use server::{Broker, BrokerConfig, run};
-pub use state::BrokerState;
+pub use server::{Broker, BrokerConfig, BrokerOptions, run};
+pub use state::{BrokerState, StateConfig};
 pub use store::{MemStore, Persisted, RedbStore, Store, StoreError};
 
 /// Why the broker refused a write: the wire's `RejectReason`, sent back to the gateway as is.

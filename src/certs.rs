@@ -116,6 +116,14 @@ pub enum CertError {
     ManyClusterIds,
     #[error("certificate names an invalid cluster id")]
     BadClusterId(#[source] IdError),
+    #[error("{path} is not the key of the certificate beside it (files being replaced?)")]
+    KeyMismatch { path: PathBuf },
+    #[error("{path} is a certificate of cluster {found}, not {expected}")]
+    WrongCluster {
+        path: PathBuf,
+        found: ClusterId,
+        expected: ClusterId,
+    },
 }
 
 /// Creates a new clusterset CA in `out`: `ca.crt` and `ca.key` (0600). Refuses to overwrite.
@@ -143,6 +151,69 @@ pub fn init_ca(out: &Path) -> Result<(), CertError> {
 
 /// Issues a cluster's certificate (client auth) into `out`: `ca.crt`, `tls.crt`, `tls.key`.
 pub fn issue_cluster(ca_dir: &Path, cluster: &ClusterId, out: &Path) -> Result<(), CertError> {
+    let issued = sign(ca_dir, cluster_params(cluster)?)?;
+    write_issued(&issued, out)
+}
+
+/// The serials of the certificates a rotation replaced and issued (lowercase hex, as the
+/// broker's deny list takes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    pub old_serial: String,
+    pub new_serial: String,
+}
+
+/// Issues a new key and certificate for `cluster` into `out`, which must already hold one of
+/// that cluster's certificates. The old certificate stays valid (revoke it by serial on the
+/// broker once every gateway runs the new one). Each file is replaced atomically (written
+/// aside, then renamed), key first; a reader that catches the key new and the certificate old
+/// gets [`CertError::KeyMismatch`] and tries again later.
+pub fn rotate_cluster(
+    ca_dir: &Path,
+    cluster: &ClusterId,
+    out: &Path,
+) -> Result<Rotated, CertError> {
+    let cert_path = out.join(TLS_CERT);
+    let old = read_certs(&cert_path)?;
+    let found = cluster_id_from_cert(&old[0])?;
+    if &found != cluster {
+        return Err(CertError::WrongCluster {
+            path: cert_path,
+            found,
+            expected: cluster.clone(),
+        });
+    }
+    let old_serial = cert_serial(&old[0])?;
+    let issued = sign(ca_dir, cluster_params(cluster)?)?;
+    let new_serial = cert_serial(
+        &CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).map_err(|source| {
+            CertError::Pem {
+                path: cert_path.clone(),
+                source,
+            }
+        })?,
+    )?;
+    replace_atomically(&out.join(TLS_KEY), issued.key_pem.as_bytes(), 0o600)?;
+    replace_atomically(&cert_path, issued.cert_pem.as_bytes(), 0o644)?;
+    Ok(Rotated {
+        old_serial,
+        new_serial,
+    })
+}
+
+/// The serial number of a certificate: lowercase hex, no separators or leading zeros.
+pub fn cert_serial(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| CertError::Parse)?;
+    let hex: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let trimmed = hex.trim_start_matches('0');
+    Ok(if trimmed.is_empty() { "0" } else { trimmed }.to_owned())
+}
+
+fn cluster_params(cluster: &ClusterId) -> Result<CertificateParams, CertError> {
     let mut params = leaf_params();
     params
         .distinguished_name
@@ -153,7 +224,7 @@ pub fn issue_cluster(ca_dir: &Path, cluster: &ClusterId, out: &Path) -> Result<(
             .map_err(CertError::Generate)?,
     )];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(ca_dir, params, out)
+    Ok(params)
 }
 
 /// Issues the broker's certificate (server auth, SAN DNS `broker.causeway`) into `out`.
@@ -166,7 +237,7 @@ pub fn issue_broker(ca_dir: &Path, out: &Path) -> Result<(), CertError> {
         BROKER_SERVER_NAME.try_into().map_err(CertError::Generate)?,
     )];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    issue(ca_dir, params, out)
+    write_issued(&sign(ca_dir, params)?, out)
 }
 
 /// The contents of a TLS directory, parsed.
@@ -185,9 +256,12 @@ impl TlsFiles {
         let key_path = dir.join(TLS_KEY);
         let pem = read(&key_path)?;
         let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|source| CertError::Pem {
-            path: key_path,
+            path: key_path.clone(),
             source,
         })?;
+        if !key_matches(&pem, &chain[0]) {
+            return Err(CertError::KeyMismatch { path: key_path });
+        }
         Ok(Self { ca, chain, key })
     }
 
@@ -323,9 +397,16 @@ fn leaf_params() -> CertificateParams {
     params
 }
 
-fn issue(ca_dir: &Path, params: CertificateParams, out: &Path) -> Result<(), CertError> {
+/// A freshly signed certificate and its key, PEM.
+struct Issued {
+    ca_pem: Vec<u8>,
+    key_pem: String,
+    cert_pem: String,
+}
+
+fn sign(ca_dir: &Path, params: CertificateParams) -> Result<Issued, CertError> {
     let ca_cert_path = ca_dir.join(CA_CERT);
-    let ca_cert_pem = read(&ca_cert_path)?;
+    let ca_pem = read(&ca_cert_path)?;
     // Parse it now so a broken CA is reported here, not at the first handshake.
     read_certs(&ca_cert_path)?;
     let ca_key_path = ca_dir.join(CA_KEY);
@@ -343,15 +424,103 @@ fn issue(ca_dir: &Path, params: CertificateParams, out: &Path) -> Result<(), Cer
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(CertError::Generate)?;
+    Ok(Issued {
+        ca_pem,
+        key_pem: key.serialize_pem(),
+        cert_pem: cert.pem(),
+    })
+}
+
+fn write_issued(issued: &Issued, out: &Path) -> Result<(), CertError> {
     create_dir(out)?;
-    write_new(&out.join(CA_CERT), &ca_cert_pem, 0o644, false)?;
+    write_new(&out.join(CA_CERT), &issued.ca_pem, 0o644, false)?;
+    write_new(&out.join(TLS_KEY), issued.key_pem.as_bytes(), 0o600, false)?;
     write_new(
-        &out.join(TLS_KEY),
-        key.serialize_pem().as_bytes(),
-        0o600,
+        &out.join(TLS_CERT),
+        issued.cert_pem.as_bytes(),
+        0o644,
         false,
-    )?;
-    write_new(&out.join(TLS_CERT), cert.pem().as_bytes(), 0o644, false)
+    )
+}
+
+/// Whether the PEM private key is the one the certificate was issued for.
+fn key_matches(key_pem: &[u8], cert: &CertificateDer<'_>) -> bool {
+    let Ok(key_pem) = std::str::from_utf8(key_pem) else {
+        return false;
+    };
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    use rcgen::PublicKeyData as _;
+    key.der_bytes() == &*cert.tbs_certificate.subject_pki.subject_public_key.data
+}
+
+/// Replaces `path` so that readers see the old contents or the new, never a mix: write a
+/// sibling temporary file with `mode`, fsync, rename over, fsync the directory.
+fn replace_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let file_name = path
+        .file_name()
+        .expect("callers pass a file path")
+        .to_string_lossy();
+    let temp = path.with_file_name(format!(".{file_name}.new"));
+    write_new(&temp, contents, mode, false)?;
+    fs::rename(&temp, path).map_err(|source| CertError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| CertError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Test certificates no `causeway certs` command makes: expired and self-signed ones.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Issues a cluster certificate valid only between `not_before` and `not_after`.
+    pub(crate) fn issue_cluster_valid(
+        ca_dir: &Path,
+        cluster: &ClusterId,
+        out: &Path,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> Result<(), CertError> {
+        let mut params = cluster_params(cluster)?;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        write_issued(&sign(ca_dir, params)?, out)
+    }
+
+    /// A cluster certificate signed by its own key (it names `cluster`, but no CA vouches
+    /// for it); `ca.crt` is the real CA's, so the broker is trusted.
+    pub(crate) fn self_signed_cluster(
+        ca_dir: &Path,
+        cluster: &ClusterId,
+        out: &Path,
+    ) -> Result<(), CertError> {
+        let key = KeyPair::generate().map_err(CertError::Generate)?;
+        let cert = cluster_params(cluster)?
+            .self_signed(&key)
+            .map_err(CertError::Generate)?;
+        write_issued(
+            &Issued {
+                ca_pem: read(&ca_dir.join(CA_CERT))?,
+                key_pem: key.serialize_pem(),
+                cert_pem: cert.pem(),
+            },
+            out,
+        )
+    }
 }
 
 fn create_dir(path: &Path) -> Result<(), CertError> {
@@ -462,6 +631,61 @@ mod tests {
         assert!(matches!(
             cluster_id_from_cert(&files.chain[0]),
             Err(CertError::NoClusterId)
+        ));
+    }
+
+    #[test]
+    fn rotate_issues_a_new_key_and_certificate_for_the_same_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, out) = (dir.path().join("ca"), dir.path().join("c1"));
+        init_ca(&ca).unwrap();
+        issue_cluster(&ca, &id("c1"), &out).unwrap();
+        let before = TlsFiles::load(&out).unwrap();
+        let rotated = rotate_cluster(&ca, &id("c1"), &out).unwrap();
+        let after = TlsFiles::load(&out).unwrap();
+        assert_ne!(rotated.old_serial, rotated.new_serial);
+        assert_eq!(cert_serial(&before.chain[0]).unwrap(), rotated.old_serial);
+        assert_eq!(cert_serial(&after.chain[0]).unwrap(), rotated.new_serial);
+        assert_eq!(cluster_id_from_cert(&after.chain[0]).unwrap(), id("c1"));
+        let mode = fs::metadata(out.join(TLS_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        client_config(&out).unwrap();
+    }
+
+    #[test]
+    fn rotate_refuses_another_clusters_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, out) = (dir.path().join("ca"), dir.path().join("c1"));
+        init_ca(&ca).unwrap();
+        issue_cluster(&ca, &id("c1"), &out).unwrap();
+        let before = fs::read(out.join(TLS_CERT)).unwrap();
+        let err = rotate_cluster(&ca, &id("c2"), &out).unwrap_err();
+        assert!(matches!(err, CertError::WrongCluster { .. }), "{err}");
+        assert_eq!(fs::read(out.join(TLS_CERT)).unwrap(), before);
+        let err = rotate_cluster(&ca, &id("c1"), &dir.path().join("none")).unwrap_err();
+        assert!(matches!(err, CertError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_of_another_certificate_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca).unwrap();
+        issue_cluster(&ca, &id("c1"), &dir.path().join("a")).unwrap();
+        issue_cluster(&ca, &id("c1"), &dir.path().join("b")).unwrap();
+        fs::copy(dir.path().join("b/tls.key"), dir.path().join("a/tls.key")).unwrap();
+        assert!(matches!(
+            TlsFiles::load(&dir.path().join("a")),
+            Err(CertError::KeyMismatch { .. })
         ));
     }
 

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -87,6 +88,21 @@ pub enum CertsCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Issue a new key and certificate for a cluster into its existing TLS directory, replacing
+    /// the files atomically. The old certificate stays valid; a running gateway picks up the new
+    /// files by itself. Prints both serials: add `serial:OLD` to the broker's --deny-list once
+    /// every gateway of the cluster has moved.
+    Rotate {
+        /// The cluster whose certificate is in DIR.
+        #[arg(long, value_name = "ID")]
+        cluster: ClusterId,
+        /// Directory holding the CA (ca.crt, ca.key) made by `certs init`.
+        #[arg(long, value_name = "DIR", default_value = "causeway-ca")]
+        ca_dir: PathBuf,
+        /// The cluster's TLS directory (ca.crt, tls.crt, tls.key).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +126,34 @@ pub struct BrokerArgs {
     /// Directory with ca.crt, tls.crt, tls.key (from `certs issue --broker`).
     #[arg(long, value_name = "DIR", env = "CAUSEWAY_TLS_DIR")]
     pub tls_dir: PathBuf,
+    /// Seconds a cluster's exports stay served after its gateway's session ended; then they are
+    /// withheld (kept, not served) until it reconnects.
+    #[arg(long, value_name = "SECONDS", default_value = "15", value_parser = parse_seconds)]
+    pub lease: Duration,
+    /// Seconds after its gateway's session ended that a cluster is removed altogether.
+    #[arg(long, value_name = "SECONDS", default_value = "86400", value_parser = parse_seconds)]
+    pub retention: Duration,
+    /// Most services one cluster may export; a larger publish is refused whole.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_services: usize,
+    /// Most endpoints one cluster may export, over all its services.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_endpoints: usize,
+    /// Largest message a gateway may send, in bytes (at most 16 MiB); a larger one is refused.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
+    pub max_message_bytes: u32,
+    /// Revocation deny list: lines `cluster:ID` or `serial:HEX`; re-read when it changes, and
+    /// the sessions it denies are cut off.
+    #[arg(long, value_name = "PATH", env = "CAUSEWAY_BROKER_DENY_LIST")]
+    pub deny_list: Option<PathBuf>,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +371,54 @@ mod tests {
         assert!(
             checked >= 5,
             "found only {checked} command lines in README.md"
+        );
+    }
+
+    #[test]
+    fn broker_limits_and_lease_flags_parse() {
+        let parse = |extra: &[&str]| {
+            let base = ["causeway", "broker", "--tls-dir", "/t"];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Broker(args) => args,
+                _ => panic!("not a broker"),
+            })
+        };
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.lease, Duration::from_secs(15));
+        assert_eq!(args.max_services, 10_000);
+        assert_eq!(args.deny_list, None);
+        let args = parse(&[
+            "--lease",
+            "3",
+            "--retention",
+            "60",
+            "--max-endpoints",
+            "7",
+            "--deny-list",
+            "/d",
+        ])
+        .unwrap();
+        assert_eq!(args.retention, Duration::from_secs(60));
+        assert_eq!(args.max_endpoints, 7);
+        assert_eq!(args.deny_list, Some("/d".into()));
+        for bad in [
+            &["--lease", "0"][..],
+            &["--lease", "1.5"],
+            &["--max-message-bytes", "100"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "causeway",
+                "certs",
+                "rotate",
+                "--cluster",
+                "c1",
+                "--out",
+                "d"
+            ])
+            .is_ok()
         );
     }
 

@@ -50,13 +50,41 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("Issued the broker's certificate into {}", out.display());
             Ok(())
         }
+        Command::Certs(CertsCommand::Rotate {
+            cluster,
+            ca_dir,
+            out,
+        }) => {
+            let rotated = causeway::certs::rotate_cluster(&ca_dir, &cluster, &out)?;
+            println!(
+                "Rotated the certificate of cluster {cluster} in {}: serial {} replaces {} \
+                 (deny serial:{} on the broker once the gateway has moved)",
+                out.display(),
+                rotated.new_serial,
+                rotated.old_serial,
+                rotated.old_serial
+            );
+            Ok(())
+        }
         Command::Broker(args) => daemon(|shutdown| async move {
-            let config = causeway::broker::server::BrokerConfig {
+            let config = causeway::broker::BrokerConfig {
                 listen: args.listen,
                 state_path: args.state,
                 tls_dir: args.tls_dir,
+                options: causeway::broker::BrokerOptions {
+                    rules: causeway::broker::StateConfig {
+                        lease: args.lease,
+                        retention: args.retention,
+                        max_services: args.max_services,
+                        max_endpoints: args.max_endpoints,
+                        ..Default::default()
+                    },
+                    max_message_bytes: args.max_message_bytes as usize,
+                    deny_list: args.deny_list,
+                    ..Default::default()
+                },
             };
-            causeway::broker::server::run(config, shutdown).await
+            causeway::broker::run(config, shutdown).await
         }),
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
         Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),

@@ -2,28 +2,34 @@
 //!
 //! [`Broker::run`] accepts connections; each gets a session task that reads the client's
 //! certificate (a connection without a valid one never gets this far: the TLS handshake
-//! refuses it), decodes frames and forwards them as [`Command`]s to the one task that owns
-//! [`BrokerState`] and the [`Store`]. That task runs on a blocking thread, because every
-//! accepted change is committed (fsync) to the store before it is broadcast as a Delta to every
-//! session. Decisions live in `broker::state`; this file only moves data.
+//! refuses it), checks it against the deny list, decodes frames and forwards them as
+//! [`Command`]s to the one task that owns [`BrokerState`] and the [`Store`]. That task runs on
+//! a blocking thread, because every accepted change is committed (fsync) to the store before it
+//! is broadcast as a Delta to every session; a ticker wakes it for lease expiry. A watcher
+//! re-reads the deny list file when it changes; sessions it denies are closed at once.
+//! Decisions live in `broker::state` and `broker::deny`; this file only moves data.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::broker::state::{BrokerState, DEFAULT_LOG_CAPACITY};
+use crate::broker::deny::{DenyList, PeerIdentity};
+use crate::broker::state::{BrokerState, StateConfig};
 use crate::broker::store::{RedbStore, Store, StoreError};
 use crate::certs;
+use crate::clock;
 use crate::model::ClusterId;
 use crate::sync::wire::{
-    self, BrokerMessage, Change, ClientMessage, Decoder, Delta, Hello, Publish,
+    self, BrokerMessage, Change, ClientMessage, CodecError, Decoder, Delta, Hello, Publish,
+    RejectReason,
 };
 
 /// What `causeway broker` needs.
@@ -35,6 +41,32 @@ pub struct BrokerConfig {
     pub state_path: PathBuf,
     /// `ca.crt`, `tls.crt` (the broker's, `causeway certs issue --broker`) and `tls.key`.
     pub tls_dir: PathBuf,
+    pub options: BrokerOptions,
+}
+
+/// The broker's tunables, whatever its store and endpoint.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Leases, per-cluster limits, resume log size.
+    pub rules: StateConfig,
+    /// The largest client message accepted, in bytes (at most `wire::MAX_FRAME_LEN`); a bigger
+    /// one is refused with `MessageTooLarge` and skipped, the session stays up.
+    pub max_message_bytes: usize,
+    /// The revocation deny list file (see `broker::deny`), re-read when it changes.
+    pub deny_list: Option<PathBuf>,
+    /// How often the deny list file is checked for changes.
+    pub deny_list_poll: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            rules: StateConfig::default(),
+            max_message_bytes: wire::MAX_FRAME_LEN,
+            deny_list: None,
+            deny_list_poll: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Runs the broker until `shutdown` is cancelled or its store fails.
@@ -50,11 +82,17 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// A client that does not take a frame within this time is stuck or hostile (its keep-alives
 /// would otherwise hold the session open forever): the session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the state task sleeps between lease checks; shorter leases check 4× per lease.
+const MAX_TICK: Duration = Duration::from_secs(1);
+/// QUIC close codes the broker uses.
+const CLOSE_REVOKED: u32 = 3;
 
 /// A bound broker that has not started serving yet (tests bind port 0 and read the address).
 pub struct Broker {
     endpoint: quinn::Endpoint,
     store: Box<dyn Store>,
+    options: BrokerOptions,
+    deny: DenyList,
 }
 
 impl Broker {
@@ -64,15 +102,30 @@ impl Broker {
         let store = RedbStore::open(&config.state_path)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("binding the broker's QUIC endpoint on {}", config.listen))?;
-        Ok(Self {
-            endpoint,
-            store: Box::new(store),
-        })
+        Self::with_store(endpoint, Box::new(store), config.options.clone())
     }
 
-    /// A broker over a caller-made endpoint and store.
-    pub fn with_store(endpoint: quinn::Endpoint, store: Box<dyn Store>) -> Self {
-        Self { endpoint, store }
+    /// A broker over a caller-made endpoint and store. Fails if the deny list cannot be read.
+    pub fn with_store(
+        endpoint: quinn::Endpoint,
+        store: Box<dyn Store>,
+        options: BrokerOptions,
+    ) -> anyhow::Result<Self> {
+        let deny = match &options.deny_list {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the deny list {}", path.display()))?;
+                DenyList::parse(&text)
+                    .with_context(|| format!("parsing the deny list {}", path.display()))?
+            }
+            None => DenyList::default(),
+        };
+        Ok(Self {
+            endpoint,
+            store,
+            options,
+            deny,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -82,9 +135,16 @@ impl Broker {
     /// Serves until `shutdown` is cancelled. Returns once every session has ended and the store
     /// is closed, so the same state file can be opened again right away.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { endpoint, store } = self;
+        let Self {
+            endpoint,
+            store,
+            options,
+            deny,
+        } = self;
         let persisted = store.load()?;
-        let state = BrokerState::new(persisted, DEFAULT_LOG_CAPACITY);
+        let tick = (options.rules.lease.min(options.rules.retention) / 4)
+            .clamp(Duration::from_millis(10), MAX_TICK);
+        let state = BrokerState::new(persisted, options.rules, clock::now());
         info!(
             addr = %endpoint.local_addr()?,
             epoch = state.epoch(),
@@ -102,6 +162,17 @@ impl Broker {
         });
         // Sessions stop on shutdown, and also when the broker stops for another reason.
         let stop_sessions = shutdown.child_token();
+        tokio::spawn(tick_leases(tick, commands.clone(), stop_sessions.clone()));
+        let (deny_tx, deny_rx) = watch::channel(Arc::new(deny));
+        if let Some(path) = options.deny_list {
+            tokio::spawn(
+                watch_deny_list(path, options.deny_list_poll, deny_tx, stop_sessions.clone())
+                    .in_current_span(),
+            );
+        }
+        let limits = SessionLimits {
+            max_message_bytes: options.max_message_bytes,
+        };
         let mut sessions = tokio::task::JoinSet::new();
         let mut next_session = 0u64;
         let stopped_early = loop {
@@ -112,7 +183,7 @@ impl Broker {
                     let Some(incoming) = incoming else { break None };
                     next_session += 1;
                     let remote = incoming.remote_address();
-                    let session = serve_session(incoming, next_session, commands.clone(), stop_sessions.clone());
+                    let session = serve_session(incoming, next_session, commands.clone(), deny_rx.clone(), limits, stop_sessions.clone());
                     sessions.spawn(session.instrument(info_span!("session", id = next_session, %remote)));
                 }
             }
@@ -134,7 +205,7 @@ impl Broker {
     }
 }
 
-/// From a session task to the state task.
+/// From a session task (or the lease ticker) to the state task.
 #[derive(Debug)]
 enum Command {
     /// The session's first message; `reply` carries everything the state task sends it. The
@@ -157,6 +228,8 @@ enum Command {
     Disconnected {
         session: u64,
     },
+    /// Time passed: check leases.
+    Tick,
 }
 
 struct SessionHandle {
@@ -192,6 +265,11 @@ impl StateDriver {
                     let _ = reply.try_send(BrokerMessage::Rejected { reason });
                 }
                 Ok(changes) => {
+                    for change in &changes {
+                        if let Change::RestoreCluster { cluster, exports } = change {
+                            info!(%cluster, exports = exports.len(), "Cluster back; its exports are served again");
+                        }
+                    }
                     self.commit(changes)?;
                     let catch_up = hello
                         .resume
@@ -207,6 +285,7 @@ impl StateDriver {
                     let resumed = matches!(message, BrokerMessage::Delta(_));
                     if reply.try_send(message).is_ok() {
                         info!(session, cluster = %cert, resumed, "Cluster connected");
+                        self.state.handle_session_start(&cert, clock::now());
                         self.sessions.insert(
                             session,
                             SessionHandle {
@@ -248,9 +327,24 @@ impl StateDriver {
             }
             Command::Ack { session, revision } => debug!(session, revision, "Ack"),
             Command::Disconnected { session } => {
-                if let Some(handle) = self.sessions.remove(&session) {
-                    info!(session, cluster = %handle.cluster, "Cluster disconnected");
+                if let Some(cluster) = self.end_session(session) {
+                    info!(session, %cluster, "Cluster disconnected");
                 }
+            }
+            Command::Tick => {
+                let changes = self.state.handle_timeout(clock::now());
+                for change in &changes {
+                    match change {
+                        Change::WithholdCluster(cluster) => {
+                            info!(%cluster, "Cluster lease expired; withholding its exports")
+                        }
+                        Change::RemoveCluster(cluster) => {
+                            info!(%cluster, "Cluster gone past retention; removed")
+                        }
+                        _ => {}
+                    }
+                }
+                self.commit(changes)?;
             }
         }
         Ok(())
@@ -286,13 +380,84 @@ impl StateDriver {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(session, cluster = %handle.cluster, "Session too slow; dropping it");
-                self.sessions.remove(&session);
+                self.end_session(session);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.sessions.remove(&session);
+                self.end_session(session);
             }
         }
     }
+
+    /// Forgets a session (dropping its reply channel ends it) and releases its lease.
+    fn end_session(&mut self, session: u64) -> Option<ClusterId> {
+        let handle = self.sessions.remove(&session)?;
+        self.state.handle_session_end(&handle.cluster, clock::now());
+        Some(handle.cluster)
+    }
+}
+
+/// Wakes the state task every `tick` to check leases, until `stop`.
+async fn tick_leases(tick: Duration, commands: mpsc::Sender<Command>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if commands.send(Command::Tick).await.is_err() {
+                    return;
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Re-reads the deny list file every `poll` and publishes it when its contents changed and
+/// parse. A file that vanishes or does not parse keeps the last good list in force (a typo must
+/// not un-revoke anyone).
+async fn watch_deny_list(
+    path: PathBuf,
+    poll: Duration,
+    deny: watch::Sender<Arc<DenyList>>,
+    stop: CancellationToken,
+) {
+    let mut last = tokio::fs::read(&path).await.ok();
+    let mut interval = tokio::time::interval(poll);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let text = match tokio::fs::read(&path).await {
+            Ok(text) => text,
+            Err(e) => {
+                if last.take().is_some() {
+                    warn!(path = %path.display(), error = %e, "Cannot read the deny list; keeping the last one");
+                }
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&text) {
+            continue;
+        }
+        last = Some(text.clone());
+        match DenyList::parse(&String::from_utf8_lossy(&text)) {
+            Ok(list) => {
+                info!(path = %path.display(), "Deny list reloaded");
+                deny.send_replace(Arc::new(list));
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "Deny list does not parse; keeping the last one")
+            }
+        }
+    }
+}
+
+/// Per-session limits.
+#[derive(Debug, Clone, Copy)]
+struct SessionLimits {
+    max_message_bytes: usize,
 }
 
 /// Why a session ended, for the debug log.
@@ -302,6 +467,8 @@ enum SessionEnd {
     Handshake(#[source] quinn::ConnectionError),
     #[error("client certificate names no cluster")]
     Certificate(#[source] certs::CertError),
+    #[error("{0}")]
+    Revoked(String),
     #[error("connection lost")]
     Connection(#[from] quinn::ConnectionError),
     #[error("reading")]
@@ -322,13 +489,31 @@ async fn serve_session(
     incoming: quinn::Incoming,
     session: u64,
     commands: mpsc::Sender<Command>,
+    deny: watch::Receiver<Arc<DenyList>>,
+    limits: SessionLimits,
     shutdown: CancellationToken,
 ) {
-    let result = session_loop(incoming, session, &commands, &shutdown).await;
+    let result = session_loop(incoming, session, &commands, deny, limits, &shutdown).await;
     let _ = commands.send(Command::Disconnected { session }).await;
     match result {
         Ok(()) => debug!("Session ended"),
+        Err(SessionEnd::Revoked(why)) => info!(%why, "Revoked peer cut off"),
         Err(e) => debug!(error = %anyhow::Error::new(e).to_string(), "Session ended"),
+    }
+}
+
+/// Closes `conn` if the deny list refuses `peer`.
+fn check_revoked(
+    conn: &quinn::Connection,
+    deny: &DenyList,
+    peer: &PeerIdentity,
+) -> Result<(), SessionEnd> {
+    match deny.denies(peer) {
+        Some(denied) => {
+            conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+            Err(SessionEnd::Revoked(denied.to_string()))
+        }
+        None => Ok(()),
     }
 }
 
@@ -336,28 +521,47 @@ async fn session_loop(
     incoming: quinn::Incoming,
     session: u64,
     commands: &mpsc::Sender<Command>,
+    mut deny: watch::Receiver<Arc<DenyList>>,
+    limits: SessionLimits,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let conn = incoming.await.map_err(SessionEnd::Handshake)?;
-    let cert = peer_cluster(&conn).map_err(|e| {
+    let peer = peer_identity(&conn).map_err(|e| {
         conn.close(1u32.into(), b"certificate names no cluster");
         SessionEnd::Certificate(e)
     })?;
-    debug!(cluster = %cert, "Handshake done");
+    let cert = peer.cluster.clone();
+    check_revoked(&conn, &deny.borrow_and_update(), &peer)?;
+    debug!(cluster = %cert, serial = %peer.serial, "Handshake done");
     let (mut send, mut recv) = tokio::select! {
         streams = conn.accept_bi() => streams?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     let (reply, mut replies) = mpsc::channel(SESSION_QUEUE);
     let mut reply = Some(reply);
-    let mut decoder = Decoder::new();
+    let mut decoder = Decoder::with_max(limits.max_message_bytes);
     let mut buf = vec![0u8; 64 * 1024];
+    // False once the deny list watcher is gone (its last list stays in force).
+    let mut deny_open = true;
     loop {
         tokio::select! {
             read = recv.read(&mut buf) => {
                 let Some(n) = read? else { return Ok(()) };
                 decoder.extend(&buf[..n]);
-                while let Some(message) = decoder.decode::<ClientMessage>()? {
+                loop {
+                    let message = match decoder.decode::<ClientMessage>() {
+                        Ok(Some(message)) => message,
+                        Ok(None) => break,
+                        // Refused and skipped; the session goes on once it has said Hello.
+                        Err(CodecError::FrameTooLarge { len, max }) if reply.is_none() => {
+                            let reason = RejectReason::MessageTooLarge { len, max };
+                            warn!(cluster = %cert, %reason, "Message rejected");
+                            let frame = wire::encode(&BrokerMessage::Rejected { reason })?;
+                            send.write_all(&frame).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let command = match (message, reply.take()) {
                         (ClientMessage::Hello(hello), Some(reply)) => Command::Hello { session, cert: cert.clone(), hello, reply },
                         (ClientMessage::Publish(publish), None) => Command::Publish { session, cert: cert.clone(), publish },
@@ -386,6 +590,10 @@ async fn session_loop(
                     return Ok(());
                 }
             },
+            changed = deny.changed(), if deny_open => match changed {
+                Ok(()) => check_revoked(&conn, &deny.borrow_and_update(), &peer)?,
+                Err(_) => deny_open = false,
+            },
             _ = shutdown.cancelled() => {
                 conn.close(0u32.into(), b"broker shutting down");
                 return Ok(());
@@ -394,13 +602,16 @@ async fn session_loop(
     }
 }
 
-fn peer_cluster(conn: &quinn::Connection) -> Result<ClusterId, certs::CertError> {
+fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, certs::CertError> {
     let chain = conn
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(certs::CertError::Parse)?;
     let leaf = chain.first().ok_or(certs::CertError::Parse)?;
-    certs::cluster_id_from_cert(leaf)
+    Ok(PeerIdentity {
+        cluster: certs::cluster_id_from_cert(leaf)?,
+        serial: certs::cert_serial(leaf)?,
+    })
 }
 
 #[cfg(test)]

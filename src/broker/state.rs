@@ -1,14 +1,24 @@
-//! The broker's pure state: who owns which record, what a publish changes, and what a
-//! reconnecting gateway missed.
+//! The broker's pure state: who owns which record, what a publish changes, whose lease ran
+//! out, and what a reconnecting gateway missed.
 //!
 //! A cluster's certificate decides which records it may write; a Hello or Publish that claims
-//! another cluster is [`Rejected`]. A Publish carries the cluster's full export set and is
-//! diffed into [`Change`]s. Each change advances the revision by one; the last
-//! `log_capacity` changes are kept so a gateway resuming from a recent revision gets a Delta
-//! instead of a Snapshot. No I/O: the shell (`broker/server.rs`) persists the changes that
-//! `handle_*` returns through a `Store`, then calls [`BrokerState::apply`], then broadcasts.
+//! another cluster is [`Rejected`], as is a Publish over the [`StateConfig`] limits. A Publish
+//! carries the cluster's full export set and is diffed into [`Change`]s. Each change advances
+//! the revision by one; the last `log_capacity` changes are kept so a gateway resuming from a
+//! recent revision gets a Delta instead of a Snapshot.
+//!
+//! Leases: a cluster holds its lease while it has a session; when its last session ends the
+//! lease runs for `StateConfig::lease`, then the cluster is withheld ([`Change::WithholdCluster`]:
+//! its exports leave what gateways get, but are kept); it is restored when it says Hello again.
+//! A cluster gone for `StateConfig::retention` is removed ([`Change::RemoveCluster`]). Time is
+//! passed in; a restart of the broker starts every cluster's lease afresh (the broker cannot
+//! know how long a cluster was gone while it was down).
+//!
+//! No I/O: the shell (`broker/server.rs`) persists the changes that `handle_*` returns through a
+//! `Store`, then calls [`BrokerState::apply`], then broadcasts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::broker::Rejected;
 use crate::broker::store::Persisted;
@@ -19,25 +29,55 @@ use crate::sync::wire::{Change, Hello, Publish, Snapshot};
 /// restart this covers a few hundred clusters reconnecting after a broker blip.
 pub const DEFAULT_LOG_CAPACITY: usize = 4096;
 
-#[derive(Debug, Clone)]
-pub struct BrokerState {
-    epoch: u64,
-    revision: u64,
-    clusters: BTreeMap<ClusterId, ClusterInfo>,
-    exports: BTreeMap<(ClusterId, ServiceKey), Export>,
-    /// `(revision, change)`, consecutive revisions ending at `self.revision`.
-    log: VecDeque<(u64, Change)>,
-    log_capacity: usize,
+/// The broker's rules that take numbers. `Default` gives the production values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// How long a cluster's records stay served after its last session ended. Shorter hides a
+    /// dead cluster sooner but withholds a live one on a brief broker-link blip.
+    pub lease: Duration,
+    /// How long after its last session a cluster is removed altogether (it must register
+    /// again). Should exceed `lease`.
+    pub retention: Duration,
+    /// Most services one cluster may export.
+    pub max_services: usize,
+    /// Most endpoints one cluster may export, summed over its services.
+    pub max_endpoints: usize,
+    /// Recent changes kept for resuming gateways (memory: one `Change` each).
+    pub log_capacity: usize,
 }
 
-impl BrokerState {
-    /// Starts from what the store loaded; the resume log starts empty.
-    pub fn new(persisted: Persisted, log_capacity: usize) -> Self {
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            retention: Duration::from_secs(24 * 3600),
+            // 10k services with 10 endpoints each encode to ~4 MiB, well under the 16 MiB frame.
+            max_services: 10_000,
+            max_endpoints: 100_000,
+            log_capacity: DEFAULT_LOG_CAPACITY,
+        }
+    }
+}
+
+/// Everything the broker holds, and how a change modifies it. Shared by [`BrokerState`] and
+/// the in-memory store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    pub epoch: u64,
+    pub revision: u64,
+    pub clusters: BTreeMap<ClusterId, ClusterInfo>,
+    pub exports: BTreeMap<(ClusterId, ServiceKey), Export>,
+    pub withheld: BTreeSet<ClusterId>,
+}
+
+impl Records {
+    pub fn from_persisted(persisted: Persisted) -> Self {
         let Persisted {
             epoch,
             revision,
             clusters,
             exports,
+            withheld,
         } = persisted;
         Self {
             epoch,
@@ -47,37 +87,206 @@ impl BrokerState {
                 .into_iter()
                 .map(|(c, e)| ((c, e.service.clone()), e))
                 .collect(),
+            withheld: withheld.into_iter().collect(),
+        }
+    }
+
+    pub fn to_persisted(&self) -> Persisted {
+        Persisted {
+            epoch: self.epoch,
+            revision: self.revision,
+            clusters: self.clusters.values().cloned().collect(),
+            exports: self
+                .exports
+                .iter()
+                .map(|((c, _), e)| (c.clone(), e.clone()))
+                .collect(),
+            withheld: self.withheld.iter().cloned().collect(),
+        }
+    }
+
+    /// Applies one change and advances the revision by one.
+    pub fn apply(&mut self, change: &Change) {
+        self.revision += 1;
+        match change {
+            Change::UpsertCluster(info) => {
+                self.clusters.insert(info.id.clone(), info.clone());
+            }
+            Change::RemoveCluster(id) => {
+                self.clusters.remove(id);
+                self.withheld.remove(id);
+                self.exports.retain(|(c, _), _| c != id);
+            }
+            Change::UpsertExport { cluster, export } => {
+                self.exports
+                    .insert((cluster.clone(), export.service.clone()), export.clone());
+            }
+            Change::RemoveExport { cluster, service } => {
+                self.exports.remove(&(cluster.clone(), service.clone()));
+            }
+            Change::WithholdCluster(id) => {
+                self.withheld.insert(id.clone());
+            }
+            Change::RestoreCluster { cluster, .. } => {
+                // The exports in the change are the ones held here.
+                self.withheld.remove(cluster);
+            }
+        }
+    }
+
+    fn exports_of<'a>(&'a self, cluster: &'a ClusterId) -> impl Iterator<Item = &'a Export> + 'a {
+        self.exports
+            .iter()
+            .filter(move |((c, _), _)| c == cluster)
+            .map(|(_, e)| e)
+    }
+}
+
+/// Whether a cluster holds its lease, and since when it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Presence {
+    sessions: usize,
+    /// When the last session ended (or the broker started); meaningful when `sessions == 0`.
+    gone_since: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerState {
+    records: Records,
+    presence: BTreeMap<ClusterId, Presence>,
+    /// `(revision, change)`, consecutive revisions ending at `records.revision`.
+    log: VecDeque<(u64, Change)>,
+    config: StateConfig,
+}
+
+impl BrokerState {
+    /// Starts from what the store loaded, at `now`: every loaded cluster's lease starts running
+    /// (it keeps its records if it reconnects within `lease`). The resume log starts empty.
+    pub fn new(persisted: Persisted, config: StateConfig, now: Instant) -> Self {
+        let records = Records::from_persisted(persisted);
+        let presence = records
+            .clusters
+            .keys()
+            .map(|id| {
+                (
+                    id.clone(),
+                    Presence {
+                        sessions: 0,
+                        gone_since: now,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            records,
+            presence,
             log: VecDeque::new(),
-            log_capacity,
+            config,
         }
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.records.epoch
     }
 
     pub fn revision(&self) -> u64 {
-        self.revision
+        self.records.revision
     }
 
     /// A gateway (authenticated as `cert`) registers. Returns the changes to persist and
-    /// apply: its `ClusterInfo` if new or different. Does not modify the state.
+    /// apply: its `ClusterInfo` if new or different, and its restoration if it was withheld.
+    /// Does not modify the state; call [`handle_session_start`](Self::handle_session_start)
+    /// once the changes are applied.
     pub fn handle_hello(&self, cert: &ClusterId, hello: &Hello) -> Result<Vec<Change>, Rejected> {
         check_owner(cert, &hello.cluster.id)?;
-        Ok(match self.clusters.get(cert) {
-            Some(info) if *info == hello.cluster => vec![],
-            _ => vec![Change::UpsertCluster(hello.cluster.clone())],
-        })
+        let mut changes = vec![];
+        if self.records.clusters.get(cert) != Some(&hello.cluster) {
+            changes.push(Change::UpsertCluster(hello.cluster.clone()));
+        }
+        if self.records.withheld.contains(cert) {
+            changes.push(Change::RestoreCluster {
+                cluster: cert.clone(),
+                exports: self.records.exports_of(cert).cloned().collect(),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// A session of `cluster` was accepted (after its Hello): it holds the lease.
+    pub fn handle_session_start(&mut self, cluster: &ClusterId, now: Instant) {
+        self.presence
+            .entry(cluster.clone())
+            .or_insert(Presence {
+                sessions: 0,
+                gone_since: now,
+            })
+            .sessions += 1;
+    }
+
+    /// A session of `cluster` that was started ended; when it was the last, the lease starts
+    /// running out.
+    pub fn handle_session_end(&mut self, cluster: &ClusterId, now: Instant) {
+        if let Some(p) = self.presence.get_mut(cluster) {
+            p.sessions = p.sessions.saturating_sub(1);
+            if p.sessions == 0 {
+                p.gone_since = now;
+            }
+        }
+    }
+
+    /// Which leases ran out by `now`: a [`Change::WithholdCluster`] for each cluster gone for
+    /// `lease`, a [`Change::RemoveCluster`] for each gone for `retention`. Does not modify the
+    /// state: persist and [`apply`](Self::apply) them like any other change.
+    pub fn handle_timeout(&self, now: Instant) -> Vec<Change> {
+        let mut changes = vec![];
+        for (id, p) in self.absent() {
+            let gone = now.saturating_duration_since(p.gone_since);
+            if gone >= self.config.retention {
+                changes.push(Change::RemoveCluster(id.clone()));
+            } else if gone >= self.config.lease && !self.records.withheld.contains(id) {
+                changes.push(Change::WithholdCluster(id.clone()));
+            }
+        }
+        changes
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has something to do, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.absent()
+            .flat_map(|(id, p)| {
+                let withhold = (!self.records.withheld.contains(id))
+                    .then(|| (p.gone_since + self.config.lease, "lease expiry"));
+                let remove = Some((p.gone_since + self.config.retention, "retention expiry"));
+                withhold.into_iter().chain(remove)
+            })
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// Registered clusters without a session.
+    fn absent(&self) -> impl Iterator<Item = (&ClusterId, &Presence)> {
+        self.presence
+            .iter()
+            .filter(|(id, p)| p.sessions == 0 && self.records.clusters.contains_key(*id))
     }
 
     /// A gateway publishes its full export set. Returns the diff against what the broker holds
-    /// for that cluster (upserts in service order, then removals). Does not modify the state.
+    /// for that cluster (upserts in service order, then removals), or why it was refused (then
+    /// nothing of it applies). Does not modify the state.
     pub fn handle_publish(
         &self,
         cert: &ClusterId,
         publish: &Publish,
     ) -> Result<Vec<Change>, Rejected> {
         check_owner(cert, &publish.cluster)?;
+        let (count, max) = (publish.exports.len(), self.config.max_services);
+        if count > max {
+            return Err(Rejected::TooManyServices { count, max });
+        }
+        let count = publish.exports.iter().map(|e| e.endpoints.len()).sum();
+        let max = self.config.max_endpoints;
+        if count > max {
+            return Err(Rejected::TooManyEndpoints { count, max });
+        }
         let mut seen = BTreeSet::new();
         for export in &publish.exports {
             let service = &export.service;
@@ -94,17 +303,17 @@ impl BrokerState {
         }
         let mut sorted: Vec<&Export> = publish.exports.iter().collect();
         sorted.sort_by(|a, b| a.service.cmp(&b.service));
+        let held = &self.records.exports;
         let mut changes: Vec<Change> = sorted
             .into_iter()
-            .filter(|e| self.exports.get(&(cert.clone(), e.service.clone())) != Some(*e))
+            .filter(|e| held.get(&(cert.clone(), e.service.clone())) != Some(*e))
             .map(|e| Change::UpsertExport {
                 cluster: cert.clone(),
                 export: e.clone(),
             })
             .collect();
         changes.extend(
-            self.exports
-                .keys()
+            held.keys()
                 .filter(|(c, s)| c == cert && !seen.contains(s))
                 .map(|(c, s)| Change::RemoveExport {
                     cluster: c.clone(),
@@ -118,52 +327,43 @@ impl BrokerState {
     /// new revision: one more per change.
     pub fn apply(&mut self, changes: &[Change]) -> u64 {
         for change in changes {
-            self.revision += 1;
-            match change {
-                Change::UpsertCluster(info) => {
-                    self.clusters.insert(info.id.clone(), info.clone());
-                }
-                Change::RemoveCluster(id) => {
-                    self.clusters.remove(id);
-                    self.exports.retain(|(c, _), _| c != id);
-                }
-                Change::UpsertExport { cluster, export } => {
-                    self.exports
-                        .insert((cluster.clone(), export.service.clone()), export.clone());
-                }
-                Change::RemoveExport { cluster, service } => {
-                    self.exports.remove(&(cluster.clone(), service.clone()));
-                }
+            self.records.apply(change);
+            if let Change::RemoveCluster(id) = change {
+                self.presence.remove(id);
             }
-            self.log.push_back((self.revision, change.clone()));
-            if self.log.len() > self.log_capacity {
+            self.log.push_back((self.records.revision, change.clone()));
+            if self.log.len() > self.config.log_capacity {
                 self.log.pop_front();
             }
         }
-        self.revision
+        self.records.revision
     }
 
-    /// The whole clusterset at the current revision.
+    /// The clusterset at the current revision, as gateways get it: withheld clusters' exports
+    /// left out.
     pub fn snapshot(&self) -> Snapshot {
+        let r = &self.records;
         Snapshot {
-            epoch: self.epoch,
-            revision: self.revision,
-            clusters: self.clusters.values().cloned().collect(),
-            exports: self
+            epoch: r.epoch,
+            revision: r.revision,
+            clusters: r.clusters.values().cloned().collect(),
+            exports: r
                 .exports
                 .iter()
+                .filter(|((c, _), _)| !r.withheld.contains(c))
                 .map(|((c, _), e)| (c.clone(), e.clone()))
                 .collect(),
+            withheld: r.withheld.iter().cloned().collect(),
         }
     }
 
     /// The changes after `revision` of `epoch`, or `None` if the log does not cover them (or the
     /// epoch differs, or the revision is from the future): the gateway needs a Snapshot.
     pub fn changes_since(&self, epoch: u64, revision: u64) -> Option<Vec<Change>> {
-        if epoch != self.epoch || revision > self.revision {
+        if epoch != self.epoch() || revision > self.revision() {
             return None;
         }
-        if revision == self.revision {
+        if revision == self.revision() {
             return Some(vec![]);
         }
         let first = self.log.front()?.0;
@@ -238,8 +438,18 @@ mod tests {
         }
     }
 
+    fn config() -> StateConfig {
+        StateConfig {
+            lease: Duration::from_secs(15),
+            retention: Duration::from_secs(60),
+            max_services: 3,
+            max_endpoints: 4,
+            log_capacity: 8,
+        }
+    }
+
     fn state() -> BrokerState {
-        BrokerState::new(Persisted::empty(42), 8)
+        BrokerState::new(Persisted::empty(42), config(), crate::clock::now())
     }
 
     fn accept(state: &mut BrokerState, cert: &str, p: Publish) -> Vec<Change> {
@@ -406,11 +616,168 @@ mod tests {
                 revision: snap.revision,
                 clusters: snap.clusters,
                 exports: snap.exports,
+                withheld: snap.withheld,
             },
-            8,
+            config(),
+            crate::clock::now(),
         );
         assert_eq!(restarted.changes_since(42, 1), Some(vec![]));
         assert_eq!(restarted.changes_since(42, 0), None);
         assert_eq!(restarted.snapshot(), s.snapshot());
+    }
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            cluster: cluster(name),
+            resume: None,
+        }
+    }
+
+    /// Registers `name` with one export and a live session at `now`.
+    fn register(s: &mut BrokerState, name: &str, address: &str, now: Instant) {
+        let changes = s.handle_hello(&id(name), &hello(name)).unwrap();
+        s.apply(&changes);
+        s.handle_session_start(&id(name), now);
+        accept(s, name, publish(name, vec![export("web", address)]));
+    }
+
+    fn step(s: &mut BrokerState, now: Instant) -> Vec<Change> {
+        let changes = s.handle_timeout(now);
+        s.apply(&changes);
+        changes
+    }
+
+    #[test]
+    fn lease_runs_out_after_the_last_session_then_retention_removes() {
+        let t0 = crate::clock::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut s = state(); // lease 15 s, retention 60 s
+        register(&mut s, "c1", "10.0.0.1", t0);
+        register(&mut s, "c2", "10.0.0.2", t0);
+        s.handle_session_start(&id("c1"), t0); // a second session of c1
+        s.handle_session_end(&id("c1"), at(1));
+        s.handle_session_end(&id("c1"), at(5)); // the last one: lease runs from here
+        let withhold = vec![Change::WithholdCluster(id("c1"))];
+        let remove = vec![Change::RemoveCluster(id("c1"))];
+        let table: Vec<(&str, u64, Vec<Change>)> = vec![
+            ("session up: nothing", 4, vec![]),
+            ("within the lease", 19, vec![]),
+            ("lease ran out", 20, withhold.clone()),
+            ("withheld only once", 40, vec![]),
+            ("within retention", 64, vec![]),
+            ("retention ran out", 65, remove),
+            ("removed only once", 500, vec![]),
+        ];
+        for (what, secs, expected) in table {
+            assert_eq!(step(&mut s, at(secs)), expected, "{what}");
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.clusters, vec![cluster("c2")], "c2 holds its session");
+        assert_eq!(snap.exports, vec![(id("c2"), export("web", "10.0.0.2"))]);
+        assert!(snap.withheld.is_empty());
+    }
+
+    #[test]
+    fn withheld_cluster_is_kept_but_not_served_and_returns_on_hello() {
+        let t0 = crate::clock::now();
+        let mut s = state();
+        register(&mut s, "c1", "10.0.0.1", t0);
+        register(&mut s, "c2", "10.0.0.2", t0);
+        s.handle_session_end(&id("c1"), t0);
+        assert_eq!(
+            s.poll_timeout(),
+            Some((t0 + Duration::from_secs(15), "lease expiry"))
+        );
+        step(&mut s, t0 + Duration::from_secs(15));
+        assert_eq!(
+            s.poll_timeout(),
+            Some((t0 + Duration::from_secs(60), "retention expiry"))
+        );
+        let snap = s.snapshot();
+        assert_eq!(snap.clusters.len(), 2, "its registration stays");
+        assert_eq!(snap.exports, vec![(id("c2"), export("web", "10.0.0.2"))]);
+        assert_eq!(snap.withheld, vec![id("c1")]);
+
+        let changes = s.handle_hello(&id("c1"), &hello("c1")).unwrap();
+        assert_eq!(
+            changes,
+            vec![Change::RestoreCluster {
+                cluster: id("c1"),
+                exports: vec![export("web", "10.0.0.1")],
+            }]
+        );
+        s.apply(&changes);
+        s.handle_session_start(&id("c1"), t0 + Duration::from_secs(16));
+        assert_eq!(s.snapshot().exports.len(), 2, "served again");
+        assert_eq!(s.poll_timeout(), None, "everyone holds a lease");
+        assert!(step(&mut s, t0 + Duration::from_secs(1000)).is_empty());
+    }
+
+    #[test]
+    fn restarted_broker_gives_loaded_clusters_a_fresh_lease() {
+        let t0 = crate::clock::now();
+        let mut s = state();
+        register(&mut s, "c1", "10.0.0.1", t0);
+        let restarted_at = t0 + Duration::from_secs(100);
+        let mut restarted = BrokerState::new(
+            Records {
+                epoch: 42,
+                revision: s.revision(),
+                clusters: [(id("c1"), cluster("c1"))].into(),
+                exports: [((id("c1"), key("web")), export("web", "10.0.0.1"))].into(),
+                withheld: BTreeSet::new(),
+            }
+            .to_persisted(),
+            config(),
+            restarted_at,
+        );
+        assert!(step(&mut restarted, restarted_at + Duration::from_secs(14)).is_empty());
+        assert_eq!(
+            step(&mut restarted, restarted_at + Duration::from_secs(15)),
+            vec![Change::WithholdCluster(id("c1"))]
+        );
+    }
+
+    #[test]
+    fn publish_over_the_limits_is_rejected_whole() {
+        let mut s = state(); // at most 3 services, 4 endpoints
+        accept(&mut s, "c1", publish("c1", vec![export("web", "10.0.0.1")]));
+        let before = s.snapshot();
+        let many = |n: usize| -> Vec<Export> {
+            (0..n)
+                .map(|i| export(&format!("s{i}"), "10.0.0.1"))
+                .collect()
+        };
+        let mut fat = export("web", "10.0.0.1");
+        fat.endpoints = vec![fat.endpoints[0].clone(); 5];
+        let table: Vec<(&str, Vec<Export>, Result<usize, Rejected>)> = vec![
+            ("at the service limit", many(3), Ok(4)),
+            (
+                "one service over",
+                many(4),
+                Err(Rejected::TooManyServices { count: 4, max: 3 }),
+            ),
+            (
+                "endpoints over, summed",
+                vec![fat.clone()],
+                Err(Rejected::TooManyEndpoints { count: 5, max: 4 }),
+            ),
+            (
+                "endpoints over across services",
+                vec![export("a", "10.0.0.1"), {
+                    let mut e = export("b", "10.0.0.1");
+                    e.endpoints = vec![e.endpoints[0].clone(); 4];
+                    e
+                }],
+                Err(Rejected::TooManyEndpoints { count: 5, max: 4 }),
+            ),
+        ];
+        for (what, exports, expected) in table {
+            let result = s
+                .handle_publish(&id("c1"), &publish("c1", exports))
+                .map(|c| c.len());
+            assert_eq!(result, expected, "{what}");
+            assert_eq!(s.snapshot(), before, "{what}: nothing applied");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::broker::state::BrokerState;
+use crate::broker::state::Records;
 use crate::model::{ClusterId, ClusterInfo, Export};
 use crate::sync::wire::Change;
 
@@ -22,6 +22,8 @@ pub struct Persisted {
     pub revision: u64,
     pub clusters: Vec<ClusterInfo>,
     pub exports: Vec<(ClusterId, Export)>,
+    /// Clusters whose lease ran out; their exports are kept but not served.
+    pub withheld: Vec<ClusterId>,
 }
 
 impl Persisted {
@@ -31,6 +33,7 @@ impl Persisted {
             revision: 0,
             clusters: vec![],
             exports: vec![],
+            withheld: vec![],
         }
     }
 }
@@ -81,32 +84,28 @@ pub enum StoreError {
 /// In-memory store: loses everything with the process.
 #[derive(Debug)]
 pub struct MemStore {
-    state: BrokerState,
+    records: Records,
 }
 
 impl MemStore {
     pub fn new(epoch: u64) -> Self {
         Self {
-            state: BrokerState::new(Persisted::empty(epoch), 0),
+            records: Records::from_persisted(Persisted::empty(epoch)),
         }
     }
 }
 
 impl Store for MemStore {
     fn load(&self) -> Result<Persisted, StoreError> {
-        let s = self.state.snapshot();
-        Ok(Persisted {
-            epoch: s.epoch,
-            revision: s.revision,
-            clusters: s.clusters,
-            exports: s.exports,
-        })
+        Ok(self.records.to_persisted())
     }
 
     fn apply(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
-        let reached = self.state.apply(changes);
+        for change in changes {
+            self.records.apply(change);
+        }
         debug_assert_eq!(
-            reached, revision,
+            self.records.revision, revision,
             "the broker's state and its store advance together"
         );
         Ok(())
@@ -118,6 +117,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
 /// (cluster id, namespace, name) → postcard `Export`.
 const EXPORTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("exports");
+/// Ids of withheld clusters.
+const WITHHELD: TableDefinition<&str, ()> = TableDefinition::new("withheld");
 const EPOCH_KEY: &str = "epoch";
 const REVISION_KEY: &str = "revision";
 
@@ -157,6 +158,7 @@ impl RedbStore {
             }
             txn.open_table(CLUSTERS).at(&self.path)?;
             txn.open_table(EXPORTS).at(&self.path)?;
+            txn.open_table(WITHHELD).at(&self.path)?;
         }
         txn.commit().at(&self.path)
     }
@@ -210,11 +212,30 @@ impl Store for RedbStore {
                 postcard::from_bytes(value.value()).map_err(|e| corrupt("exports", e))?;
             exports.push((cluster, export));
         }
+        let mut withheld = vec![];
+        for row in txn
+            .open_table(WITHHELD)
+            .at(&self.path)?
+            .iter()
+            .at(&self.path)?
+        {
+            let (key, _) = row.at(&self.path)?;
+            withheld.push(
+                key.value()
+                    .parse()
+                    .map_err(|source| StoreError::CorruptKey {
+                        path: self.path.clone(),
+                        table: "withheld",
+                        source,
+                    })?,
+            );
+        }
         Ok(Persisted {
             epoch,
             revision,
             clusters,
             exports,
+            withheld,
         })
     }
 
@@ -237,6 +258,7 @@ impl Store for RedbStore {
             }
             let mut clusters = txn.open_table(CLUSTERS).at(&self.path)?;
             let mut exports = txn.open_table(EXPORTS).at(&self.path)?;
+            let mut withheld = txn.open_table(WITHHELD).at(&self.path)?;
             for change in changes {
                 match change {
                     Change::UpsertCluster(info) => {
@@ -248,6 +270,7 @@ impl Store for RedbStore {
                     }
                     Change::RemoveCluster(id) => {
                         clusters.remove(id.as_str()).at(&self.path)?;
+                        withheld.remove(id.as_str()).at(&self.path)?;
                         let mut doomed: Vec<(String, String)> = vec![];
                         for row in exports.iter().at(&self.path)? {
                             let (key, _) = row.at(&self.path)?;
@@ -280,6 +303,12 @@ impl Store for RedbStore {
                                 service.name.as_str(),
                             ))
                             .at(&self.path)?;
+                    }
+                    Change::WithholdCluster(id) => {
+                        withheld.insert(id.as_str(), ()).at(&self.path)?;
+                    }
+                    Change::RestoreCluster { cluster, .. } => {
+                        withheld.remove(cluster.as_str()).at(&self.path)?;
                     }
                 }
             }
@@ -360,6 +389,12 @@ mod tests {
                 cluster: id("c1"),
                 service: ServiceKey::new("shop", "db").unwrap(),
             },
+            Change::WithholdCluster(id("c2")),
+            Change::WithholdCluster(id("c1")),
+            Change::RestoreCluster {
+                cluster: id("c1"),
+                exports: vec![export("web")],
+            },
         ]
     }
 
@@ -371,34 +406,36 @@ mod tests {
             let mut store = RedbStore::open(&path).unwrap();
             let empty = store.load().unwrap();
             assert_eq!(empty.revision, 0);
-            store.apply(&changes(), 6).unwrap();
+            store.apply(&changes(), 9).unwrap();
             empty.epoch
         };
         let store = RedbStore::open(&path).unwrap();
         let loaded = store.load().unwrap();
         let mut mem = MemStore::new(epoch);
-        mem.apply(&changes(), 6).unwrap();
+        mem.apply(&changes(), 9).unwrap();
         assert_eq!(loaded, mem.load().unwrap());
         assert_eq!(loaded.exports.len(), 2);
+        assert_eq!(loaded.withheld, vec![id("c2")]);
     }
 
     #[test]
-    fn redb_store_removing_a_cluster_removes_its_exports() {
+    fn redb_store_removing_a_cluster_removes_its_exports_and_withholding() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(&dir.path().join("b.redb")).unwrap();
-        store.apply(&changes(), 6).unwrap();
-        store.apply(&[Change::RemoveCluster(id("c1"))], 7).unwrap();
+        store.apply(&changes(), 9).unwrap();
+        store.apply(&[Change::RemoveCluster(id("c2"))], 10).unwrap();
         let loaded = store.load().unwrap();
-        assert_eq!(loaded.clusters, vec![cluster("c2")]);
-        assert_eq!(loaded.exports, vec![(id("c2"), export("web"))]);
-        assert_eq!(loaded.revision, 7);
+        assert_eq!(loaded.clusters, vec![cluster("c1")]);
+        assert_eq!(loaded.exports, vec![(id("c1"), export("web"))]);
+        assert!(loaded.withheld.is_empty(), "c2's withholding went with it");
+        assert_eq!(loaded.revision, 10);
     }
 
     #[test]
     fn redb_store_refuses_changes_out_of_revision_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(&dir.path().join("b.redb")).unwrap();
-        let err = store.apply(&changes(), 9).unwrap_err();
+        let err = store.apply(&changes(), 12).unwrap_err();
         assert!(
             matches!(
                 err,

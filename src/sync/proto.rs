@@ -7,7 +7,7 @@
 //! on from its view: a revision gap or a new broker epoch. On disconnect it keeps the last view
 //! (stale, not empty). [`Backoff`] paces reconnects. The shell is `sync/quic.rs`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey};
@@ -19,7 +19,11 @@ use crate::sync::wire::{
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterSetView {
     pub clusters: BTreeMap<ClusterId, ClusterInfo>,
+    /// Exports of every cluster not in `withheld`.
     pub exports: BTreeMap<(ClusterId, ServiceKey), Export>,
+    /// Registered clusters whose lease at the broker ran out: their exports are not in the view
+    /// until they reconnect (their `ClusterInfo` stays, so tunnels are not torn down).
+    pub withheld: BTreeSet<ClusterId>,
     pub epoch: u64,
     pub revision: u64,
 }
@@ -32,6 +36,7 @@ impl ClusterSetView {
             }
             Change::RemoveCluster(id) => {
                 self.clusters.remove(&id);
+                self.withheld.remove(&id);
                 self.exports.retain(|(cluster, _), _| *cluster != id);
             }
             Change::UpsertExport { cluster, export } => {
@@ -40,6 +45,18 @@ impl ClusterSetView {
             }
             Change::RemoveExport { cluster, service } => {
                 self.exports.remove(&(cluster, service));
+            }
+            Change::WithholdCluster(id) => {
+                self.exports.retain(|(cluster, _), _| *cluster != id);
+                self.withheld.insert(id);
+            }
+            Change::RestoreCluster { cluster, exports } => {
+                self.exports.retain(|(c, _), _| *c != cluster);
+                self.withheld.remove(&cluster);
+                for export in exports {
+                    self.exports
+                        .insert((cluster.clone(), export.service.clone()), export);
+                }
             }
         }
     }
@@ -186,6 +203,7 @@ impl ClusterSession {
             revision,
             clusters,
             exports,
+            withheld,
         } = snapshot;
         self.view = ClusterSetView {
             clusters: clusters.into_iter().map(|c| (c.id.clone(), c)).collect(),
@@ -193,6 +211,7 @@ impl ClusterSession {
                 .into_iter()
                 .map(|(c, e)| ((c, e.service.clone()), e))
                 .collect(),
+            withheld: withheld.into_iter().collect(),
             epoch,
             revision,
         };
@@ -320,6 +339,7 @@ mod tests {
             revision,
             clusters: vec![cluster("c1"), cluster("c2")],
             exports: vec![(id("c2"), export("web"))],
+            withheld: vec![],
         })
     }
 
@@ -409,6 +429,30 @@ mod tests {
         s.handle_message(delta(7, 11, vec![Change::RemoveCluster(id("c2"))]));
         assert!(!s.view().clusters.contains_key(&id("c2")));
         assert!(s.view().exports.is_empty());
+    }
+
+    #[test]
+    fn withheld_cluster_leaves_the_view_until_restored() {
+        let mut s = connected_session();
+        s.handle_message(snapshot(7, 10));
+        s.handle_message(delta(7, 11, vec![Change::WithholdCluster(id("c2"))]));
+        assert!(s.view().exports.is_empty(), "exports withheld");
+        assert!(s.view().clusters.contains_key(&id("c2")), "cluster kept");
+        assert!(s.view().withheld.contains(&id("c2")));
+        s.handle_message(delta(
+            7,
+            12,
+            vec![Change::RestoreCluster {
+                cluster: id("c2"),
+                exports: vec![export("db")],
+            }],
+        ));
+        let keys: Vec<_> = s.view().exports.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            vec![(id("c2"), ServiceKey::new("shop", "db").unwrap())]
+        );
+        assert!(s.view().withheld.is_empty());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! broker updates into the view. Every change of view or connectivity is published as a
 //! [`SyncState`]. On disconnect the last view is kept (`connected: false`) and the task
 //! reconnects with capped exponential backoff, moving to the next broker after a failure.
+//!
+//! The TLS files are re-read before every connection attempt, and checked for changes every
+//! [`TLS_POLL`] while connected: new files that load (e.g. after `causeway certs rotate`) end
+//! the connection and the next one presents them. Files that do not load (half-replaced)
+//! leave the last good configuration in use.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -26,6 +31,11 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// A broker that does not complete the handshake in this time counts as down, and the next
 /// one is tried (without it, a silent address would hold us for the 20 s idle timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the TLS files are checked for changes while connected: a rotated certificate is
+/// in use within this time (plus a reconnect).
+pub const TLS_POLL: Duration = Duration::from_secs(1);
+/// The TLS files whose contents decide whether to reload.
+const TLS_FILES: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
 
 /// What the sync client needs.
 #[derive(Debug, Clone)]
@@ -59,20 +69,25 @@ pub fn spawn_client(
     if config.brokers.is_empty() {
         return Err(Error::NoBrokers);
     }
+    let tls_seen = read_tls_files(&config.tls_dir);
     let client_config = certs::client_config(&config.tls_dir)?;
     let bind: SocketAddr = if config.brokers.iter().all(SocketAddr::is_ipv4) {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint =
+    let endpoint =
         quinn::Endpoint::client(bind).map_err(|source| Error::Bind { addr: bind, source })?;
-    endpoint.set_default_client_config(client_config);
     let (state, state_rx) = watch::channel(SyncState::default());
     let span = info_span!("cluster", id = %me.id);
     let initial = exports.borrow_and_update().clone();
     let driver = ClientDriver {
         endpoint,
+        tls: TlsSource {
+            dir: config.tls_dir,
+            seen: tls_seen,
+            config: client_config,
+        },
         brokers: config.brokers,
         backoff: Backoff::new(INITIAL_BACKOFF, config.reconnect_backoff_max),
         session: ClusterSession::new(me, initial),
@@ -89,10 +104,58 @@ pub fn spawn_client(
 enum Ended {
     Shutdown,
     Resync,
+    TlsChanged,
+}
+
+/// The TLS configuration and the file contents it was built from.
+struct TlsSource {
+    dir: PathBuf,
+    seen: Option<Vec<u8>>,
+    config: quinn::ClientConfig,
+}
+
+impl TlsSource {
+    /// Rebuilds the configuration if the files changed and load; `true` if it was replaced.
+    async fn reload(&mut self) -> bool {
+        let contents = read_tls_files_async(&self.dir).await;
+        if contents.is_none() || contents == self.seen {
+            return false;
+        }
+        match certs::client_config(&self.dir) {
+            Ok(config) => {
+                self.config = config;
+                self.seen = contents;
+                info!(dir = %self.dir.display(), "TLS files changed; using the new certificate");
+                true
+            }
+            Err(e) => {
+                debug!(error = %anyhow::Error::new(e).to_string(), "TLS files changed but do not load yet; keeping the last good ones");
+                false
+            }
+        }
+    }
+}
+
+/// The TLS files' contents, concatenated; `None` if one cannot be read.
+fn read_tls_files(dir: &std::path::Path) -> Option<Vec<u8>> {
+    let mut all = vec![];
+    for name in TLS_FILES {
+        all.extend(std::fs::read(dir.join(name)).ok()?);
+    }
+    Some(all)
+}
+
+async fn read_tls_files_async(dir: &std::path::Path) -> Option<Vec<u8>> {
+    let mut all = vec![];
+    for name in TLS_FILES {
+        all.extend(tokio::fs::read(dir.join(name)).await.ok()?);
+    }
+    Some(all)
 }
 
 struct ClientDriver {
     endpoint: quinn::Endpoint,
+    tls: TlsSource,
     brokers: Vec<SocketAddr>,
     backoff: Backoff,
     session: ClusterSession,
@@ -114,7 +177,7 @@ impl ClientDriver {
             self.drain_events();
             match outcome {
                 Ok(Ended::Shutdown) => break,
-                Ok(Ended::Resync) => {}
+                Ok(Ended::Resync | Ended::TlsChanged) => {}
                 Err(e) => {
                     warn!(%broker, error = %anyhow::Error::new(e).to_string(), "Broker unreachable; serving the last known view");
                     index += 1;
@@ -135,9 +198,10 @@ impl ClientDriver {
     }
 
     async fn serve_connection(&mut self, broker: std::net::SocketAddr) -> Result<Ended, Error> {
+        self.tls.reload().await;
         let connecting = self
             .endpoint
-            .connect(broker, BROKER_SERVER_NAME)
+            .connect_with(self.tls.config.clone(), broker, BROKER_SERVER_NAME)
             .map_err(|source| Error::Connect {
                 addr: broker,
                 source,
@@ -157,6 +221,8 @@ impl ClientDriver {
         self.session.handle_connected();
         let mut decoder = Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
+        let mut tls_poll = tokio::time::interval(TLS_POLL);
+        tls_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while let Some(message) = self.session.poll_transmit() {
                 send.write_all(&wire::encode(&message)?).await?;
@@ -177,6 +243,12 @@ impl ClientDriver {
                     Ok(()) => self.session.set_exports(self.exports.borrow_and_update().clone()),
                     Err(_) => self.exports_open = false,
                 },
+                _ = tls_poll.tick() => {
+                    if self.tls.reload().await {
+                        conn.close(0u32.into(), b"certificate rotated");
+                        return Ok(Ended::TlsChanged);
+                    }
+                }
                 _ = self.shutdown.cancelled() => {
                     conn.close(0u32.into(), b"gateway shutting down");
                     return Ok(Ended::Shutdown);

@@ -64,7 +64,11 @@ pub struct Snapshot {
     pub epoch: u64,
     pub revision: u64,
     pub clusters: Vec<ClusterInfo>,
+    /// Exports of clusters that are not [`Snapshot::withheld`].
     pub exports: Vec<(ClusterId, Export)>,
+    /// Clusters whose lease ran out: registered, but their exports are withheld until they
+    /// reconnect.
+    pub withheld: Vec<ClusterId>,
 }
 
 /// `changes` are the revisions `revision - changes.len() + 1 ..= revision`, in order: a
@@ -91,6 +95,14 @@ pub enum Change {
         cluster: ClusterId,
         service: ServiceKey,
     },
+    /// The cluster's lease ran out (its gateway has been gone for the lease time): gateways drop
+    /// its exports from their view. The broker keeps them, for [`Change::RestoreCluster`].
+    WithholdCluster(ClusterId),
+    /// A withheld cluster is back: its exports as the broker holds them, replacing any.
+    RestoreCluster {
+        cluster: ClusterId,
+        exports: Vec<Export>,
+    },
 }
 
 /// Why the broker refused a message (also `broker::Rejected`).
@@ -102,6 +114,12 @@ pub enum RejectReason {
     InvalidService { service: ServiceKey },
     #[error("service {service} appears more than once in one publish")]
     DuplicateService { service: ServiceKey },
+    #[error("publish of {count} services exceeds the limit of {max} per cluster")]
+    TooManyServices { count: usize, max: usize },
+    #[error("publish of {count} endpoints exceeds the limit of {max} per cluster")]
+    TooManyEndpoints { count: usize, max: usize },
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge { len: usize, max: usize },
 }
 
 /// A frame that could not be made or read.
@@ -134,10 +152,21 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
 /// Reassembles frames from bytes in whatever pieces the stream delivers them.
 ///
 /// Call [`Decoder::extend`] with each chunk, then [`Decoder::decode`] until it returns
-/// `Ok(None)`. After an error the stream is unusable: close it.
-#[derive(Debug, Default)]
+/// `Ok(None)`. A frame longer than the limit is refused with [`CodecError::FrameTooLarge`] from
+/// its header, and its body is then skipped as it arrives, so decoding may continue. After any
+/// other error the stream is unusable: close it.
+#[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
+    max: usize,
+    /// Bytes of a refused frame still to be discarded.
+    skip: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::with_max(MAX_FRAME_LEN)
+    }
 }
 
 impl Decoder {
@@ -145,22 +174,37 @@ impl Decoder {
         Self::default()
     }
 
+    /// A decoder that refuses frames longer than `max` bytes (at most [`MAX_FRAME_LEN`]).
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max: max.min(MAX_FRAME_LEN),
+            skip: 0,
+        }
+    }
+
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        let dropped = self.skip.min(bytes.len());
+        self.skip -= dropped;
+        self.buf.extend_from_slice(&bytes[dropped..]);
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed.
     pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        if self.skip > 0 {
+            return Ok(None);
+        }
         let Some(header) = self.buf.get(..HEADER_LEN) else {
             return Ok(None);
         };
         let len =
             u32::from_be_bytes(header.try_into().expect("slice of HEADER_LEN bytes")) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(CodecError::FrameTooLarge {
-                len,
-                max: MAX_FRAME_LEN,
-            });
+        if len > self.max {
+            self.buf.advance(HEADER_LEN);
+            let here = len.min(self.buf.len());
+            self.buf.advance(here);
+            self.skip = len - here;
+            return Err(CodecError::FrameTooLarge { len, max: self.max });
         }
         if self.buf.len() < HEADER_LEN + len {
             // No reservation for the declared length: memory grows only with bytes received.
@@ -234,6 +278,7 @@ mod tests {
                 revision: 2,
                 clusters: vec![cluster("c1"), cluster("c2")],
                 exports: vec![(c1.clone(), export("web"))],
+                withheld: vec![ClusterId::new("c3").unwrap()],
             }),
             BrokerMessage::Delta(Delta {
                 epoch: 1,
@@ -248,6 +293,11 @@ mod tests {
                     Change::RemoveExport {
                         cluster: c1.clone(),
                         service: ServiceKey::new("shop", "web").unwrap(),
+                    },
+                    Change::WithholdCluster(c1.clone()),
+                    Change::RestoreCluster {
+                        cluster: c1.clone(),
+                        exports: vec![export("web")],
                     },
                 ],
             }),
@@ -310,6 +360,35 @@ mod tests {
             decoder.decode::<BrokerMessage>(),
             Err(CodecError::FrameTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn oversized_frame_is_skipped_and_the_next_one_decodes() {
+        let (client, _) = all_messages();
+        let small = encode(&client[3]).unwrap();
+        let big = encode(&client[2]).unwrap();
+        let mut decoder = Decoder::with_max(small.len());
+        let mut stream = big.clone();
+        stream.extend_from_slice(&small);
+        // Delivered in small pieces, so part of the big body arrives after the refusal.
+        let mut refused = 0;
+        let mut decoded = vec![];
+        for chunk in stream.chunks(7) {
+            decoder.extend(chunk);
+            loop {
+                match decoder.decode::<ClientMessage>() {
+                    Ok(Some(m)) => decoded.push(m),
+                    Ok(None) => break,
+                    Err(CodecError::FrameTooLarge { len, .. }) => {
+                        assert_eq!(len, big.len() - HEADER_LEN);
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert_eq!(refused, 1);
+        assert_eq!(decoded, vec![client[3].clone()]);
     }
 
     #[test]

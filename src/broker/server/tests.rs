@@ -80,10 +80,15 @@ struct RunningBroker {
 
 impl RunningBroker {
     fn start(pki: &Pki, state: &Path, listen: SocketAddr) -> Self {
+        Self::start_with(pki, state, listen, BrokerOptions::default())
+    }
+
+    fn start_with(pki: &Pki, state: &Path, listen: SocketAddr, options: BrokerOptions) -> Self {
         let config = BrokerConfig {
             listen,
             state_path: state.to_owned(),
             tls_dir: pki.path("broker"),
+            options,
         };
         let broker = Broker::bind(&config).unwrap();
         let addr = broker.local_addr().unwrap();
@@ -578,6 +583,7 @@ async fn client_moves_on_to_the_next_broker_when_one_fails() {
         listen: loopback(),
         state_path: pki.path("rogue.redb"),
         tls_dir: pki.path("rogue-broker"),
+        options: BrokerOptions::default(),
     };
     let rogue = Broker::bind(&rogue_config).unwrap();
     let rogue_addr = rogue.local_addr().unwrap();
@@ -598,5 +604,380 @@ async fn client_moves_on_to_the_next_broker_when_one_fails() {
     .await;
     rogue_shutdown.cancel();
     rogue_task.await.unwrap().unwrap();
+    broker.stop().await;
+}
+
+fn short_lease(lease_ms: u64, retention_ms: u64) -> BrokerOptions {
+    BrokerOptions {
+        rules: crate::broker::StateConfig {
+            lease: Duration::from_millis(lease_ms),
+            retention: Duration::from_millis(retention_ms),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn absent_cluster_is_withheld_after_its_lease_and_restored_when_back() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start_with(
+        &pki,
+        &pki.path("broker.redb"),
+        loopback(),
+        short_lease(200, 3_600_000),
+    );
+    let c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    c2.wait_for("c1's export", |s| has_export(s, "c1", "web"))
+        .await;
+
+    drop(c1);
+    let state = c2
+        .wait_for("c1 to be withheld", |s| s.view.withheld.contains(&id("c1")))
+        .await;
+    assert!(
+        !has_export(&state, "c1", "web"),
+        "its exports are not served"
+    );
+    assert!(
+        state.view.clusters.contains_key(&id("c1")),
+        "it stays registered"
+    );
+    assert!(state.connected);
+
+    let mut c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    c1.wait_for("c1 to reconnect", |s| s.connected).await;
+    let state = c2
+        .wait_for("c1's export to return", |s| has_export(s, "c1", "web"))
+        .await;
+    assert!(state.view.withheld.is_empty());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_gone_past_retention_is_removed_with_its_exports() {
+    let pki = Pki::new();
+    let state_path = pki.path("broker.redb");
+    let broker = RunningBroker::start_with(&pki, &state_path, loopback(), short_lease(100, 400));
+    let c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    c2.wait_for("c1's export", |s| has_export(s, "c1", "web"))
+        .await;
+    drop(c1);
+    c2.wait_for("c1 to be removed", |s| {
+        !s.view.clusters.contains_key(&id("c1")) && s.view.withheld.is_empty()
+    })
+    .await;
+    broker.stop().await;
+    // The removal was stored: it is not back after a restart.
+    let loaded = RedbStore::open(&state_path).unwrap().load().unwrap();
+    assert_eq!(loaded.clusters, vec![cluster("c2")]);
+    assert!(loaded.exports.is_empty());
+}
+
+/// Reads messages until one that is not a Delta; returns it and the last revision seen.
+async fn next_non_delta(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut Decoder,
+    mut revision: u64,
+) -> (BrokerMessage, u64) {
+    loop {
+        match tokio::time::timeout(DEADLINE, read_message(recv, decoder))
+            .await
+            .expect("a message in time")
+            .unwrap()
+        {
+            BrokerMessage::Delta(d) => revision = d.revision,
+            other => return (other, revision),
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_over_the_limits_is_rejected_and_the_session_stays_usable() {
+    let pki = Pki::new();
+    let options = BrokerOptions {
+        rules: crate::broker::StateConfig {
+            max_services: 2,
+            max_endpoints: 2,
+            ..Default::default()
+        },
+        max_message_bytes: 2048,
+        ..Default::default()
+    };
+    let broker = RunningBroker::start_with(&pki, &pki.path("broker.redb"), loopback(), options);
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let publish = |exports: Vec<Export>| {
+        ClientMessage::Publish(Publish {
+            cluster: id("c1"),
+            exports,
+        })
+    };
+    let three = (0..3)
+        .map(|i| export(&format!("s{i}"), "10.0.0.1"))
+        .collect();
+    let mut fat = export("web", "10.0.0.1");
+    fat.endpoints = vec![fat.endpoints[0].clone(); 3];
+    let mut huge = export("web", "10.0.0.1");
+    huge.endpoints[0].hostname = Some("x".repeat(4096));
+    let (_conn, mut recv, mut send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(cluster("c1"))])
+            .await
+            .unwrap();
+    let BrokerMessage::Snapshot(snapshot) = read_message(&mut recv, &mut decoder).await.unwrap()
+    else {
+        panic!("expected a snapshot")
+    };
+    let mut revision = snapshot.revision;
+    let table = [
+        (
+            publish(three),
+            RejectReason::TooManyServices { count: 3, max: 2 },
+        ),
+        (
+            publish(vec![fat]),
+            RejectReason::TooManyEndpoints { count: 3, max: 2 },
+        ),
+    ];
+    for (message, reason) in table {
+        send.write_all(&wire::encode(&message).unwrap())
+            .await
+            .unwrap();
+        let (reply, r) = next_non_delta(&mut recv, &mut decoder, revision).await;
+        revision = r;
+        assert_eq!(reply, BrokerMessage::Rejected { reason });
+    }
+    let frame = wire::encode(&publish(vec![huge])).unwrap();
+    send.write_all(&frame).await.unwrap();
+    let (reply, _) = next_non_delta(&mut recv, &mut decoder, revision).await;
+    assert_eq!(
+        reply,
+        BrokerMessage::Rejected {
+            reason: RejectReason::MessageTooLarge {
+                len: frame.len() - 4,
+                max: 2048
+            }
+        }
+    );
+    // Nothing of them was applied, and the session still works.
+    send.write_all(&wire::encode(&publish(vec![export("api", "10.0.0.2")])).unwrap())
+        .await
+        .unwrap();
+    let delta = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        delta,
+        BrokerMessage::Delta(Delta {
+            epoch: snapshot.epoch,
+            revision: revision + 1,
+            changes: vec![Change::UpsertExport {
+                cluster: id("c1"),
+                export: export("api", "10.0.0.2")
+            }],
+        })
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn expired_client_certificate_is_refused_at_the_handshake() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let now = crate::clock::wall_now();
+    let day = Duration::from_secs(24 * 3600);
+    certs::testing::issue_cluster_valid(
+        &pki.path("ca"),
+        &id("c1"),
+        &pki.path("expired"),
+        now - 30 * day,
+        now - day,
+    )
+    .unwrap();
+    let config = certs::client_config(&pki.path("expired")).unwrap();
+    let result = tokio::time::timeout(DEADLINE, try_hello(config, broker.addr))
+        .await
+        .expect("refused in time");
+    assert!(result.is_err(), "{result:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn self_signed_client_certificate_is_refused_at_the_handshake() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    certs::testing::self_signed_cluster(&pki.path("ca"), &id("c1"), &pki.path("selfsigned"))
+        .unwrap();
+    let config = certs::client_config(&pki.path("selfsigned")).unwrap();
+    let result = tokio::time::timeout(DEADLINE, try_hello(config, broker.addr))
+        .await
+        .expect("refused in time");
+    assert!(result.is_err(), "{result:?}");
+    broker.stop().await;
+}
+
+/// Replaces the deny list file whole (the broker never reads half a file).
+fn write_deny_list(path: &Path, text: &str) {
+    let temp = path.with_extension("new");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+fn with_deny_list(path: &Path) -> BrokerOptions {
+    BrokerOptions {
+        deny_list: Some(path.to_owned()),
+        deny_list_poll: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn revoked_cluster_is_cut_off_and_refused_until_the_entry_goes() {
+    let pki = Pki::new();
+    let deny = pki.path("deny.list");
+    write_deny_list(&deny, "# nobody yet\n");
+    let broker = RunningBroker::start_with(
+        &pki,
+        &pki.path("broker.redb"),
+        loopback(),
+        with_deny_list(&deny),
+    );
+    let mut c1 = client(&pki, "c1", cluster("c1"), broker.addr, vec![]);
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    c1.wait_for("c1 to connect", |s| s.connected).await;
+    c2.wait_for("c2 to connect", |s| s.connected).await;
+
+    write_deny_list(&deny, "cluster:c1\n");
+    c1.wait_for("c1 to be cut off", |s| !s.connected).await;
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let result = tokio::time::timeout(DEADLINE, try_hello(config, broker.addr))
+        .await
+        .expect("refused in time");
+    assert!(result.is_err(), "a reconnect is refused: {result:?}");
+    assert!(c2.state.borrow().connected, "c2 is not affected");
+
+    // A list that does not parse changes nothing (c1 stays out)...
+    write_deny_list(&deny, "cluster:c1\nnonsense\n");
+    // ...and removing the entry lets c1 back.
+    write_deny_list(&deny, "\n");
+    c1.wait_for("c1 to be let back in", |s| s.connected).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_picks_up_a_rotated_certificate_without_restart() {
+    let pki = Pki::new();
+    let deny = pki.path("deny.list");
+    write_deny_list(&deny, "");
+    let broker = RunningBroker::start_with(
+        &pki,
+        &pki.path("broker.redb"),
+        loopback(),
+        with_deny_list(&deny),
+    );
+    let mut c1 = client(&pki, "c1", cluster("c1"), broker.addr, vec![]);
+    c1.wait_for("c1 to connect", |s| s.connected).await;
+
+    let rotated = certs::rotate_cluster(&pki.path("ca"), &id("c1"), &pki.path("c1")).unwrap();
+    // Deny the NEW certificate: a client that picked it up is cut off, one still presenting
+    // the old one would stay connected.
+    write_deny_list(&deny, &format!("serial:{}\n", rotated.new_serial));
+    c1.wait_for("c1 to switch to the new (denied) certificate", |s| {
+        !s.connected
+    })
+    .await;
+    // Retire the old one instead, as an operator would: c1 reconnects with the new one.
+    write_deny_list(&deny, &format!("serial:{}\n", rotated.old_serial));
+    c1.wait_for("c1 to reconnect with its new certificate", |s| s.connected)
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn gateways_resync_without_ghosts_after_the_broker_lost_its_history() {
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("first.redb"), loopback());
+    let addr = broker.addr;
+    let mut c1 = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        addr,
+        vec![export("web", "10.101.0.10"), export("api", "10.101.0.11")],
+    );
+    let mut c2 = client(
+        &pki,
+        "c2",
+        cluster("c2"),
+        addr,
+        vec![export("db", "10.102.0.10")],
+    );
+    c2.wait_for("c1's exports", |s| {
+        has_export(s, "c1", "web") && has_export(s, "c1", "api")
+    })
+    .await;
+    let old_epoch = c2.state.borrow().view.epoch;
+
+    broker.stop().await;
+    let state = c2.wait_for("the broker to be gone", |s| !s.connected).await;
+    assert!(
+        has_export(&state, "c1", "api"),
+        "the last view is kept meanwhile"
+    );
+    // While the broker is down, c1 withdraws api and moves web.
+    c1.exports.send_replace(vec![export("web", "10.101.0.99")]);
+
+    // A new broker with an empty store: a new epoch, no history.
+    let broker = RunningBroker::start(&pki, &pki.path("second.redb"), addr);
+    let web = |s: &SyncState| {
+        s.view
+            .exports
+            .get(&(id("c1"), ServiceKey::new("shop", "web").unwrap()))
+            .map(|e| e.endpoints.clone())
+    };
+    let state = c2
+        .wait_for("c2 to resync with c1's current exports", |s| {
+            s.connected
+                && s.view.epoch != old_epoch
+                && web(s).is_some_and(|e| e[0].address.to_string() == "10.101.0.99")
+                && has_export(s, "c2", "db")
+        })
+        .await;
+    let keys: Vec<String> = state
+        .view
+        .exports
+        .keys()
+        .map(|(c, k)| format!("{c}:{k}"))
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["c1:shop/web", "c2:shop/db"],
+        "no ghost of c1's api"
+    );
+    assert_eq!(web(&state).unwrap().len(), 1, "no duplicate endpoint");
+    c1.wait_for("c1 to resync too", |s| {
+        s.connected && s.view.epoch != old_epoch
+    })
+    .await;
     broker.stop().await;
 }
