@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cli::{GatewayArgs, SourceSpec};
-use crate::model::{ClusterId, ClusterInfo, Endpoint, Export, ServiceKey};
-use crate::select::{Locality, select};
+use crate::model::{
+    ClusterId, ClusterInfo, Endpoint, Export, Protocol, ServiceKey, check_dns_label,
+};
+use crate::select::{Health, Locality, select};
 use crate::sync::proto::ClusterSetView;
 use crate::sync::quic::{SyncConfig, SyncState, spawn_client};
 
@@ -35,14 +37,24 @@ pub fn desired_peers(me: &ClusterId, view: &ClusterSetView) -> Vec<causeway_gate
         .collect()
 }
 
-/// The services the DNS zone answers, each with its addresses ranked for this cluster.
+/// The services the DNS zones answer, each with its endpoints ranked for this cluster.
 ///
 /// This cluster's own exports come from its source (so they resolve even before the broker has
 /// echoed them back, and while it is away); every other cluster's from the broker's view.
+/// `health` says which clusters are reachable and how far (see `select`).
+///
+/// A service is ClusterSetIP or headless as its first export says (this cluster's own, else
+/// the lowest cluster id's); exports of the other kind are left out, since the broker resolves
+/// such conflicts (KEP-1645: the oldest export wins) and one name cannot be both. For a
+/// ClusterSetIP service each cluster answers with its cluster IPs, healthy while that cluster
+/// has a ready endpoint; for a headless one, with the ready endpoints themselves. An endpoint
+/// without a usable hostname gets its address with `.`/`:` replaced by `-` as its `H` label,
+/// as the MCS conformance suite expects; one that still is no label gets no `H` name.
 pub fn dns_services(
     me: &ClusterId,
     local: &[Export],
     view: &ClusterSetView,
+    health: &Health,
 ) -> Vec<causeway_dns::ServiceRecords> {
     let localities: BTreeMap<ClusterId, Locality> = view
         .clusters
@@ -57,29 +69,145 @@ pub fn dns_services(
             )
         })
         .collect();
-    let mut by_service: BTreeMap<&ServiceKey, Vec<(&ClusterId, &[Endpoint])>> = BTreeMap::new();
+    let mut by_service: BTreeMap<&ServiceKey, Vec<(&ClusterId, &Export)>> = BTreeMap::new();
     for export in local {
         by_service
             .entry(&export.service)
             .or_default()
-            .push((me, &export.endpoints));
+            .push((me, export));
     }
     for ((cluster, service), export) in &view.exports {
         if cluster != me {
             by_service
                 .entry(service)
                 .or_default()
-                .push((cluster, &export.endpoints));
+                .push((cluster, export));
         }
     }
     by_service
         .into_iter()
-        .map(|(service, candidates)| causeway_dns::ServiceRecords {
-            namespace: service.namespace.clone(),
-            name: service.name.clone(),
-            addresses: select(me, &localities, candidates).addresses(),
-        })
+        .map(|(service, exports)| dns_service(me, &localities, health, service, &exports))
         .collect()
+}
+
+fn dns_service(
+    me: &ClusterId,
+    localities: &BTreeMap<ClusterId, Locality>,
+    health: &Health,
+    service: &ServiceKey,
+    exports: &[(&ClusterId, &Export)],
+) -> causeway_dns::ServiceRecords {
+    let headless = exports
+        .first()
+        .is_none_or(|(_, e)| e.cluster_ips.is_empty());
+    let same_kind: Vec<(&ClusterId, &Export)> = exports
+        .iter()
+        .filter(|(_, e)| e.cluster_ips.is_empty() == headless)
+        .copied()
+        .collect();
+    // What a cluster offers: its endpoints (headless), or its cluster IPs, ready while any
+    // endpoint behind them is.
+    let offered: Vec<(&ClusterId, Vec<Endpoint>)> = same_kind
+        .iter()
+        .map(|(cluster, export)| {
+            let endpoints = if headless {
+                export
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        hostname: Some(host_label(e)).filter(|h| !h.is_empty()),
+                        ..e.clone()
+                    })
+                    .collect()
+            } else {
+                let ready = export.endpoints.iter().any(|e| e.ready);
+                export
+                    .cluster_ips
+                    .iter()
+                    .map(|ip| Endpoint {
+                        address: *ip,
+                        ready,
+                        hostname: None,
+                    })
+                    .collect()
+            };
+            (*cluster, endpoints)
+        })
+        .collect();
+    let selection = select(
+        me,
+        localities,
+        health,
+        offered.iter().map(|(c, e)| (*c, e.as_slice())),
+    );
+    let clusters = selection
+        .clusters()
+        .into_iter()
+        .map(|c| causeway_dns::ClusterRecords {
+            cluster: c.cluster.to_string(),
+            priority: u16::try_from(c.group).unwrap_or(u16::MAX),
+            addresses: c.addresses,
+            hosts: c
+                .hosts
+                .into_iter()
+                .map(|(hostname, address)| causeway_dns::HostRecord { hostname, address })
+                .collect(),
+        })
+        .collect();
+    let mut ports: Vec<causeway_dns::NamedPort> = Vec::new();
+    for (_, export) in &same_kind {
+        for port in &export.ports {
+            let Some(name) = &port.name else { continue };
+            let protocol = match port.protocol {
+                Protocol::Tcp => causeway_dns::PortProtocol::Tcp,
+                Protocol::Udp => causeway_dns::PortProtocol::Udp,
+                Protocol::Sctp => causeway_dns::PortProtocol::Sctp,
+            };
+            // Ports merge as a union across clusters (KEP-1645); the first spelling wins.
+            if !ports
+                .iter()
+                .any(|p| &p.name == name && p.protocol == protocol)
+                && check_dns_label("port name", name, false).is_ok()
+            {
+                ports.push(causeway_dns::NamedPort {
+                    name: name.clone(),
+                    port: port.port,
+                    protocol,
+                });
+            }
+        }
+    }
+    causeway_dns::ServiceRecords {
+        namespace: service.namespace.clone(),
+        name: service.name.clone(),
+        kind: if headless {
+            causeway_dns::ServiceKind::Headless
+        } else {
+            // No clusterset IP is allocated yet: the MCS zone answers the ranked cluster IPs.
+            causeway_dns::ServiceKind::ClusterSetIp {
+                clusterset_ips: Vec::new(),
+            }
+        },
+        tiers: selection.tiers(),
+        clusters,
+        ports,
+    }
+}
+
+/// An endpoint's `H` label: its hostname when that is a DNS label, else its address with
+/// `.`/`:` as `-` (the MCS conformance suite's fallback); empty when neither is a label.
+fn host_label(endpoint: &Endpoint) -> String {
+    if let Some(hostname) = &endpoint.hostname
+        && check_dns_label("hostname", hostname, false).is_ok()
+    {
+        return hostname.clone();
+    }
+    let fallback = endpoint.address.to_string().replace(['.', ':'], "-");
+    if check_dns_label("hostname", &fallback, false).is_ok() {
+        fallback
+    } else {
+        String::new()
+    }
 }
 
 /// Loads the gateway's WireGuard private key from `dir/wg.key` (base64, as `wg genkey` writes
@@ -169,11 +297,16 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     .await
     .with_context(|| format!("starting the WireGuard data plane on {}", args.wg_listen))?;
 
+    let dns_zones = causeway_dns::ZoneConfig {
+        zone: args.dns_zone.clone(),
+        ttl: args.dns_ttl,
+        ..causeway_dns::ZoneConfig::default()
+    };
     let dns = causeway_dns::serve(
         causeway_dns::Config {
             listen: args.dns_listen,
-            zone: args.dns_zone.clone(),
-            ttl: args.dns_ttl,
+            zones: dns_zones.clone(),
+            upstream: None,
         },
         shutdown.clone(),
     )
@@ -230,8 +363,9 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
                 }
             }
         }
-        let services = dns_services(&me, &exports, &state.view);
-        match causeway_dns::Snapshot::new(&args.dns_zone, args.dns_ttl, services) {
+        // Tunnel health is not wired in yet: every cluster counts as reachable.
+        let services = dns_services(&me, &exports, &state.view, &Health::default());
+        match causeway_dns::Snapshot::new(&dns_zones, services) {
             Ok(snapshot) => dns.publish(snapshot),
             Err(e) => {
                 warn!(error = %e, "Could not build the DNS snapshot; keeping the previous one")
@@ -321,18 +455,16 @@ mod tests {
             ],
         );
         let local = [export("shop", "web", &["10.101.0.10"])];
-        let services = dns_services(&id("c1"), &local, &v);
+        let services = dns_services(&id("c1"), &local, &v, &Health::default());
         assert_eq!(
             services.len(),
             1,
             "only the source says what c1 exports: {services:?}"
         );
-        let addrs: Vec<String> = services[0]
-            .addresses
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(addrs, ["10.101.0.10", "10.103.0.10"]);
+        assert_eq!(
+            tiers(&services[0]),
+            [vec!["10.101.0.10"], vec!["10.103.0.10"]]
+        );
     }
 
     #[test]
@@ -341,11 +473,220 @@ mod tests {
             &[cluster("c1", 1)],
             &[("c1", export("shop", "web", &["10.101.0.10"]))],
         );
-        let services = dns_services(&id("c2"), &[], &v);
+        let services = dns_services(&id("c2"), &[], &v, &Health::default());
         assert_eq!(services[0].name, "web");
+        assert_eq!(tiers(&services[0]), [vec!["10.101.0.10"]]);
+    }
+
+    fn tiers(service: &causeway_dns::ServiceRecords) -> Vec<Vec<String>> {
+        service
+            .tiers
+            .iter()
+            .map(|g| g.iter().map(IpAddr::to_string).collect())
+            .collect()
+    }
+
+    fn with_cluster_ip(mut e: Export, ip: &str) -> Export {
+        e.cluster_ips = vec![ip.parse().unwrap()];
+        e
+    }
+
+    fn with_port(mut e: Export, name: Option<&str>, port: u16, protocol: Protocol) -> Export {
+        e.ports.push(crate::model::PortSpec {
+            name: name.map(str::to_owned),
+            port,
+            protocol,
+        });
+        e
+    }
+
+    fn unready(mut e: Export) -> Export {
+        for endpoint in &mut e.endpoints {
+            endpoint.ready = false;
+        }
+        e
+    }
+
+    /// Renders what the DNS gets for one service: kind, tiers, clusters (id, priority,
+    /// addresses, hosts) and ports.
+    fn render(service: &causeway_dns::ServiceRecords) -> String {
+        let clusters: Vec<String> = service
+            .clusters
+            .iter()
+            .map(|c| {
+                let hosts: Vec<String> = c
+                    .hosts
+                    .iter()
+                    .map(|h| format!("{}={}", h.hostname, h.address))
+                    .collect();
+                format!(
+                    "{}@{}{:?}{:?}",
+                    c.cluster,
+                    c.priority,
+                    c.addresses
+                        .iter()
+                        .map(IpAddr::to_string)
+                        .collect::<Vec<_>>(),
+                    hosts
+                )
+            })
+            .collect();
+        let ports: Vec<String> = service
+            .ports
+            .iter()
+            .map(|p| format!("{}/{:?}={}", p.name, p.protocol, p.port))
+            .collect();
+        let kind = match service.kind {
+            causeway_dns::ServiceKind::Headless => "headless",
+            causeway_dns::ServiceKind::ClusterSetIp { .. } => "clusterip",
+        };
+        format!("{kind} {:?} {clusters:?} {ports:?}", tiers(service))
+    }
+
+    #[test]
+    fn dns_services_table() {
+        let three = [cluster("c1", 1), cluster("c2", 2), cluster("c3", 3)];
+        let mut db0 = export("shop", "db", &["10.102.0.10", "10.102.0.11"]);
+        db0.endpoints[0].hostname = Some("db-0".into());
+        db0.endpoints[1].hostname = Some("Not_A_Label".into());
+        /// (what, this cluster's exports, others' exports, health, rendered result)
+        type Case<'a> = (&'a str, Vec<Export>, Vec<(&'a str, Export)>, Health, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                "cluster IPs: one address per cluster, own first, the rest one group",
+                vec![with_cluster_ip(
+                    export("shop", "web", &["10.101.0.10"]),
+                    "10.96.1.1",
+                )],
+                vec![
+                    (
+                        "c2",
+                        with_cluster_ip(export("shop", "web", &["10.102.0.10"]), "10.96.2.1"),
+                    ),
+                    (
+                        "c3",
+                        with_cluster_ip(export("shop", "web", &["10.103.0.10"]), "10.96.3.1"),
+                    ),
+                ],
+                Health::default(),
+                r#"clusterip [["10.96.1.1"], ["10.96.2.1", "10.96.3.1"]] ["c1@0[\"10.96.1.1\"][]", "c2@1[\"10.96.2.1\"][]", "c3@1[\"10.96.3.1\"][]"] []"#,
+            ),
+            (
+                "a cluster IP with no ready endpoint behind it is left out",
+                vec![],
+                vec![
+                    (
+                        "c2",
+                        unready(with_cluster_ip(
+                            export("shop", "web", &["10.102.0.10"]),
+                            "10.96.2.1",
+                        )),
+                    ),
+                    (
+                        "c3",
+                        with_cluster_ip(export("shop", "web", &["10.103.0.10"]), "10.96.3.1"),
+                    ),
+                ],
+                Health::default(),
+                r#"clusterip [["10.96.3.1"]] ["c3@0[\"10.96.3.1\"][]"] []"#,
+            ),
+            (
+                "unreachable clusters are left out (fail closed leaves nothing)",
+                vec![],
+                vec![(
+                    "c2",
+                    with_cluster_ip(export("shop", "web", &["10.102.0.10"]), "10.96.2.1"),
+                )],
+                Health {
+                    reachable: Some(std::collections::BTreeSet::from([id("c3")])),
+                    ..Health::default()
+                },
+                r#"clusterip [] [] []"#,
+            ),
+            (
+                "headless: hostnames, else the address as a label",
+                vec![],
+                vec![("c2", db0.clone())],
+                Health::default(),
+                r#"headless [["10.102.0.10", "10.102.0.11"]] ["c2@0[\"10.102.0.10\", \"10.102.0.11\"][\"db-0=10.102.0.10\", \"10-102-0-11=10.102.0.11\"]"] []"#,
+            ),
+            (
+                "named ports merge as a union; unnamed ports get no SRV",
+                vec![with_port(
+                    with_port(
+                        export("shop", "db", &["10.101.0.10"]),
+                        Some("pg"),
+                        5432,
+                        Protocol::Tcp,
+                    ),
+                    None,
+                    9,
+                    Protocol::Tcp,
+                )],
+                vec![(
+                    "c2",
+                    with_port(
+                        with_port(db0, Some("pg"), 5433, Protocol::Tcp),
+                        Some("stats"),
+                        8125,
+                        Protocol::Udp,
+                    ),
+                )],
+                Health::default(),
+                r#"headless [["10.101.0.10"], ["10.102.0.10", "10.102.0.11"]] ["c1@0[\"10.101.0.10\"][\"10-101-0-10=10.101.0.10\"]", "c2@1[\"10.102.0.10\", \"10.102.0.11\"][\"db-0=10.102.0.10\", \"10-102-0-11=10.102.0.11\"]"] ["pg/Tcp=5432", "stats/Udp=8125"]"#,
+            ),
+            (
+                "the first export decides the kind; the other kind is left out",
+                vec![export("shop", "web", &["10.101.0.10"])],
+                vec![(
+                    "c2",
+                    with_cluster_ip(export("shop", "web", &["10.102.0.10"]), "10.96.2.1"),
+                )],
+                Health::default(),
+                r#"headless [["10.101.0.10"]] ["c1@0[\"10.101.0.10\"][\"10-101-0-10=10.101.0.10\"]"] []"#,
+            ),
+        ];
+        for (what, local, remote, health, expected) in cases {
+            let v = view(&three, &remote);
+            let services = dns_services(&id("c1"), &local, &v, &health);
+            let [service] = &services[..] else {
+                panic!("{what}: one service expected, got {services:?}");
+            };
+            assert_eq!(render(service), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn dns_services_build_a_snapshot_that_answers_pinned_and_srv_names() {
+        let v = view(
+            &[cluster("c1", 1), cluster("c2", 2)],
+            &[(
+                "c2",
+                with_port(
+                    with_cluster_ip(export("shop", "web", &["10.102.0.10"]), "10.96.2.1"),
+                    Some("http"),
+                    80,
+                    Protocol::Tcp,
+                ),
+            )],
+        );
+        let services = dns_services(&id("c1"), &[], &v, &Health::default());
+        let snapshot = causeway_dns::Snapshot::new(&causeway_dns::ZoneConfig::default(), services)
+            .expect("the translation yields a valid snapshot");
+        let ask = |name: &str, t| {
+            let name = name.parse().unwrap();
+            let answer = snapshot.answer(&name, t, 0);
+            answer
+                .answers()
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect::<Vec<_>>()
+        };
+        use causeway_dns::proto::rr::RecordType;
+        assert_eq!(ask("c2.web.shop.svc.global.", RecordType::A), ["10.96.2.1"]);
         assert_eq!(
-            services[0].addresses,
-            vec!["10.101.0.10".parse::<IpAddr>().unwrap()]
+            ask("_http._tcp.web.shop.svc.global.", RecordType::SRV),
+            ["0 1 80 c2.web.shop.svc.global."]
         );
     }
 

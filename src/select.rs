@@ -1,13 +1,21 @@
 //! Pure endpoint selection: which endpoints of a service one cluster answers with, and in
 //! what order.
 //!
-//! Owns the ranking rules (own cluster, then same zone, then same region, then the rest) and
-//! the filtering rules (only ready endpoints). Every endpoint, in or out, carries the reason, so
-//! that an operator can be shown why an answer is what it is. No I/O, no clock, no RNG: ties
-//! break on cluster id then address, so the same input always gives the same answer.
+//! Owns the ranking rules (own cluster, then same zone, then same region, then the rest by
+//! measured round-trip time), the filtering rules (only ready endpoints of reachable clusters),
+//! what happens when nothing healthy remains ([`Fallback`]), and the rotation within one
+//! preference group. Every endpoint, in or out, carries the reason, so that an operator can be
+//! shown why an answer is what it is. No I/O, no clock, no RNG: ties break on cluster id then
+//! address, and rotation takes its counter as an argument, so the same input always gives the
+//! same answer.
+//!
+//! The DNS server (`causeway_dns`) receives the groups ([`Selection::tiers`]) and rotates
+//! within them per query by the same rule as [`Selection::answer`], so that each query, not
+//! each snapshot, moves the load.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::model::{ClusterId, Endpoint};
 
@@ -31,10 +39,72 @@ pub enum Tier {
     Remote,
 }
 
+/// An endpoint's place in the order: its tier, then (for remote clusters) the measured
+/// round-trip time to its cluster, unknown last. Endpoints of equal rank are equally good and
+/// rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    pub tier: Tier,
+    /// `Some` for a remote cluster only: its measured round-trip time, or unknown.
+    pub rtt: Option<Rtt>,
+}
+
+/// A measured round-trip time, which sorts before "unknown".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rtt {
+    Measured(Duration),
+    Unknown,
+}
+
 /// Why an endpoint is left out of the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Excluded {
+    /// The exporting cluster says the endpoint is not ready.
     NotReady,
+    /// This gateway cannot reach the endpoint's cluster now.
+    Unreachable,
+}
+
+/// What became of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Healthy: answered.
+    Answered,
+    /// Left out for this reason.
+    Excluded(Excluded),
+    /// Unhealthy for this reason, but answered anyway because nothing healthy remained and
+    /// the policy is [`Fallback::FailOpen`].
+    FailedOpen(Excluded),
+}
+
+impl Verdict {
+    pub fn is_answered(self) -> bool {
+        !matches!(self, Verdict::Excluded(_))
+    }
+}
+
+/// What to answer when no endpoint of a service is healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fallback {
+    /// Answer nothing (DNS NODATA): a client fails fast instead of connecting to an endpoint
+    /// that is known to be down, and retries after the negative TTL. The default, because a
+    /// wrong address costs a client a connect timeout (seconds) while NODATA costs one TTL.
+    #[default]
+    FailClosed,
+    /// Answer the last known endpoints, unhealthy as they are, ranked as usual: for clients
+    /// that would rather try than fail (health may be wrong, e.g. during a tunnel flap).
+    FailOpen,
+}
+
+/// What this gateway knows about the other clusters' health, beside where they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The clusters whose gateway this one can reach now; `None` = every cluster (no health
+    /// information yet). The asking cluster itself is always reachable.
+    pub reachable: Option<BTreeSet<ClusterId>>,
+    /// Measured round-trip time to each cluster's gateway; remote clusters are ordered by it.
+    pub rtt: BTreeMap<ClusterId, Duration>,
+    pub fallback: Fallback,
 }
 
 /// One endpoint's fate in a selection.
@@ -42,36 +112,122 @@ pub enum Excluded {
 pub struct Decision {
     pub cluster: ClusterId,
     pub address: IpAddr,
-    pub verdict: Result<Tier, Excluded>,
+    pub hostname: Option<String>,
+    pub rank: Rank,
+    pub verdict: Verdict,
 }
 
-/// The result of a selection: the answer in order, and every candidate with its reason.
+/// The result of a selection: every candidate with its reason, answered ones first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
-    /// The ranked candidates first (best first), then the excluded ones.
+    /// The answered candidates first (best rank first; ties by cluster id, then address), then
+    /// the excluded ones.
     pub decisions: Vec<Decision>,
 }
 
+/// What one cluster contributes to an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAnswer {
+    pub cluster: ClusterId,
+    /// The index of the cluster's preference group in [`Selection::tiers`] (0 = best): an SRV
+    /// priority.
+    pub group: usize,
+    /// The cluster's answered addresses, each once, in order.
+    pub addresses: Vec<IpAddr>,
+    /// The answered endpoints that have a hostname.
+    pub hosts: Vec<(String, IpAddr)>,
+}
+
 impl Selection {
-    /// The addresses to answer with, best first, each once.
+    /// The answered addresses in preference groups, best first; each address once (in its
+    /// best group). Addresses within a group are equally good.
+    pub fn tiers(&self) -> Vec<Vec<IpAddr>> {
+        let mut groups: Vec<(Rank, Vec<IpAddr>)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for d in self.answered() {
+            if !seen.insert(d.address) {
+                continue;
+            }
+            match groups.last_mut() {
+                Some((rank, addresses)) if *rank == d.rank => addresses.push(d.address),
+                _ => groups.push((d.rank, vec![d.address])),
+            }
+        }
+        groups.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// The answered addresses, best first, each once (rotation 0, no cap).
     pub fn addresses(&self) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = Vec::new();
-        for d in self.decisions.iter().filter(|d| d.verdict.is_ok()) {
-            if !out.contains(&d.address) {
-                out.push(d.address);
+        self.tiers().into_iter().flatten().collect()
+    }
+
+    /// The answer for query number `rotation`: each preference group rotated left by
+    /// `rotation` modulo its length, best group first, then cut to `cap` addresses (0 = no
+    /// cap). Consecutive rotations put each address of a group first in turn.
+    pub fn answer(&self, rotation: u64, cap: usize) -> Vec<IpAddr> {
+        let cap = if cap == 0 { usize::MAX } else { cap };
+        let mut out = Vec::new();
+        for mut group in self.tiers() {
+            let len = u64::try_from(group.len()).unwrap_or(u64::MAX);
+            // The remainder is below the group's length, so it fits a usize.
+            let shift = usize::try_from(rotation % len.max(1)).unwrap_or(0);
+            group.rotate_left(shift);
+            out.extend(group);
+            if out.len() >= cap {
+                out.truncate(cap);
+                break;
             }
         }
         out
+    }
+
+    /// The answering clusters, best first, each with its group index and its answered
+    /// endpoints.
+    pub fn clusters(&self) -> Vec<ClusterAnswer> {
+        let ranks: Vec<Rank> = {
+            let mut r: Vec<Rank> = self.answered().map(|d| d.rank).collect();
+            r.dedup();
+            r
+        };
+        let mut out: Vec<ClusterAnswer> = Vec::new();
+        for d in self.answered() {
+            let at = match out.iter().position(|c| c.cluster == d.cluster) {
+                Some(at) => at,
+                None => {
+                    out.push(ClusterAnswer {
+                        cluster: d.cluster.clone(),
+                        group: ranks.iter().position(|r| *r == d.rank).unwrap_or(0),
+                        addresses: Vec::new(),
+                        hosts: Vec::new(),
+                    });
+                    out.len() - 1
+                }
+            };
+            let entry = &mut out[at];
+            if !entry.addresses.contains(&d.address) {
+                entry.addresses.push(d.address);
+            }
+            if let Some(hostname) = &d.hostname {
+                entry.hosts.push((hostname.clone(), d.address));
+            }
+        }
+        out
+    }
+
+    fn answered(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(|d| d.verdict.is_answered())
     }
 }
 
 /// Ranks the endpoints that clusters export for one service, as seen from cluster `me`.
 ///
 /// `candidates` holds each exporting cluster with its endpoints; `localities` where each
-/// cluster is (a cluster missing there is treated as remote).
+/// cluster is (a cluster missing there is treated as remote); `health` which clusters are
+/// reachable, how far the remote ones are, and what to do when nothing healthy remains.
 pub fn select<'a>(
     me: &ClusterId,
     localities: &BTreeMap<ClusterId, Locality>,
+    health: &Health,
     candidates: impl IntoIterator<Item = (&'a ClusterId, &'a [Endpoint])>,
 ) -> Selection {
     let unknown = Locality::default();
@@ -80,21 +236,45 @@ pub fn select<'a>(
     for (cluster, endpoints) in candidates {
         let theirs = localities.get(cluster).unwrap_or(&unknown);
         let tier = tier(me, mine, cluster, theirs);
+        let rank = Rank {
+            tier,
+            rtt: (tier == Tier::Remote).then(|| match health.rtt.get(cluster) {
+                Some(rtt) => Rtt::Measured(*rtt),
+                None => Rtt::Unknown,
+            }),
+        };
+        let reachable = cluster == me
+            || health
+                .reachable
+                .as_ref()
+                .is_none_or(|set| set.contains(cluster));
         for e in endpoints {
-            let verdict = if e.ready {
-                Ok(tier)
+            let verdict = if !reachable {
+                Verdict::Excluded(Excluded::Unreachable)
+            } else if !e.ready {
+                Verdict::Excluded(Excluded::NotReady)
             } else {
-                Err(Excluded::NotReady)
+                Verdict::Answered
             };
             decisions.push(Decision {
                 cluster: cluster.clone(),
                 address: e.address,
+                hostname: e.hostname.clone(),
+                rank,
                 verdict,
             });
         }
     }
+    let none_healthy = !decisions.iter().any(|d| d.verdict == Verdict::Answered);
+    if none_healthy && health.fallback == Fallback::FailOpen {
+        for d in &mut decisions {
+            if let Verdict::Excluded(why) = d.verdict {
+                d.verdict = Verdict::FailedOpen(why);
+            }
+        }
+    }
     decisions.sort_by(|a, b| {
-        let key = |d: &Decision| (d.verdict.is_err(), d.verdict.ok());
+        let key = |d: &Decision| (!d.verdict.is_answered(), d.rank);
         key(a)
             .cmp(&key(b))
             .then_with(|| a.cluster.cmp(&b.cluster))
@@ -117,113 +297,4 @@ fn tier(me: &ClusterId, mine: &Locality, cluster: &ClusterId, theirs: &Locality)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn id(s: &str) -> ClusterId {
-        ClusterId::new(s).unwrap()
-    }
-
-    fn ep(addr: &str, ready: bool) -> Endpoint {
-        Endpoint {
-            address: addr.parse().unwrap(),
-            ready,
-            hostname: None,
-        }
-    }
-
-    fn loc(region: &str, zone: &str) -> Locality {
-        Locality {
-            region: Some(region.into()),
-            zone: Some(zone.into()),
-        }
-    }
-
-    #[test]
-    fn own_cluster_first_then_zone_then_region_then_rest() {
-        let localities = BTreeMap::from([
-            (id("me"), loc("eu", "eu-a")),
-            (id("far"), loc("us", "us-a")),
-            (id("region"), loc("eu", "eu-b")),
-            (id("zone"), loc("eu", "eu-a")),
-        ]);
-        let far = [ep("10.4.0.1", true)];
-        let region = [ep("10.3.0.1", true)];
-        let zone = [ep("10.2.0.1", true)];
-        let mine = [ep("10.1.0.1", true)];
-        let candidates = [
-            (id("far"), &far[..]),
-            (id("region"), &region[..]),
-            (id("zone"), &zone[..]),
-            (id("me"), &mine[..]),
-        ];
-        let s = select(
-            &id("me"),
-            &localities,
-            candidates.iter().map(|(c, e)| (c, *e)),
-        );
-        let tiers: Vec<_> = s.decisions.iter().map(|d| d.verdict).collect();
-        assert_eq!(
-            tiers,
-            vec![
-                Ok(Tier::Local),
-                Ok(Tier::SameZone),
-                Ok(Tier::SameRegion),
-                Ok(Tier::Remote)
-            ]
-        );
-        let addrs: Vec<String> = s.addresses().iter().map(|a| a.to_string()).collect();
-        assert_eq!(addrs, ["10.1.0.1", "10.2.0.1", "10.3.0.1", "10.4.0.1"]);
-    }
-
-    #[test]
-    fn unready_endpoints_are_excluded_with_a_reason() {
-        let eps = [ep("10.1.0.1", false), ep("10.1.0.2", true)];
-        let s = select(&id("me"), &BTreeMap::new(), [(&id("me"), &eps[..])]);
-        assert_eq!(s.addresses(), vec!["10.1.0.2".parse::<IpAddr>().unwrap()]);
-        assert_eq!(s.decisions[1].verdict, Err(Excluded::NotReady));
-    }
-
-    #[test]
-    fn clusters_without_locality_are_remote_and_unset_regions_never_match() {
-        let localities = BTreeMap::from([
-            (id("me"), Locality::default()),
-            (id("b"), Locality::default()),
-        ]);
-        let eps = [ep("10.2.0.1", true)];
-        let s = select(
-            &id("me"),
-            &localities,
-            [(&id("b"), &eps[..]), (&id("c"), &eps[..])],
-        );
-        assert!(s.decisions.iter().all(|d| d.verdict == Ok(Tier::Remote)));
-        assert_eq!(s.addresses().len(), 1, "one address is answered once");
-    }
-
-    proptest! {
-        #[test]
-        fn answers_exactly_the_ready_addresses_local_ones_first(
-            eps in proptest::collection::vec((0u8..3, any::<u8>(), any::<bool>()), 0..20)
-        ) {
-            let clusters = [id("a"), id("b"), id("c")];
-            let mut by_cluster: BTreeMap<ClusterId, Vec<Endpoint>> = BTreeMap::new();
-            for (c, last, ready) in &eps {
-                let e = Endpoint { address: IpAddr::from([10, *c, 0, *last]), ready: *ready, hostname: None };
-                by_cluster.entry(clusters[*c as usize].clone()).or_default().push(e);
-            }
-            let s = select(&clusters[1], &BTreeMap::new(), by_cluster.iter().map(|(c, e)| (c, e.as_slice())));
-            let answered = s.addresses();
-            for (c, last, ready) in &eps {
-                let addr = IpAddr::from([10, *c, 0, *last]);
-                let ready_somewhere = eps.iter().any(|(c2, l2, r2)| c2 == c && l2 == last && *r2);
-                prop_assert_eq!(answered.contains(&addr), ready_somewhere, "{} ready={}", addr, ready);
-            }
-            let first_remote = answered.iter().position(|a| matches!(a, IpAddr::V4(v) if v.octets()[1] != 1));
-            let last_local = answered.iter().rposition(|a| matches!(a, IpAddr::V4(v) if v.octets()[1] == 1));
-            if let (Some(r), Some(l)) = (first_remote, last_local) {
-                prop_assert!(l < r, "local endpoints come before remote ones: {:?}", answered);
-            }
-        }
-    }
-}
+mod tests;

@@ -1,17 +1,22 @@
 //! The hickory-server adapter: turns a hickory [`Request`] into a [`Snapshot::answer`] call and the
 //! [`Answer`] into a hickory response. It converts types and makes no DNS decisions of its own,
 //! beyond the message-level checks RFC 1035/6891 put before any zone lookup (opcode, question
-//! count, class, EDNS version).
+//! count, class, EDNS version), and handing out-of-zone questions to the upstream when one is
+//! configured.
 //!
 //! Zone semantics live in `zone.rs`; sockets and lifetime in `server.rs`.
 
+use std::borrow::Cow;
 use std::iter;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, LowerQuery, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::DNSClass;
+use hickory_server::proto::rr::{DNSClass, Name, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tracing::debug;
@@ -27,12 +32,26 @@ const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Answers every request from whichever [`Snapshot`] is current when it arrives.
 pub(crate) struct Handler {
     current: Arc<ArcSwap<Snapshot>>,
+    /// Counts queries; each one's value picks the rotation within preference groups.
+    queries: AtomicU64,
+    upstream: Option<TokioResolver>,
 }
 
 impl Handler {
-    pub(crate) fn new(current: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { current }
+    pub(crate) fn new(current: Arc<ArcSwap<Snapshot>>, upstream: Option<TokioResolver>) -> Self {
+        Self {
+            current,
+            queries: AtomicU64::new(0),
+            upstream,
+        }
     }
+}
+
+/// A response's sections, borrowed from the snapshot or owned after forwarding.
+struct Sections<'a> {
+    answers: Cow<'a, [Record]>,
+    authority: Cow<'a, [Record]>,
+    additional: &'a [Record],
 }
 
 #[async_trait::async_trait]
@@ -44,23 +63,42 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let snapshot = self.current.load_full();
-        let answer = match check_message(request) {
-            Err(rcode) => {
-                metadata.response_code = rcode;
-                None
-            }
+        let mut sections = Sections {
+            answers: Cow::Borrowed(&[]),
+            authority: Cow::Borrowed(&[]),
+            additional: &[],
+        };
+        match check_message(request) {
+            Err(rcode) => metadata.response_code = rcode,
             Ok(query) => {
                 let answer = if query.query_class() == DNSClass::IN {
-                    snapshot.answer(query.name(), query.query_type())
+                    let rotation = self.queries.fetch_add(1, Ordering::Relaxed);
+                    snapshot.answer(query.name(), query.query_type(), rotation)
                 } else {
-                    // The zone exists in class IN only (RFC 1035 §3.2.4).
+                    // The zones exist in class IN only (RFC 1035 §3.2.4).
                     Answer::Refused
                 };
-                metadata.response_code = answer.rcode();
-                metadata.authoritative = answer.authoritative();
-                Some(answer)
+                match (&answer, &self.upstream) {
+                    (Answer::OutsideZones, Some(upstream)) => {
+                        let forwarded = forward(upstream, query).await;
+                        metadata.response_code = forwarded.rcode;
+                        metadata.recursion_available = true;
+                        sections.answers = Cow::Owned(forwarded.answers);
+                        sections.authority = Cow::Owned(forwarded.authority);
+                    }
+                    _ => {
+                        metadata.response_code = answer.rcode();
+                        metadata.authoritative = answer.authoritative();
+                        sections.authority = Cow::Borrowed(answer.authority());
+                        sections.additional = answer.additional();
+                        sections.answers = match answer {
+                            Answer::Records { answers, .. } => answers,
+                            _ => Cow::Borrowed(&[]),
+                        };
+                    }
+                }
             }
-        };
+        }
 
         // RFC 6891 §7: a query with OPT gets an OPT back, carrying the upper rcode bits.
         let response_edns = request.edns.as_ref().map(|req| {
@@ -70,14 +108,12 @@ impl RequestHandler for Handler {
             edns.set_rcode_high(metadata.response_code.high());
             edns
         });
-        let answers = answer.map_or(&[][..], |a| a.answers());
-        let authority = answer.map_or(&[][..], |a| a.authority());
         let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
             metadata,
-            answers.iter(),
-            authority.iter(),
+            sections.answers.iter(),
+            sections.authority.iter(),
             iter::empty(),
-            iter::empty(),
+            sections.additional.iter(),
         );
         match response_handle.send_response(response).await {
             Ok(info) => info,
@@ -90,6 +126,45 @@ impl RequestHandler for Handler {
                     metadata: failed,
                     counts: Default::default(),
                 })
+            }
+        }
+    }
+}
+
+/// What the upstream said about a forwarded question.
+struct Forwarded {
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authority: Vec<Record>,
+}
+
+/// Asks the upstream, translating its verdict: records → NOERROR with them; NXDOMAIN or NODATA
+/// → that rcode with the upstream's SOA (RFC 2308 §5: negative answers are relayed with it);
+/// anything else (timeout, SERVFAIL, REFUSED) → SERVFAIL (RFC 1035 §4.1.1: the name server
+/// could not get an answer).
+async fn forward(upstream: &TokioResolver, query: &LowerQuery) -> Forwarded {
+    let name = Name::from(query.name());
+    match upstream.lookup(name, query.query_type()).await {
+        Ok(lookup) => Forwarded {
+            rcode: ResponseCode::NoError,
+            answers: lookup.answers().to_vec(),
+            authority: Vec::new(),
+        },
+        Err(NetError::Dns(DnsError::NoRecordsFound(none))) => Forwarded {
+            rcode: none.response_code,
+            answers: Vec::new(),
+            authority: none
+                .soa
+                .map(|soa| soa.into_record_of_rdata())
+                .into_iter()
+                .collect(),
+        },
+        Err(error) => {
+            debug!(%error, "forwarding to the upstream failed");
+            Forwarded {
+                rcode: ResponseCode::ServFail,
+                answers: Vec::new(),
+                authority: Vec::new(),
             }
         }
     }

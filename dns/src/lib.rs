@@ -1,13 +1,16 @@
-//! causeway-dns: the authoritative server for the `svc.global` zone, on hickory-server.
+//! causeway-dns: the authoritative server for the `svc.global` zone and the MCS
+//! `clusterset.local` zone, on hickory-server.
 //!
 //! The caller builds an immutable [`Snapshot`] of every service's addresses (already ranked
-//! best-first) and [`Handle::publish`]es it; queries are answered from whichever snapshot is
-//! current, swapped atomically. This crate knows nothing of causeway's model: `app.rs` in the
-//! `causeway` package translates into [`ServiceRecords`].
+//! best-first, in preference groups) and [`Handle::publish`]es it; queries are answered from
+//! whichever snapshot is current, swapped atomically. This crate knows nothing of causeway's
+//! model: `app.rs` in the `causeway` package translates into [`ServiceRecords`].
 //!
 //! Module map:
-//! - `zone`: pure: the [`Snapshot`] (names → records) and query → [`Answer`] (RFC 1034/2308).
-//! - `handler`: the hickory `RequestHandler` adapter; converts types only.
+//! - `zone`: pure: the [`Snapshot`] (names → records, built in `zone/build.rs`) and
+//!   query → [`Answer`] (RFC 1034/2308/2782/8482), rotating within preference groups.
+//! - `handler`: the hickory `RequestHandler` adapter: converts types, forwards out-of-zone
+//!   queries to the upstream when one is configured.
 //! - `server`: the tokio shell: binds UDP+TCP, runs until shutdown, hands out the [`Handle`].
 
 mod handler;
@@ -16,32 +19,46 @@ mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+/// The hickory types [`Snapshot::answer`] speaks (names, record types, records).
+pub use hickory_proto as proto;
 pub use server::{Handle, Transport, serve};
-pub use zone::{Answer, NameProblem, ServiceRecords, Snapshot};
+pub use zone::{
+    Answer, ClusterRecords, HostRecord, MCS_DNS_VERSION, NameProblem, NamedPort, PortProtocol,
+    ServiceKind, ServiceRecords, Snapshot, ZoneConfig,
+};
 
 /// The zone causeway serves unless configured otherwise.
 pub const DEFAULT_ZONE: &str = "svc.global";
+/// The MCS zone served beside it unless configured otherwise (KEP-1645 DNS specification).
+pub const DEFAULT_CLUSTERSET_ZONE: &str = "clusterset.local";
 /// Record TTL in seconds: short, because endpoints fail over and clients must follow quickly;
 /// each second costs one re-query per client per name.
 pub const DEFAULT_TTL: u32 = 5;
+/// Addresses per answer (per family) unless configured otherwise: 8 A records make a 172-octet
+/// answer for a typical name, well inside the 512 octets a client without EDNS accepts, and
+/// more choices than a client tries before giving up on a name.
+pub const DEFAULT_MAX_ADDRESSES: usize = 8;
 
 /// Where and what to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// UDP and TCP listen address; port 0 picks a free port (see [`Handle::local_addr`]).
     pub listen: SocketAddr,
-    /// The zone apex, e.g. `svc.global` (a trailing dot is accepted).
-    pub zone: String,
-    /// TTL of every record, and the SOA MINIMUM (negative-caching TTL), in seconds.
-    pub ttl: u32,
+    /// The zones, TTL and answer cap; snapshots published later are built with their own
+    /// [`ZoneConfig`], which should be this one.
+    pub zones: ZoneConfig,
+    /// Where queries outside the served zones are forwarded (UDP, falling back to TCP on
+    /// truncation); `None` refuses them (REFUSED). Each forwarded query costs one upstream
+    /// round trip; answers are not cached here.
+    pub upstream: Option<SocketAddr>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53),
-            zone: DEFAULT_ZONE.to_owned(),
-            ttl: DEFAULT_TTL,
+            zones: ZoneConfig::default(),
+            upstream: None,
         }
     }
 }
@@ -64,9 +81,31 @@ pub enum Error {
         #[source]
         reason: NameProblem,
     },
+    /// A cluster id, hostname or port name of a service cannot be a label under the zone.
+    #[error("bad {what} {value:?} of service {namespace}/{name} for dns")]
+    BadRecordName {
+        namespace: String,
+        name: String,
+        what: &'static str,
+        value: String,
+        #[source]
+        reason: NameProblem,
+    },
+    /// The two zones overlap, so a name would belong to both.
+    #[error("dns zones {zone:?} and {clusterset_zone:?} overlap")]
+    OverlappingZones {
+        zone: String,
+        clusterset_zone: String,
+    },
     /// Two services map to the same DNS name (names are case-insensitive).
     #[error("duplicate service {namespace}/{name} in dns snapshot")]
     DuplicateService { namespace: String, name: String },
+    /// The upstream resolver could not be set up.
+    #[error("setting up the dns upstream {upstream}: {reason}")]
+    Upstream {
+        upstream: SocketAddr,
+        reason: String,
+    },
     /// A listening socket could not be bound.
     #[error("binding dns ({transport}) on {addr}")]
     Bind {

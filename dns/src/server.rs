@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{Resolver, TokioResolver};
 use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,9 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection before the writer applies backpressure; our answers are
 /// single small messages, so a short queue is plenty.
 const TCP_RESPONSE_BUFFER: usize = 32;
+/// How long one forwarded query may wait for the upstream; stub resolvers give up after 5 s
+/// (glibc's default), so an answer later than that helps nobody.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times to look for a port free on both UDP and TCP when asked for port 0.
 const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 
@@ -51,7 +57,7 @@ impl fmt::Display for Transport {
 /// [`Handle::local_addr`]. Fails with [`Error::BadZone`] before binding anything if the zone is
 /// invalid, and with [`Error::Bind`] if either socket cannot be bound.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle, Error> {
-    let mut initial = Snapshot::empty(&config.zone, config.ttl)?;
+    let mut initial = Snapshot::empty(&config.zones)?;
     // Serial 1 for the first zone we answer from, so every published snapshot is greater.
     initial.set_serial(1);
     let (udp, tcp) = bind(config.listen).await?;
@@ -68,11 +74,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
         local_addr,
     };
 
-    let mut server = Server::new(Handler::new(current));
+    let upstream = config.upstream.map(upstream_resolver).transpose()?;
+    let mut server = Server::new(Handler::new(current, upstream));
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     let stop = server.shutdown_token().clone();
-    info!(addr = %local_addr, zone = %config.zone, "DNS serving");
+    info!(
+        addr = %local_addr,
+        zone = %config.zones.zone,
+        clusterset_zone = ?config.zones.clusterset_zone,
+        upstream = ?config.upstream,
+        "DNS serving"
+    );
 
     tokio::spawn(async move {
         tokio::spawn(async move {
@@ -103,8 +116,8 @@ impl Handle {
     /// sees either the old or the new snapshot, never a mix.
     ///
     /// Stamps the SOA serial one higher than the previous snapshot's (RFC 1982 arithmetic, so
-    /// the wrap from `u32::MAX` is still "greater"). The snapshot's own zone and ttl are served,
-    /// so build it with the same zone as the [`Config`].
+    /// the wrap from `u32::MAX` is still "greater"). The snapshot's own zones and ttl are
+    /// served, so build it with the [`Config`]'s `zones`.
     pub fn publish(&self, mut snapshot: Snapshot) {
         // The critical section cannot panic, so a poisoned lock still holds a valid serial.
         let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
@@ -127,6 +140,31 @@ impl fmt::Debug for Handle {
             .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
+}
+
+/// A resolver that asks only `upstream` (UDP, then TCP when the answer is truncated), with no
+/// cache of its own: the clients cache, and a second cache would only stretch TTLs.
+fn upstream_resolver(upstream: SocketAddr) -> Result<TokioResolver, Error> {
+    let mut server = NameServerConfig::udp_and_tcp(upstream.ip());
+    for connection in &mut server.connections {
+        connection.port = upstream.port();
+    }
+    let mut options = ResolverOpts::default();
+    options.cache_size = 0;
+    options.timeout = UPSTREAM_TIMEOUT;
+    // Clients already retry; one attempt keeps a dead upstream from holding queries long.
+    options.attempts = 1;
+    options.ndots = 0;
+    Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![server]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(options)
+    .build()
+    .map_err(|source| Error::Upstream {
+        upstream,
+        reason: source.to_string(),
+    })
 }
 
 /// Binds UDP then TCP on the same address. For port 0 the UDP port the OS picked may be taken

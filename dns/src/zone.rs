@@ -1,69 +1,176 @@
-//! The `svc.global` zone as data: an immutable [`Snapshot`] and the pure query → [`Answer`] rule.
+//! The served zones as data: an immutable [`Snapshot`] and the pure query → [`Answer`] rule.
 //!
 //! Owns the DNS semantics (RFC 1034 §4.3.2 lookup, RFC 2308 negative answers, RFC 4592 §2.2.2
-//! empty non-terminals). Owns no sockets and no hickory server types: `handler.rs` converts an
-//! [`Answer`] into a hickory response, `server.rs` binds the sockets and swaps snapshots.
+//! empty non-terminals, RFC 2782 SRV with additional addresses, RFC 8482 minimal ANY) and the
+//! per-query rotation within the preference groups the caller hands in. Owns no sockets and no
+//! hickory server types: `handler.rs` converts an [`Answer`] into a hickory response,
+//! `server.rs` binds the sockets and swaps snapshots. Which names exist and what they hold is
+//! built in `zone/build.rs`.
 //!
 //! Everything a query needs is precomputed when the snapshot is built (lowercase keys, ready
-//! `Record`s grouped per name), so answering is one hash lookup and a slice.
+//! `Record`s grouped per name and type), so answering is one hash lookup and a slice, plus a
+//! rotated copy when a preference group holds more than one address.
 
+mod build;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 
 use crate::Error;
 
-/// One service's addresses, already ordered best-first by the caller.
-///
-/// Published as `<name>.<namespace>.<zone>` with one A record per IPv4 address and one AAAA
-/// record per IPv6 address, in the given order. A service with no addresses still exists as a
-/// name: queries for it get NOERROR with no records (NODATA), not NXDOMAIN.
+/// The MCS DNS specification version served as `dns-version.<clusterset zone>` TXT
+/// (KEP-1645 `specification.md`, schema version 1.0.0).
+pub const MCS_DNS_VERSION: &str = "1.0.0";
+
+/// What the snapshot serves: the zones, the TTL and the answer size cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceRecords {
-    /// The namespace: a single RFC 1123 label (letters, digits, inner `-`), matched
-    /// case-insensitively.
-    pub namespace: String,
-    /// The service name: a single RFC 1123 label (letters, digits, inner `-`), matched
-    /// case-insensitively.
-    pub name: String,
-    /// Addresses best-first; duplicates are dropped (RFC 2181 §5: an RRset holds no duplicates).
-    pub addresses: Vec<IpAddr>,
+pub struct ZoneConfig {
+    /// causeway's own zone apex, e.g. `svc.global` (a trailing dot is accepted). Services are
+    /// `S.N.<zone>`, cluster-pinned `C.S.N.<zone>`, endpoints `H.C.S.N.<zone>`.
+    pub zone: String,
+    /// The MCS zone apex, e.g. `clusterset.local`, or `None` to serve only `zone`. Services are
+    /// `S.N.svc.<clusterset_zone>` under the MCS DNS specification: no `C.S.N` names.
+    pub clusterset_zone: Option<String>,
+    /// TTL of every record, and the SOA MINIMUM (negative-caching TTL), in seconds.
+    pub ttl: u32,
+    /// Most A records (and, separately, most AAAA records) in one answer; 0 = no cap. Each
+    /// address costs 16 (A) or 28 (AAAA) octets of a UDP answer that must fit 512 without EDNS.
+    pub max_addresses: usize,
 }
 
-/// An immutable view of the whole zone, built once and then only read.
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        Self {
+            zone: crate::DEFAULT_ZONE.to_owned(),
+            clusterset_zone: Some(crate::DEFAULT_CLUSTERSET_ZONE.to_owned()),
+            ttl: crate::DEFAULT_TTL,
+            max_addresses: crate::DEFAULT_MAX_ADDRESSES,
+        }
+    }
+}
+
+/// One service as the DNS answers it, already ranked by the caller.
+///
+/// Published as `S.N.<zone>` (and `S.N.svc.<clusterset zone>`), with A records for IPv4 and
+/// AAAA for IPv6 addresses. A service with no addresses still exists as a name in `zone`
+/// (NOERROR, no records: "fail closed"); the caller decides what is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecords {
+    /// The namespace: a single RFC 1123 label, matched case-insensitively.
+    pub namespace: String,
+    /// The service name: a single RFC 1123 label, matched case-insensitively.
+    pub name: String,
+    pub kind: ServiceKind,
+    /// The service name's addresses in preference groups, best group first. Addresses within
+    /// one group are equally good; their order rotates from query to query so that clients
+    /// spread load. Duplicates are dropped (RFC 2181 §5).
+    pub tiers: Vec<Vec<IpAddr>>,
+    /// Every cluster with something to answer, for the cluster-pinned and per-endpoint names
+    /// and the SRV targets.
+    pub clusters: Vec<ClusterRecords>,
+    /// The service's named ports, for SRV. Unnamed ports get no SRV (MCS DNS specification).
+    pub ports: Vec<NamedPort>,
+}
+
+/// How a service is addressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// A service with a virtual IP per cluster. `clusterset_ips` is the MCS ClusterSetIP,
+    /// answered for `S.N.svc.<clusterset zone>` instead of `tiers` when one is allocated.
+    ClusterSetIp { clusterset_ips: Vec<IpAddr> },
+    /// A headless service: the answers are the ready endpoints themselves.
+    Headless,
+}
+
+/// What one cluster contributes to a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRecords {
+    /// The cluster id: a single RFC 1123 label.
+    pub cluster: String,
+    /// SRV priority for this cluster's targets (RFC 2782: lower is preferred): its tier.
+    pub priority: u16,
+    /// `C.S.N.<zone>`'s addresses: the cluster's service IPs, or for a headless service its
+    /// ready endpoints. One preference group: rotated per query.
+    pub addresses: Vec<IpAddr>,
+    /// Headless only: the ready endpoints that have a hostname, as `H.C.S.N` names.
+    pub hosts: Vec<HostRecord>,
+}
+
+/// One headless endpoint's name and address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    /// A single RFC 1123 label.
+    pub hostname: String,
+    pub address: IpAddr,
+}
+
+/// A named service port, published as `_<name>._<protocol>.S.N` SRV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    /// The port name: a single RFC 1123 label (the SRV label is `_` + name).
+    pub name: String,
+    pub port: u16,
+    pub protocol: PortProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl PortProtocol {
+    /// The SRV protocol label (RFC 2782).
+    pub fn label(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "_tcp",
+            PortProtocol::Udp => "_udp",
+            PortProtocol::Sctp => "_sctp",
+        }
+    }
+}
+
+/// An immutable view of every served zone, built once and then only read.
 ///
 /// Build one with [`Snapshot::new`] (or [`Snapshot::empty`]) and hand it to
 /// [`crate::Handle::publish`], which stamps the SOA serial and swaps it in atomically.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    apex: LowerName,
-    ttl: u32,
+    config: ZoneConfig,
     serial: u32,
-    /// The SOA for the authority section of negative answers: RFC 2308 §3 sets its TTL to
-    /// min(SOA TTL, SOA MINIMUM).
-    negative_soa: [Record; 1],
-    /// Every name that exists in the zone, including the apex and empty non-terminals (which map
-    /// to an empty node). Keys are lowercase (`LowerName`), so lookups are case-insensitive.
+    /// The served apexes, each with the SOA for the authority section of its negative answers
+    /// (RFC 2308 §3 sets its TTL to min(SOA TTL, SOA MINIMUM)).
+    apexes: Vec<(LowerName, [Record; 1])>,
+    /// Every name that exists in any served zone, including the apexes and empty
+    /// non-terminals (which map to an empty node). Keys are lowercase (`LowerName`), so lookups
+    /// are case-insensitive.
     nodes: HashMap<LowerName, Node>,
 }
 
 /// What the zone says about one query, borrowing the records from the [`Snapshot`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer<'a> {
-    /// NOERROR, authoritative, with these records in the answer section (never empty).
-    Records(&'a [Record]),
+    /// NOERROR, authoritative, with these records in the answer section (never empty) and
+    /// these in the additional section (the addresses of SRV targets).
+    Records {
+        answers: Cow<'a, [Record]>,
+        additional: &'a [Record],
+    },
     /// NOERROR, authoritative, no records: the name exists but has no data of the asked type
     /// (RFC 2308 §2.2). The SOA goes into the authority section.
     NoData { soa: &'a [Record] },
     /// NXDOMAIN, authoritative: no such name in the zone (RFC 2308 §2.1). The SOA goes into the
     /// authority section.
     NxDomain { soa: &'a [Record] },
-    /// REFUSED, not authoritative: the name is outside the zone, or the query asks for a zone
-    /// transfer, which this server does not offer.
+    /// REFUSED, not authoritative: the name is outside every served zone. The handler
+    /// forwards it instead when an upstream is configured.
+    OutsideZones,
+    /// REFUSED, not authoritative: a zone transfer, which this server does not offer.
     Refused,
 }
 
@@ -71,21 +178,21 @@ impl<'a> Answer<'a> {
     /// The response code to send.
     pub fn rcode(&self) -> ResponseCode {
         match self {
-            Answer::Records(_) | Answer::NoData { .. } => ResponseCode::NoError,
+            Answer::Records { .. } | Answer::NoData { .. } => ResponseCode::NoError,
             Answer::NxDomain { .. } => ResponseCode::NXDomain,
-            Answer::Refused => ResponseCode::Refused,
+            Answer::OutsideZones | Answer::Refused => ResponseCode::Refused,
         }
     }
 
-    /// Whether the AA bit is set: true for every answer from inside the zone.
+    /// Whether the AA bit is set: true for every answer from inside a zone.
     pub fn authoritative(&self) -> bool {
-        !matches!(self, Answer::Refused)
+        !matches!(self, Answer::OutsideZones | Answer::Refused)
     }
 
     /// The answer section.
-    pub fn answers(&self) -> &'a [Record] {
+    pub fn answers(&self) -> &[Record] {
         match self {
-            Answer::Records(records) => records,
+            Answer::Records { answers, .. } => answers,
             _ => &[],
         }
     }
@@ -97,113 +204,94 @@ impl<'a> Answer<'a> {
             _ => &[],
         }
     }
+
+    /// The additional section (without the OPT record, which the handler adds).
+    pub fn additional(&self) -> &'a [Record] {
+        match self {
+            Answer::Records { additional, .. } => additional,
+            _ => &[],
+        }
+    }
 }
 
-/// The records at one name, grouped by type (all records of a type are contiguous).
+/// The records at one name: one [`RrSet`] per type present, never an empty one.
 #[derive(Debug, Clone, Default)]
 struct Node {
-    records: Vec<Record>,
+    rrsets: Vec<RrSet>,
 }
 
-/// SOA timers. Nothing transfers this zone (AXFR is refused), so refresh/retry/expire only need
-/// to be sane values (RFC 1912 §2.2 ranges); MINIMUM is the negative-caching TTL (RFC 2308 §4)
-/// and is set to the zone ttl so NXDOMAIN is cached no longer than a positive answer.
-const SOA_REFRESH: i32 = 3600;
-const SOA_RETRY: i32 = 600;
-const SOA_EXPIRE: i32 = 86400;
+/// All records of one type at one name, with how to order them per query.
+#[derive(Debug, Clone)]
+struct RrSet {
+    record_type: RecordType,
+    records: Vec<Record>,
+    /// Lengths of the consecutive preference groups in `records` (summing to its length);
+    /// each rotates per query. Empty for a fixed order (SOA, NS, SRV, TXT).
+    groups: Vec<usize>,
+    /// Most records one answer carries; `usize::MAX` for no cap.
+    cap: usize,
+    /// Records for the additional section (the addresses of SRV targets).
+    additional: Vec<Record>,
+}
 
 impl Snapshot {
-    /// Builds the zone `zone` (e.g. `svc.global`) holding `services`, every record with `ttl`.
+    /// Builds the zones `config` names, holding `services`.
     ///
-    /// Fails if the zone or a service's namespace/name is not a valid DNS name, or if two
-    /// services share a name. The SOA serial is 0 until [`crate::Handle::publish`] stamps it.
-    pub fn new(zone: &str, ttl: u32, services: Vec<ServiceRecords>) -> Result<Snapshot, Error> {
-        let apex = parse_zone(zone)?;
-        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
-
-        let ns_name = child(&apex, "ns").map_err(|reason| Error::BadZone {
-            zone: zone.to_owned(),
-            reason,
-        })?;
-        // The apex holds [SOA, NS]; `set_serial` rewrites the SOA in place.
-        let apex_records = vec![
-            soa_record(&apex, ttl, 0),
-            Record::from_rdata(apex.clone(), ttl, RData::NS(NS(ns_name))),
-        ];
-        nodes.insert(
-            LowerName::new(&apex),
-            Node {
-                records: apex_records,
-            },
-        );
-
-        let apex_lower = LowerName::new(&apex);
-        for service in services {
-            let name = service_name(&apex, &service)?;
-            let lower = LowerName::new(&name);
-            let records = address_records(&name, ttl, &service.addresses);
-            match nodes.entry(lower.clone()) {
-                Entry::Occupied(_) => {
-                    return Err(Error::DuplicateService {
-                        namespace: service.namespace,
-                        name: service.name,
-                    });
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(Node { records });
-                }
-            }
-            // Every ancestor up to the apex exists (as an empty non-terminal unless it has
-            // records of its own): RFC 4592 §2.2.2.
-            let mut ancestor = lower.base_name();
-            while ancestor != apex_lower && !ancestor.is_root() {
-                nodes.entry(ancestor.clone()).or_default();
-                ancestor = ancestor.base_name();
-            }
-        }
-
+    /// Fails if a zone or any label (namespace, service, cluster, hostname, port name) is not
+    /// a valid DNS name, if the two zones overlap, or if two services share a name. The SOA
+    /// serial is 0 until [`crate::Handle::publish`] stamps it.
+    pub fn new(config: &ZoneConfig, services: Vec<ServiceRecords>) -> Result<Snapshot, Error> {
+        let built = build::build(config, services)?;
         let mut snapshot = Snapshot {
-            apex: apex_lower,
-            ttl,
+            config: config.clone(),
             serial: 0,
-            negative_soa: [soa_record(&apex, ttl, 0)],
-            nodes,
+            apexes: built.apexes,
+            nodes: built.nodes,
         };
         snapshot.set_serial(0);
         Ok(snapshot)
     }
 
-    /// A zone with only its apex records (SOA and NS) and no services.
-    pub fn empty(zone: &str, ttl: u32) -> Result<Snapshot, Error> {
-        Snapshot::new(zone, ttl, Vec::new())
+    /// The zones with only their apex records (SOA, NS, and the MCS `dns-version` TXT).
+    pub fn empty(config: &ZoneConfig) -> Result<Snapshot, Error> {
+        Snapshot::new(config, Vec::new())
     }
 
     /// Answers a query for `name` and `query_type` (class IN; the caller refuses other classes).
     ///
-    /// RFC 1034 §4.3.2 restricted to one zone without delegations or wildcards: outside the zone
-    /// → REFUSED; a name with records of the type → those records; ANY → every record at the
-    /// name; an existing name (including an empty non-terminal) without them → NODATA; anything
-    /// else → NXDOMAIN.
-    pub fn answer(&self, name: &LowerName, query_type: RecordType) -> Answer<'_> {
-        if !self.apex.zone_of(name) || matches!(query_type, RecordType::AXFR | RecordType::IXFR) {
+    /// RFC 1034 §4.3.2 restricted to zones without delegations or wildcards: outside every
+    /// zone → [`Answer::OutsideZones`]; a zone transfer → REFUSED; a name with records of the type → those records; ANY → one RRset at the
+    /// name (RFC 8482 §4.2); an existing name (including an empty non-terminal) without them →
+    /// NODATA; anything else → NXDOMAIN.
+    ///
+    /// `rotation` picks the order within each preference group (any counter: query `n` and
+    /// `n + group length` give the same order), then the cap keeps the first addresses.
+    pub fn answer(&self, name: &LowerName, query_type: RecordType, rotation: u64) -> Answer<'_> {
+        let Some((_, negative_soa)) = self
+            .apexes
+            .iter()
+            .filter(|(apex, _)| apex.zone_of(name))
+            .max_by_key(|(apex, _)| apex.num_labels())
+        else {
+            return Answer::OutsideZones;
+        };
+        if matches!(query_type, RecordType::AXFR | RecordType::IXFR) {
             return Answer::Refused;
         }
         let Some(node) = self.nodes.get(name) else {
-            return Answer::NxDomain {
-                soa: &self.negative_soa,
-            };
+            return Answer::NxDomain { soa: negative_soa };
         };
-        let records = if query_type == RecordType::ANY {
-            &node.records[..]
+        let rrset = if query_type == RecordType::ANY {
+            node.rrsets.first()
         } else {
-            node.rrset(query_type)
+            node.rrsets.iter().find(|r| r.record_type == query_type)
         };
-        if records.is_empty() {
-            Answer::NoData {
-                soa: &self.negative_soa,
-            }
-        } else {
-            Answer::Records(records)
+        match rrset {
+            Some(rrset) => Answer::Records {
+                answers: rrset.ordered(rotation),
+                additional: &rrset.additional,
+            },
+            None => Answer::NoData { soa: negative_soa },
         }
     }
 
@@ -212,81 +300,71 @@ impl Snapshot {
         self.serial
     }
 
-    /// The TTL of every record in the zone, in seconds.
-    pub fn ttl(&self) -> u32 {
-        self.ttl
+    /// What this snapshot serves.
+    pub fn config(&self) -> &ZoneConfig {
+        &self.config
+    }
+
+    /// How many names exist across the served zones (including apexes and empty
+    /// non-terminals).
+    pub fn names(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Stamps the SOA serial; called by the publisher just before the swap.
     pub(crate) fn set_serial(&mut self, serial: u32) {
-        let apex = Name::from(&self.apex);
         self.serial = serial;
-        if let Some(apex_node) = self.nodes.get_mut(&self.apex) {
-            for record in &mut apex_node.records {
-                if record.record_type() == RecordType::SOA {
-                    *record = soa_record(&apex, self.ttl, serial);
-                }
+        let ttl = self.config.ttl;
+        for (apex, negative_soa) in &mut self.apexes {
+            let apex_name = Name::from(&*apex);
+            if let Some(node) = self.nodes.get_mut(apex)
+                && let Some(soa) = node
+                    .rrsets
+                    .iter_mut()
+                    .find(|r| r.record_type == RecordType::SOA)
+            {
+                soa.records = vec![build::soa_record(&apex_name, ttl, serial)];
+            }
+            // The SOA's own TTL and its MINIMUM are both the zone ttl, so min() is the ttl;
+            // keep the rule explicit so a future separate MINIMUM stays correct.
+            let minimum = ttl;
+            *negative_soa = [build::soa_record(&apex_name, ttl.min(minimum), serial)];
+        }
+    }
+}
+
+impl RrSet {
+    /// The records for one answer: each group rotated by `rotation`, then capped. Borrowed
+    /// when that is the stored order.
+    fn ordered(&self, rotation: u64) -> Cow<'_, [Record]> {
+        let shifts = self.groups.iter().map(|&len| shift(rotation, len));
+        let unrotated = self.groups.is_empty() || shifts.clone().all(|s| s == 0);
+        if unrotated {
+            let end = self.records.len().min(self.cap);
+            return Cow::Borrowed(&self.records[..end]);
+        }
+        let mut out = Vec::with_capacity(self.records.len().min(self.cap));
+        let mut start = 0;
+        for (&len, shift) in self.groups.iter().zip(shifts) {
+            let group = &self.records[start..start + len];
+            out.extend(group[shift..].iter().chain(&group[..shift]).cloned());
+            start += len;
+            if out.len() >= self.cap {
+                out.truncate(self.cap);
+                break;
             }
         }
-        // The SOA's own TTL and its MINIMUM are both the zone ttl, so min() is the ttl; keep the
-        // rule explicit so a future separate MINIMUM stays correct.
-        let minimum = self.ttl;
-        self.negative_soa = [soa_record(&apex, self.ttl.min(minimum), serial)];
+        Cow::Owned(out)
     }
 }
 
-impl Node {
-    /// The contiguous run of records of `record_type` (empty if none).
-    fn rrset(&self, record_type: RecordType) -> &[Record] {
-        let Some(start) = self
-            .records
-            .iter()
-            .position(|r| r.record_type() == record_type)
-        else {
-            return &[];
-        };
-        let len = self.records[start..]
-            .iter()
-            .take_while(|r| r.record_type() == record_type)
-            .count();
-        &self.records[start..start + len]
+/// Where a group of `len` starts for query `rotation`.
+fn shift(rotation: u64, len: usize) -> usize {
+    match u64::try_from(len) {
+        // The remainder is below `len`, so it fits back into usize.
+        Ok(len) if len > 1 => usize::try_from(rotation % len).unwrap_or(0),
+        _ => 0,
     }
-}
-
-fn soa_record(apex: &Name, ttl: u32, serial: u32) -> Record {
-    // Both names are built from a zone that already parsed with room for these labels.
-    let mname = child(apex, "ns").unwrap_or_else(|_| apex.clone());
-    let rname = child(apex, "hostmaster").unwrap_or_else(|_| apex.clone());
-    let soa = SOA::new(
-        mname,
-        rname,
-        serial,
-        SOA_REFRESH,
-        SOA_RETRY,
-        SOA_EXPIRE,
-        ttl,
-    );
-    Record::from_rdata(apex.clone(), ttl, RData::SOA(soa))
-}
-
-fn address_records(name: &Name, ttl: u32, addresses: &[IpAddr]) -> Vec<Record> {
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<IpAddr> = addresses
-        .iter()
-        .copied()
-        .filter(|a| seen.insert(*a))
-        .collect();
-    let v4 = unique.iter().filter_map(|a| match a {
-        IpAddr::V4(v4) => Some(RData::A(A(*v4))),
-        IpAddr::V6(_) => None,
-    });
-    let v6 = unique.iter().filter_map(|a| match a {
-        IpAddr::V6(v6) => Some(RData::AAAA(AAAA(*v6))),
-        IpAddr::V4(_) => None,
-    });
-    v4.chain(v6)
-        .map(|rdata| Record::from_rdata(name.clone(), ttl, rdata))
-        .collect()
 }
 
 /// Why a name was rejected.
@@ -302,68 +380,6 @@ pub enum NameProblem {
     LabelTooLong,
     #[error("name longer than 255 octets")]
     NameTooLong,
-}
-
-fn parse_zone(zone: &str) -> Result<Name, Error> {
-    let bad = |reason| Error::BadZone {
-        zone: zone.to_owned(),
-        reason,
-    };
-    let trimmed = zone.strip_suffix('.').unwrap_or(zone);
-    if zone.is_empty() {
-        return Err(bad(NameProblem::Empty));
-    }
-    if trimmed.is_empty() {
-        return Err(bad(NameProblem::Root));
-    }
-    for label in trimmed.split('.') {
-        check_label(label).map_err(bad)?;
-    }
-    // Name enforces the 255-octet limit (RFC 1035 §2.3.4).
-    let mut name = Name::from_ascii(trimmed).map_err(|_| bad(NameProblem::NameTooLong))?;
-    name.set_fqdn(true);
-    Ok(name.to_lowercase())
-}
-
-fn service_name(apex: &Name, service: &ServiceRecords) -> Result<Name, Error> {
-    let bad = |reason| Error::BadServiceName {
-        namespace: service.namespace.clone(),
-        name: service.name.clone(),
-        reason,
-    };
-    check_label(&service.namespace).map_err(bad)?;
-    check_label(&service.name).map_err(bad)?;
-    let namespace = child(apex, &service.namespace).map_err(bad)?;
-    // Owner names go out lowercase whatever the caller's spelling (they are one name).
-    Ok(child(&namespace, &service.name)
-        .map_err(bad)?
-        .to_lowercase())
-}
-
-/// Kubernetes names are RFC 1123 §2.1 labels (letters, digits, `-` inside); holding to that
-/// keeps every name printable and free of escapes (no dots: a dot would add a level to the tree).
-fn check_label(label: &str) -> Result<(), NameProblem> {
-    if label.is_empty() {
-        return Err(NameProblem::Empty);
-    }
-    if label.len() > 63 {
-        return Err(NameProblem::LabelTooLong);
-    }
-    let ldh = label
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !ldh || label.starts_with('-') || label.ends_with('-') {
-        return Err(NameProblem::NotALabel);
-    }
-    Ok(())
-}
-
-fn child(parent: &Name, label: &str) -> Result<Name, NameProblem> {
-    let name = Name::from_ascii(label)
-        .map_err(|_| NameProblem::NotALabel)?
-        .append_domain(parent)
-        .map_err(|_| NameProblem::NameTooLong)?;
-    Ok(name)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use causeway_dns::{Config, Handle, ServiceRecords, Snapshot};
+use causeway_dns::{Config, Handle, ServiceKind, ServiceRecords, Snapshot, ZoneConfig};
 use hickory_proto::op::{DnsResponse, Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
@@ -27,27 +27,50 @@ fn service(namespace: &str, name: &str, addresses: &[&str]) -> ServiceRecords {
     ServiceRecords {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
-        addresses: addresses
-            .iter()
-            .map(|a| IpAddr::from_str(a).expect("test address"))
-            .collect(),
+        kind: ServiceKind::ClusterSetIp {
+            clusterset_ips: Vec::new(),
+        },
+        // One preference group per address: a strict ranking, so no rotation.
+        tiers: ips(addresses).into_iter().map(|a| vec![a]).collect(),
+        clusters: Vec::new(),
+        ports: Vec::new(),
+    }
+}
+
+fn ips(addresses: &[&str]) -> Vec<IpAddr> {
+    addresses
+        .iter()
+        .map(|a| IpAddr::from_str(a).expect("test address"))
+        .collect()
+}
+
+/// svc.global and clusterset.local, TTL 5, no cap on addresses.
+fn zones() -> ZoneConfig {
+    ZoneConfig {
+        zone: ZONE.to_owned(),
+        clusterset_zone: Some("clusterset.local".to_owned()),
+        ttl: 5,
+        max_addresses: 0,
+    }
+}
+
+fn config(listen: SocketAddr) -> Config {
+    Config {
+        listen,
+        zones: zones(),
+        upstream: None,
     }
 }
 
 /// Starts a server on a free loopback port holding web.shop (v4 + v6) and db.shop (v4 only).
 async fn start(shutdown: &CancellationToken) -> Handle {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("literal address"),
-        zone: ZONE.to_owned(),
-        ttl: 5,
-    };
+    let config = config("127.0.0.1:0".parse().expect("literal address"));
     let handle = causeway_dns::serve(config, shutdown.clone())
         .await
         .expect("serve binds on loopback");
     handle.publish(
         Snapshot::new(
-            ZONE,
-            5,
+            &zones(),
             vec![
                 service("shop", "web", &["10.102.0.10", "10.101.0.10", "fd00::10"]),
                 service("shop", "db", &["10.101.0.20"]),
@@ -193,7 +216,7 @@ async fn publish_changes_the_answer_and_raises_the_serial() {
     let serial_before = soa_serial(&before.answers).expect("SOA at apex");
 
     handle.publish(
-        Snapshot::new(ZONE, 5, vec![service("shop", "web", &["10.103.0.10"])])
+        Snapshot::new(&zones(), vec![service("shop", "web", &["10.103.0.10"])])
             .expect("valid snapshot"),
     );
 
@@ -400,7 +423,7 @@ async fn large_answers_set_tc_over_udp_and_come_whole_over_tcp() {
     let many: Vec<String> = (0..100).map(|i| format!("10.1.0.{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     handle.publish(
-        Snapshot::new(ZONE, 5, vec![service("shop", "big", &many)]).expect("valid snapshot"),
+        Snapshot::new(&zones(), vec![service("shop", "big", &many)]).expect("valid snapshot"),
     );
     let packet = message(OpCode::Query, &[("big.shop.svc.global.", RecordType::A)])
         .to_vec()
@@ -499,9 +522,11 @@ async fn serve_reports_bad_zone_and_busy_port() {
     let shutdown = CancellationToken::new();
     let bad = causeway_dns::serve(
         Config {
-            listen: "127.0.0.1:0".parse().expect("literal"),
-            zone: "bad zone".to_owned(),
-            ttl: 5,
+            zones: ZoneConfig {
+                zone: "bad zone".to_owned(),
+                ..zones()
+            },
+            ..config("127.0.0.1:0".parse().expect("literal"))
         },
         shutdown.clone(),
     )
@@ -512,15 +537,7 @@ async fn serve_reports_bad_zone_and_busy_port() {
     );
 
     let handle = start(&shutdown).await;
-    let busy = causeway_dns::serve(
-        Config {
-            listen: handle.local_addr(),
-            zone: ZONE.to_owned(),
-            ttl: 5,
-        },
-        shutdown.clone(),
-    )
-    .await;
+    let busy = causeway_dns::serve(config(handle.local_addr()), shutdown.clone()).await;
     assert!(
         matches!(busy, Err(causeway_dns::Error::Bind { addr, .. }) if addr == handle.local_addr()),
         "got {busy:?}"

@@ -11,21 +11,40 @@ use super::*;
 
 const TTL: u32 = 5;
 
+fn ips(addresses: &[&str]) -> Vec<IpAddr> {
+    addresses
+        .iter()
+        .map(|a| IpAddr::from_str(a).expect("test address"))
+        .collect()
+}
+
+/// A ClusterSetIP service with one preference group and no clusters or ports.
 fn service(namespace: &str, name: &str, addresses: &[&str]) -> ServiceRecords {
     ServiceRecords {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
-        addresses: addresses
-            .iter()
-            .map(|a| IpAddr::from_str(a).expect("test address"))
-            .collect(),
+        kind: ServiceKind::ClusterSetIp {
+            clusterset_ips: Vec::new(),
+        },
+        tiers: vec![ips(addresses)],
+        clusters: Vec::new(),
+        ports: Vec::new(),
+    }
+}
+
+/// `zone` with the ttl and no cap; no clusterset zone unless it is `svc.global`.
+fn config(zone: &str, ttl: u32) -> ZoneConfig {
+    ZoneConfig {
+        zone: zone.to_owned(),
+        clusterset_zone: (zone == "svc.global").then(|| "clusterset.local".to_owned()),
+        ttl,
+        max_addresses: 0,
     }
 }
 
 fn snapshot() -> Snapshot {
     Snapshot::new(
-        "svc.global",
-        TTL,
+        &config("svc.global", TTL),
         vec![
             service(
                 "shop",
@@ -124,12 +143,18 @@ fn answer_table() {
         // Other types at a service name → NODATA.
         nodata("web.shop.svc.global.", RecordType::TXT),
         nodata("web.shop.svc.global.", RecordType::SOA),
-        // ANY → everything at the name.
+        // ANY → one RRset, not everything at the name (RFC 8482 §4.2).
         noerror(
             "web.shop.svc.global.",
             RecordType::ANY,
-            &["10.102.0.10", "10.101.0.10", "fd00::1"],
+            &["10.102.0.10", "10.101.0.10"],
         ),
+        noerror(
+            "svc.global.",
+            RecordType::ANY,
+            &["ns.svc.global. hostmaster.svc.global. 0 3600 600 86400 5"],
+        ),
+        nodata("shop.svc.global.", RecordType::ANY),
         // Empty non-terminal → NODATA, not NXDOMAIN (RFC 4592 §2.2.2).
         nodata("shop.svc.global.", RecordType::A),
         nodata("SHOP.svc.global.", RecordType::AAAA),
@@ -156,7 +181,7 @@ fn answer_table() {
         refused("svc.global.", RecordType::IXFR),
     ];
     for case in cases {
-        let answer = snapshot.answer(&name(case.name), case.qtype);
+        let answer = snapshot.answer(&name(case.name), case.qtype, 0);
         let what = format!("{} {}", case.name, case.qtype);
         assert_eq!(answer.rcode(), case.rcode, "rcode for {what}");
         assert_eq!(answer.authoritative(), case.aa, "AA for {what}");
@@ -172,12 +197,11 @@ fn answer_table() {
 #[test]
 fn answers_carry_the_configured_ttl_and_owner_name() {
     let snapshot = Snapshot::new(
-        "svc.global",
-        30,
+        &config("svc.global", 30),
         vec![service("shop", "web", &["10.0.0.1"])],
     )
     .expect("valid snapshot");
-    let answer = snapshot.answer(&name("WEB.shop.svc.global."), RecordType::A);
+    let answer = snapshot.answer(&name("WEB.shop.svc.global."), RecordType::A, 0);
     let [record] = answer.answers() else {
         panic!("one record expected, got {answer:?}");
     };
@@ -188,8 +212,8 @@ fn answers_carry_the_configured_ttl_and_owner_name() {
 
 #[test]
 fn negative_answers_carry_soa_with_ttl_of_min_ttl_and_minimum() {
-    let snapshot = Snapshot::empty("svc.global", 7).expect("valid snapshot");
-    let answer = snapshot.answer(&name("nope.svc.global."), RecordType::A);
+    let snapshot = Snapshot::empty(&config("svc.global", 7)).expect("valid snapshot");
+    let answer = snapshot.answer(&name("nope.svc.global."), RecordType::A, 0);
     let [soa] = answer.authority() else {
         panic!("one SOA expected, got {answer:?}");
     };
@@ -203,7 +227,7 @@ fn negative_answers_carry_soa_with_ttl_of_min_ttl_and_minimum() {
 
 #[test]
 fn set_serial_changes_the_soa_everywhere() {
-    let mut snapshot = Snapshot::empty("svc.global", TTL).expect("valid snapshot");
+    let mut snapshot = Snapshot::empty(&config("svc.global", TTL)).expect("valid snapshot");
     snapshot.set_serial(42);
     assert_eq!(snapshot.serial(), 42);
     let serial_of = |records: &[Record]| match records {
@@ -213,18 +237,21 @@ fn set_serial_changes_the_soa_everywhere() {
         },
         other => panic!("one record expected, got {other:?}"),
     };
-    let apex = snapshot.answer(&name("svc.global."), RecordType::SOA);
+    let apex = snapshot.answer(&name("svc.global."), RecordType::SOA, 0);
     assert_eq!(serial_of(apex.answers()), 42);
-    let negative = snapshot.answer(&name("nope.svc.global."), RecordType::A);
+    let negative = snapshot.answer(&name("nope.svc.global."), RecordType::A, 0);
     assert_eq!(serial_of(negative.authority()), 42);
 }
 
 #[test]
 fn zone_with_trailing_dot_or_capitals_is_the_same_zone() {
     for zone in ["svc.global.", "SVC.Global"] {
-        let snapshot = Snapshot::new(zone, TTL, vec![service("shop", "web", &["10.0.0.1"])])
-            .expect("valid snapshot");
-        let answer = snapshot.answer(&name("web.shop.svc.global."), RecordType::A);
+        let snapshot = Snapshot::new(
+            &config(zone, TTL),
+            vec![service("shop", "web", &["10.0.0.1"])],
+        )
+        .expect("valid snapshot");
+        let answer = snapshot.answer(&name("web.shop.svc.global."), RecordType::A, 0);
         assert_eq!(data(&answer), ["10.0.0.1"], "zone {zone}");
     }
 }
@@ -242,7 +269,7 @@ fn snapshot_rejects_bad_zones() {
         ),
     ];
     for (zone, expected) in cases {
-        match Snapshot::empty(zone, TTL) {
+        match Snapshot::empty(&config(zone, TTL)) {
             Err(Error::BadZone { zone: got, reason }) => {
                 assert_eq!(got, zone);
                 assert_eq!(reason, expected, "zone {zone:?}");
@@ -265,7 +292,10 @@ fn snapshot_rejects_service_names_that_are_not_single_labels() {
         ("shop", &*"a".repeat(64), NameProblem::LabelTooLong),
     ];
     for (namespace, svc, expected) in cases {
-        match Snapshot::new("svc.global", TTL, vec![service(namespace, svc, &[])]) {
+        match Snapshot::new(
+            &config("svc.global", TTL),
+            vec![service(namespace, svc, &[])],
+        ) {
             Err(Error::BadServiceName { reason, .. }) => {
                 assert_eq!(reason, expected, "{namespace}/{svc}")
             }
@@ -278,8 +308,7 @@ fn snapshot_rejects_service_names_that_are_not_single_labels() {
 fn snapshot_rejects_names_too_long_for_dns() {
     let zone = format!("{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63));
     let result = Snapshot::new(
-        &zone,
-        TTL,
+        &config(&zone, TTL),
         vec![service(&"d".repeat(63), &"e".repeat(63), &[])],
     );
     assert!(
@@ -297,8 +326,7 @@ fn snapshot_rejects_names_too_long_for_dns() {
 #[test]
 fn snapshot_rejects_duplicate_services_case_insensitively() {
     let result = Snapshot::new(
-        "svc.global",
-        TTL,
+        &config("svc.global", TTL),
         vec![
             service("shop", "web", &["10.0.0.1"]),
             service("SHOP", "Web", &["10.0.0.2"]),
@@ -339,7 +367,12 @@ mod invariants {
                 |(namespace, name, addresses)| ServiceRecords {
                     namespace,
                     name,
-                    addresses,
+                    kind: ServiceKind::ClusterSetIp {
+                        clusterset_ips: Vec::new(),
+                    },
+                    tiers: vec![addresses],
+                    clusters: Vec::new(),
+                    ports: Vec::new(),
                 },
             ),
             0..6,
@@ -382,22 +415,23 @@ mod invariants {
             qtype in query_type(),
         ) {
             // Duplicates are rejected; the invariant is about snapshots that exist.
-            let Ok(snapshot) = Snapshot::new("svc.global", TTL, services.clone()) else {
+            let Ok(snapshot) = Snapshot::new(&config("svc.global", TTL), services.clone()) else {
                 return Ok(());
             };
             let asked = name(&qname);
-            let answer = snapshot.answer(&asked, qtype);
+            let answer = snapshot.answer(&asked, qtype, 0);
             let in_zone = name("svc.global.").zone_of(&asked);
 
             if !in_zone || qtype == RecordType::AXFR {
-                prop_assert_eq!(answer, Answer::Refused);
+                prop_assert_eq!(answer.rcode(), ResponseCode::Refused);
+                prop_assert!(!answer.authoritative());
                 return Ok(());
             }
             prop_assert!(answer.authoritative());
-            match answer {
-                Answer::Records(records) => {
+            match &answer {
+                Answer::Records { answers: records, .. } => {
                     prop_assert!(!records.is_empty());
-                    for record in records {
+                    for record in records.iter() {
                         prop_assert_eq!(LowerName::new(&record.name), asked.clone());
                         prop_assert!(qtype == RecordType::ANY || record.record_type() == qtype);
                         prop_assert_eq!(record.ttl, TTL);
@@ -406,7 +440,9 @@ mod invariants {
                 Answer::NoData { soa } | Answer::NxDomain { soa } => {
                     prop_assert!(matches!(soa, [s] if s.record_type() == RecordType::SOA));
                 }
-                Answer::Refused => prop_assert!(false, "refused inside the zone"),
+                Answer::Refused | Answer::OutsideZones => {
+                    prop_assert!(false, "refused inside the zone")
+                }
             }
 
             // A service's own name always exists, and A answers its v4 addresses in order.
@@ -418,7 +454,7 @@ mod invariants {
                 prop_assert_ne!(answer.rcode(), ResponseCode::NXDomain);
                 if qtype == RecordType::A {
                     let mut expected: Vec<String> = Vec::new();
-                    for a in service.addresses.iter().filter(|a| a.is_ipv4()) {
+                    for a in service.tiers.iter().flatten().filter(|a| a.is_ipv4()) {
                         if !expected.contains(&a.to_string()) {
                             expected.push(a.to_string());
                         }
@@ -429,3 +465,5 @@ mod invariants {
         }
     }
 }
+
+mod records;
