@@ -299,6 +299,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
 
     let dns_zones = causeway_dns::ZoneConfig {
         zone: args.dns_zone.clone(),
+        clusterset_zone: Some(args.clusterset_zone.clone()).filter(|z| !z.is_empty()),
         ttl: args.dns_ttl,
         ..causeway_dns::ZoneConfig::default()
     };

@@ -204,6 +204,11 @@ pub struct GatewayArgs {
     /// The DNS zone served.
     #[arg(long, value_name = "ZONE", default_value = "svc.global")]
     pub dns_zone: String,
+    /// The MCS DNS zone served beside --dns-zone from the same data, under the KEP-1645 DNS
+    /// specification (`dns-version.ZONE`, `S.N.svc.ZONE`, no cluster-pinned names). Empty
+    /// serves only --dns-zone.
+    #[arg(long, value_name = "ZONE", default_value = "clusterset.local")]
+    pub clusterset_zone: String,
     /// TTL of DNS answers, in seconds; also the SOA minimum (negative-answer TTL). Lower means
     /// faster failover for clients, more queries.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
@@ -324,6 +329,24 @@ mod tests {
         assert_eq!(args.brokers.len(), 2);
         assert_eq!(args.source, SourceSpec::File("/s".into()));
         assert_eq!(args.dns_ttl, 5);
+    }
+
+    #[test]
+    fn clusterset_zone_defaults_to_clusterset_local_and_may_be_emptied() {
+        for (given, expected) in [
+            (None, "clusterset.local"),
+            (Some(""), ""),
+            (Some("cs.test"), "cs.test"),
+        ] {
+            let over: Vec<(&str, &str)> = given
+                .map(|z| ("--clusterset-zone", z))
+                .into_iter()
+                .collect();
+            let Command::Gateway(args) = gateway(&over).unwrap().command else {
+                panic!("not a gateway")
+            };
+            assert_eq!(args.clusterset_zone, expected, "{given:?}");
+        }
     }
 
     #[test]
