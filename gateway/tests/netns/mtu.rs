@@ -44,7 +44,17 @@ add rule inet pmtu output icmp type destination-unreachable drop",
         let out = pod_a.exec(&["ping", "-c", "1", "-W", "1", "10.251.2.10"])?;
         Ok(out.status.success())
     })?;
-    tcp_transfer(&pod_a.name, &pod_b.name, "10.251.2.10:5030".parse()?, 8 << 20)?;
-    tcp_transfer(&pod_b.name, &pod_a.name, "10.251.1.10:5031".parse()?, 8 << 20)?;
+    tcp_transfer(
+        &pod_a.name,
+        &pod_b.name,
+        "10.251.2.10:5030".parse()?,
+        8 << 20,
+    )?;
+    tcp_transfer(
+        &pod_b.name,
+        &pod_a.name,
+        "10.251.1.10:5031".parse()?,
+        8 << 20,
+    )?;
     Ok(())
 }
