@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -24,8 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span};
 
 use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
+use crate::device::udp::{Queued, RecvBatch, SendQueue};
 use crate::health::{PeerHealth, Prober};
 use crate::{Command, Config, DeviceStats, Error, peers};
+
+mod udp;
 
 /// boringtun's device ticks its timers every 250 ms; its timer constants assume that.
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -73,6 +77,7 @@ pub(crate) async fn spawn(
             });
         }
     };
+    udp::size_buffers(udp.as_raw_fd());
     let local_addr = udp.local_addr().map_err(|source| Error::BindUdp {
         addr: config.listen,
         source,
@@ -92,7 +97,9 @@ pub(crate) async fn spawn(
         routes,
         send_drops: 0,
         tun_buf: vec![0; BUF_LEN].into_boxed_slice(),
-        udp_buf: vec![0; BUF_LEN].into_boxed_slice(),
+        recv: RecvBatch::new(),
+        // Encapsulated TUN packets are at most the MTU plus WireGuard's 32 bytes.
+        send: SendQueue::new(usize::from(config.mtu) + 32),
     };
     tokio::spawn(
         async move {
@@ -115,7 +122,8 @@ struct Driver {
     routes: Routes,
     send_drops: u64,
     tun_buf: Box<[u8]>,
-    udp_buf: Box<[u8]>,
+    recv: RecvBatch,
+    send: SendQueue,
 }
 
 impl Driver {
@@ -137,7 +145,7 @@ impl Driver {
                             break;
                         }
                     };
-                    let mut io = ShellIo { udp: &self.udp, tun: guard.get_ref(), drops: &mut self.send_drops };
+                    let mut io = ShellIo { udp: &self.udp, tun: guard.get_ref(), drops: &mut self.send_drops, queue: &mut self.send };
                     for _ in 0..BATCH {
                         let n = match guard.try_io(|fd| read(fd.as_raw_fd(), &mut self.tun_buf)) {
                             Ok(Ok(n)) => n,
@@ -157,17 +165,30 @@ impl Driver {
                         error!(error = %e, "UDP socket failed; stopping");
                         break;
                     }
-                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops };
-                    for _ in 0..BATCH {
-                        match self.udp.try_recv_from(&mut self.udp_buf) {
-                            Ok((n, from)) => self.plane.handle_datagram(from, &self.udp_buf[..n], &mut io),
+                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops, queue: &mut self.send };
+                    for _ in 0..BATCH / udp::BATCH {
+                        let fd = self.udp.as_raw_fd();
+                        match self.udp.try_io(Interest::READABLE, || self.recv.recv(fd)) {
+                            Ok(n) => {
+                                for i in 0..n {
+                                    if let Some((from, datagram)) = self.recv.get(i) {
+                                        self.plane.handle_datagram(from, datagram, &mut io);
+                                    }
+                                }
+                                if n < udp::BATCH {
+                                    break;
+                                }
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => debug!(error = %e, "UDP receive failed"),
+                            Err(e) => {
+                                debug!(error = %e, "UDP receive failed");
+                                break;
+                            }
                         }
                     }
                 }
                 _ = tick.tick() => {
-                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops };
+                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops, queue: &mut self.send };
                     self.plane.handle_timers(&mut io);
                 }
             }
@@ -181,6 +202,7 @@ impl Driver {
             udp: &self.udp,
             tun: &self.tun,
             drops: &mut self.send_drops,
+            queue: &mut self.send,
         };
         while let Some((peer, id)) = self.plane.poll_probe_reply() {
             self.prober.handle_reply(peer, id, now());
@@ -255,17 +277,25 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
-/// The data plane's output, written straight to the non-blocking UDP socket and TUN fd. A
-/// full queue drops the packet (as a router would) and counts it.
+/// The data plane's output: datagrams queue for one `sendmmsg` (flushed when the queue is
+/// full and when this is dropped, at the end of each batch of input); TUN packets are written
+/// straight to the non-blocking fd. A full socket or TUN queue drops the packet (as a router
+/// would) and counts it.
 struct ShellIo<'a> {
     udp: &'a UdpSocket,
     tun: &'a AsyncFd<OwnedFd>,
     drops: &'a mut u64,
+    queue: &'a mut SendQueue,
 }
 
 impl Io for ShellIo<'_> {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if let Err(e) = self.udp.try_send_to(datagram, to) {
+        if self.queue.is_full() {
+            self.flush();
+        }
+        if let Queued::TooLarge = self.queue.push(to, datagram)
+            && let Err(e) = self.udp.try_send_to(datagram, to)
+        {
             *self.drops += 1;
             debug!(%to, error = %e, "UDP send dropped");
         }
@@ -276,6 +306,22 @@ impl Io for ShellIo<'_> {
             *self.drops += 1;
             debug!(error = %e, "TUN write dropped");
         }
+    }
+}
+
+impl ShellIo<'_> {
+    fn flush(&mut self) {
+        let dropped = self.queue.flush(self.udp.as_raw_fd());
+        if dropped > 0 {
+            *self.drops += dropped as u64;
+            debug!(dropped, "UDP sends dropped");
+        }
+    }
+}
+
+impl Drop for ShellIo<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
