@@ -13,12 +13,17 @@
 //! - `health`: pure peer-health state machine ([`Prober`]): probes, RTT, loss, up/down.
 //! - `probe`: the in-tunnel probe packet the data planes exchange and answer themselves.
 //! - `mss`: TCP MSS clamping of SYNs crossing the tunnel (pure byte surgery).
+//! - `fuzzing`: entry points for `tests/fuzz/` (public with the `fuzzing` feature).
 //! - `device`: the tokio shell — TUN device, UDP socket, netlink, 250 ms timer tick, prober
 //!   timer.
 //! - this file: the public API ([`start`], [`Handle`]) and its types.
 
 mod dataplane;
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+#[cfg(all(test, not(feature = "fuzzing")))]
+mod fuzzing;
 mod health;
 mod mss;
 mod peers;
