@@ -14,6 +14,8 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
+use tracing::debug;
+
 /// Datagrams per `recvmmsg` / `sendmmsg`.
 pub const BATCH: usize = 32;
 
@@ -128,13 +130,26 @@ impl RecvBatch {
     }
 }
 
-/// Outgoing datagrams waiting for one `sendmmsg`.
+/// `UDP_SEGMENT` from linux/udp.h (not in the libc crate for glibc targets): a cmsg giving
+/// the segment size of a UDP GSO send.
+const UDP_SEGMENT: i32 = 103;
+
+/// The kernel segments at most this many datagrams from one GSO send (UDP_MAX_SEGMENTS).
+const MAX_SEGMENTS: usize = 64;
+
+/// Outgoing datagrams waiting for one `sendmmsg`. Runs of datagrams to the same address with
+/// the same length (the last may be shorter), as a bulk TCP stream produces, leave as one
+/// UDP GSO message: the kernel walks its stack once per run, not once per datagram. If the
+/// kernel refuses GSO (old kernel, no checksum offload on the route), it is turned off for
+/// good and every datagram goes as its own message.
 pub struct SendQueue {
     slot_len: usize,
     slots: Vec<Box<[u8]>>,
     lens: Vec<usize>,
+    addrs: Vec<SocketAddr>,
     names: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
     count: usize,
+    gso: bool,
 }
 
 /// What became of a queued datagram that could not wait.
@@ -153,9 +168,11 @@ impl SendQueue {
                 .map(|_| vec![0u8; slot_len].into_boxed_slice())
                 .collect(),
             lens: vec![0; BATCH],
+            addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
             names: vec![(unsafe { zeroed() }, 0); BATCH],
             count: 0,
+            gso: true,
         }
     }
 
@@ -171,7 +188,10 @@ impl SendQueue {
         let i = self.count;
         self.slots[i][..datagram.len()].copy_from_slice(datagram);
         self.lens[i] = datagram.len();
-        self.names[i] = to_storage(to);
+        if self.addrs[i] != to || self.names[i].1 == 0 {
+            self.addrs[i] = to;
+            self.names[i] = to_storage(to);
+        }
         self.count += 1;
         Queued::Queued
     }
@@ -189,10 +209,16 @@ impl SendQueue {
                     dropped += self.count - next;
                     break;
                 }
-                // The first datagram failed (unreachable, too big): drop it, go on.
+                // A GSO message the kernel cannot take: retry it datagram by datagram.
+                Err(e) if self.gso && is_gso_refusal(&e) => {
+                    debug!(error = %e, "UDP GSO refused; sending datagrams singly from now on");
+                    self.gso = false;
+                }
+                // The first message failed (unreachable, too big): drop its datagrams, go on.
                 Err(_) => {
-                    dropped += 1;
-                    next += 1;
+                    let run = self.run_len(next);
+                    dropped += run;
+                    next += run;
                 }
             }
         }
@@ -200,7 +226,28 @@ impl SendQueue {
         dropped
     }
 
-    /// One `sendmmsg` of the queued datagrams from index `from` on; how many it sent (≥ 1).
+    /// How many datagrams from `i` on go as one message.
+    fn run_len(&self, i: usize) -> usize {
+        if !self.gso {
+            return 1;
+        }
+        let size = self.lens[i];
+        let mut j = i + 1;
+        while j < self.count
+            && j - i < MAX_SEGMENTS
+            && self.addrs[j] == self.addrs[i]
+            && self.lens[j] <= size
+        {
+            j += 1;
+            if self.lens[j - 1] < size {
+                break; // a shorter datagram ends a run
+            }
+        }
+        j - i
+    }
+
+    /// One `sendmmsg` of the queued datagrams from index `from` on; how many datagrams it
+    /// sent (at least one).
     fn send_from(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
         let mut iovecs: Vec<libc::iovec> = (from..self.count)
             .map(|i| libc::iovec {
@@ -208,20 +255,44 @@ impl SendQueue {
                 iov_len: self.lens[i],
             })
             .collect();
+        // Message boundaries: (first datagram, datagrams in it).
+        let mut runs = Vec::new();
+        let mut i = from;
+        while i < self.count {
+            let n = self.run_len(i);
+            runs.push((i, n));
+            i += n;
+        }
+        // SAFETY: CMSG_SPACE only computes a size.
+        let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        let mut controls = vec![0u8; cmsg_space * runs.len()];
         // SAFETY: mmsghdr is plain old data; all-zero is valid.
-        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; iovecs.len()];
-        for ((h, iov), (name, len)) in headers
-            .iter_mut()
-            .zip(&mut iovecs)
-            .zip(&mut self.names[from..self.count])
-        {
+        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; runs.len()];
+        for (k, (h, &(first, n))) in headers.iter_mut().zip(&runs).enumerate() {
+            let (name, len) = &mut self.names[first];
             h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = *len;
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_iov = iovecs[first - from..].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = n;
+            if n > 1 {
+                let control = &mut controls[k * cmsg_space..(k + 1) * cmsg_space];
+                h.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = cmsg_space;
+                let segment = u16::try_from(self.lens[first]).unwrap_or(u16::MAX);
+                // SAFETY: msg_control points at cmsg_space zeroed bytes, room for exactly one
+                // cmsghdr carrying a u16, so FIRSTHDR is non-null and DATA is in bounds.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+                }
+            }
         }
-        // SAFETY: every header points at a live iovec over a live slot and a live, initialised
-        // sockaddr of the stated length, for the duration of the call.
+        // SAFETY: every header points at live iovecs over live slots, a live initialised
+        // sockaddr of the stated length and (for runs) a live control buffer, for the
+        // duration of the call.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
@@ -231,10 +302,18 @@ impl SendQueue {
             )
         };
         match usize::try_from(n) {
-            Ok(n) if n > 0 => Ok(n),
+            Ok(n) if n > 0 => Ok(runs.iter().take(n).map(|(_, len)| len).sum()),
             _ => Err(io::Error::last_os_error()),
         }
     }
+}
+
+/// The errors a kernel gives for a GSO send it cannot do.
+fn is_gso_refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+    )
 }
 
 fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -326,6 +405,7 @@ mod tests {
         assert!(queue.is_full());
         assert!(matches!(queue.push(to, &[0; 10]), Queued::TooLarge));
         assert_eq!(queue.flush(a.as_raw_fd()), 0);
+        assert!(queue.gso, "loopback takes UDP GSO: the run left as one message");
         assert!(matches!(
             SendQueue::new(100).push(to, &[0; 101]),
             Queued::TooLarge
@@ -350,5 +430,40 @@ mod tests {
             assert_eq!(d, &vec![i as u8; 100]);
         }
         assert!(batch.get(BATCH).is_none());
+    }
+
+    #[test]
+    fn runs_of_mixed_sizes_and_destinations_all_arrive_in_order() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (tb, tc) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        // (destination, length): runs broken by a shorter datagram, a longer one and a
+        // change of destination.
+        let plan = [
+            (tb, 300),
+            (tb, 300),
+            (tb, 120),
+            (tb, 300),
+            (tc, 300),
+            (tb, 400),
+            (tb, 400),
+        ];
+        let mut queue = SendQueue::new(1500);
+        for (i, (to, len)) in plan.iter().enumerate() {
+            let _ = queue.push(*to, &vec![i as u8; *len]);
+        }
+        assert_eq!(queue.flush(a.as_raw_fd()), 0);
+        assert!(queue.gso);
+        for (socket, to) in [(&b, tb), (&c, tc)] {
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            for (i, (_, len)) in plan.iter().enumerate().filter(|(_, (t, _))| *t == to) {
+                let mut buf = [0u8; 2048];
+                let n = socket.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &vec![i as u8; *len][..], "datagram {i}");
+            }
+        }
     }
 }
