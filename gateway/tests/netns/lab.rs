@@ -386,7 +386,8 @@ pub fn in_ns<T: Send + 'static>(
     })
 }
 
-/// Sends up to `count` garbage datagrams of assorted shapes from inside `ns` to `to`, stopping
+/// Sends up to `count` garbage datagrams of assorted shapes and sizes (up to 64 KiB) from inside
+/// `ns` to `to`, stopping
 /// early when `stop` is set. Returns how many were sent.
 pub fn send_garbage(
     ns: &str,
@@ -406,6 +407,11 @@ pub fn send_garbage(
                 // Looks like a data message for a receiver index nobody has.
                 datagram.resize(64, 0xaa);
                 datagram[..4].copy_from_slice(&4u32.to_le_bytes());
+            }
+            if i % 50 == 1 {
+                // Oversized: larger than any tunnel packet (fragmented on the wire), up to
+                // the largest UDP payload.
+                datagram = vec![4; if i % 100 == 1 { 9000 } else { 65507 }];
             }
             socket.send_to(&datagram, to)?;
             sent += 1;
