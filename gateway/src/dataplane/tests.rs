@@ -331,3 +331,46 @@ fn tcp_syn_mss_is_clamped_to_the_tunnel_mtu_on_the_way_in_and_out() {
         "clamped for B's 1420"
     );
 }
+
+#[test]
+fn truncated_and_replayed_real_datagrams_are_rejected_and_the_tunnel_carries_on() {
+    let mut pair = Pair::new();
+    let packet = ipv4_packet([10, 1, 0, 1], [10, 2, 0, 1], b"established");
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
+    pair.pump();
+    assert_eq!(pair.wb.tun.len(), 1);
+
+    // A real data datagram, captured on its way to B.
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
+    let (_, real) = pair.wa.sent.pop().expect("a data datagram");
+    pair.b
+        .handle_datagram(pair.a_seen_from, &real, &mut pair.wb);
+    assert_eq!(pair.wb.tun.len(), 2);
+    let before = pair.b.counters();
+
+    // Every truncation of it, then the whole thing again (a replay), from the peer's address.
+    for len in 0..real.len() {
+        pair.b
+            .handle_datagram(pair.a_seen_from, &real[..len], &mut pair.wb);
+    }
+    pair.b
+        .handle_datagram(pair.a_seen_from, &real, &mut pair.wb);
+    let after = pair.b.counters();
+    assert_eq!(
+        pair.wb.tun.len(),
+        2,
+        "nothing decrypted twice or from a stub"
+    );
+    let dropped = (after.malformed_datagrams - before.malformed_datagrams)
+        + (after.rejected_datagrams - before.rejected_datagrams)
+        + (after.unknown_peer_datagrams - before.unknown_peer_datagrams);
+    assert_eq!(
+        dropped,
+        real.len() as u64 + 1,
+        "each one dropped and counted"
+    );
+
+    pair.a.handle_tun_packet(&mut packet.clone(), &mut pair.wa);
+    pair.pump();
+    assert_eq!(pair.wb.tun.len(), 3, "the tunnel still works");
+}

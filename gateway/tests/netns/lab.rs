@@ -386,9 +386,8 @@ pub fn in_ns<T: Send + 'static>(
     })
 }
 
-/// Sends up to `count` garbage datagrams of assorted shapes and sizes (up to 64 KiB) from inside
-/// `ns` to `to`, stopping
-/// early when `stop` is set. Returns how many were sent.
+/// Sends up to `count` garbage datagrams of assorted shapes and sizes (up to 64 KiB) from
+/// inside `ns` to `to`, stopping early when `stop` is set. Returns how many were sent.
 pub fn send_garbage(
     ns: &str,
     to: SocketAddr,
