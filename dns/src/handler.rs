@@ -45,6 +45,12 @@ impl Handler {
             upstream,
         }
     }
+
+    /// The rotation for the next query answered outside this handler (the fast path), from
+    /// the same counter.
+    pub(crate) fn next_rotation(&self) -> u64 {
+        self.queries.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// A response's sections, borrowed from the snapshot or owned after forwarding.

@@ -1,5 +1,11 @@
-//! The tokio shell: binds UDP and TCP on one address, runs hickory's [`Server`] with our
-//! `Handler` until the shutdown token is cancelled, and publishes snapshots through a [`Handle`].
+//! The tokio shell: binds UDP and TCP on one address, runs until the shutdown token is
+//! cancelled, and publishes snapshots through a [`Handle`].
+//!
+//! UDP runs our own receive loops (one per available CPU, sharing the socket): each datagram
+//! goes to the snapshot's precomputed wire answers first ([`Snapshot::answer_wire`]), and only
+//! when that declines is it parsed by hickory and handed to our `Handler` on a task of its own.
+//! TCP runs hickory's [`Server`] with the same `Handler` (RFC 7766 framing, pipelining, idle
+//! timeouts).
 //!
 //! No DNS decisions here: zone semantics are in `zone.rs`, request conversion in `handler.rs`.
 
@@ -14,6 +20,14 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 use hickory_server::Server;
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -31,6 +45,11 @@ const TCP_RESPONSE_BUFFER: usize = 32;
 /// How long one forwarded query may wait for the upstream; stub resolvers give up after 5 s
 /// (glibc's default), so an answer later than that helps nobody.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest UDP datagram read: queries are small, but a hostile one may not be, and it must be
+/// read whole to be judged (anything longer is cut and then fails to parse).
+const UDP_RECEIVE_BUFFER: usize = 4096;
+/// Largest fast-path answer: the EDNS payload we offer.
+const MAX_FAST_ANSWER: u16 = 1232;
 /// How many times to look for a port free on both UDP and TCP when asked for port 0.
 const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 
@@ -75,8 +94,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
     };
 
     let upstream = config.upstream.map(upstream_resolver).transpose()?;
+    let udp_handler = Arc::new(Handler::new(current.clone(), upstream.clone()));
+    let udp = Arc::new(udp);
+    let loops = std::thread::available_parallelism().map_or(1, usize::from);
+    for _ in 0..loops {
+        tokio::spawn(serve_udp(
+            udp.clone(),
+            current.clone(),
+            udp_handler.clone(),
+            shutdown.clone(),
+        ));
+    }
     let mut server = Server::new(Handler::new(current, upstream));
-    server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     let stop = server.shutdown_token().clone();
     info!(
@@ -99,6 +128,107 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
         }
     });
     Ok(handle)
+}
+
+/// One UDP receive loop. Datagrams the fast path answers are answered in line; the rest are
+/// parsed by hickory and handled on their own task (they may wait on the upstream).
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    current: Arc<ArcSwap<Snapshot>>,
+    handler: Arc<Handler>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; UDP_RECEIVE_BUFFER];
+    let mut out = Vec::with_capacity(usize::from(MAX_FAST_ANSWER));
+    loop {
+        let (len, src) = tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here on Linux; the socket lives on.
+                    debug!(%error, "dns udp receive failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let query = &buf[..len];
+        let rotation = handler.next_rotation();
+        if current.load().answer_wire(query, rotation, &mut out) {
+            if let Err(error) = socket.send_to(&out, src).await {
+                debug!(%error, %src, "dns udp send failed");
+            }
+            continue;
+        }
+        match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
+            Ok(request) => {
+                let handler = handler.clone();
+                let responder = UdpResponder {
+                    socket: socket.clone(),
+                    dst: src,
+                };
+                tokio::spawn(async move {
+                    handler
+                        .handle_request::<_, TokioTime>(&request, responder)
+                        .await;
+                });
+            }
+            Err(error) => {
+                debug!(%error, %src, "malformed dns query");
+                if let Some(reply) = format_error(query)
+                    && let Err(error) = socket.send_to(&reply, src).await
+                {
+                    debug!(%error, %src, "dns udp send failed");
+                }
+            }
+        }
+    }
+}
+
+/// FORMERR for a query whose header is readable (RFC 1035 §4.1.1), echoing its id, opcode and
+/// RD; nothing for a runt or for a message that is itself a response (answering responses
+/// invites reflection loops).
+fn format_error(query: &[u8]) -> Option<[u8; 12]> {
+    let header = query.get(..12)?;
+    if header[2] & 0x80 != 0 {
+        return None;
+    }
+    let mut reply = [0u8; 12];
+    reply[..2].copy_from_slice(&header[..2]);
+    reply[2] = 0x80 | (header[2] & 0x79);
+    reply[3] = ResponseCode::FormErr.low();
+    Some(reply)
+}
+
+/// Sends a hickory response to one UDP client, within the size its EDNS allows (512 without),
+/// truncating with TC set as hickory's own UDP path does.
+#[derive(Clone)]
+struct UdpResponder {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let max_size = response.edns().map_or(512, |edns| edns.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max_size);
+        let info = response.destructive_emit(&mut encoder)?;
+        self.socket.send_to(&bytes, self.dst).await?;
+        Ok(info)
+    }
 }
 
 /// Publishes snapshots to a running server and reports where it listens. Cheap to clone.

@@ -12,6 +12,7 @@
 //! rotated copy when a preference group holds more than one address.
 
 mod build;
+mod wire;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -150,6 +151,8 @@ pub struct Snapshot {
     /// non-terminals (which map to an empty node). Keys are lowercase (`LowerName`), so lookups
     /// are case-insensitive.
     nodes: HashMap<LowerName, Node>,
+    /// Every answer precomputed in wire format, for [`Snapshot::answer_wire`].
+    wire: wire::Wire,
 }
 
 /// What the zone says about one query, borrowing the records from the [`Snapshot`].
@@ -247,8 +250,10 @@ impl Snapshot {
             serial: 0,
             apexes: built.apexes,
             nodes: built.nodes,
+            wire: wire::Wire::default(),
         };
         snapshot.set_serial(0);
+        snapshot.wire = wire::Wire::build(&snapshot.apexes, &snapshot.nodes);
         Ok(snapshot)
     }
 
@@ -295,6 +300,16 @@ impl Snapshot {
         }
     }
 
+    /// The fast path: writes the whole response to the raw UDP `query` into `out` and returns
+    /// true, or returns false when [`Snapshot::answer`] (through the hickory handler) must
+    /// answer instead. It answers plain queries for names inside the zones (records, NODATA,
+    /// NXDOMAIN) exactly as the slow path would, from answers precomputed when the snapshot
+    /// was built; malformed or unusual messages, truncation, ANY and names outside the zones
+    /// are left to the slow path. `rotation` as for [`Snapshot::answer`].
+    pub fn answer_wire(&self, query: &[u8], rotation: u64, out: &mut Vec<u8>) -> bool {
+        self.wire.answer(query, rotation, out)
+    }
+
     /// The SOA serial this snapshot answers with.
     pub fn serial(&self) -> u32 {
         self.serial
@@ -330,6 +345,7 @@ impl Snapshot {
             let minimum = ttl;
             *negative_soa = [build::soa_record(&apex_name, ttl.min(minimum), serial)];
         }
+        self.wire.stamp(&self.apexes, &self.nodes);
     }
 }
 

@@ -467,3 +467,4 @@ mod invariants {
 }
 
 mod records;
+mod wire;

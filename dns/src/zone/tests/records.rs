@@ -91,7 +91,7 @@ fn services() -> Vec<ServiceRecords> {
     ]
 }
 
-fn records_snapshot() -> Snapshot {
+pub(super) fn records_snapshot() -> Snapshot {
     Snapshot::new(&config("svc.global", TTL), services()).expect("valid snapshot")
 }
 

@@ -1,0 +1,329 @@
+//! The fast path: every answer of a [`Snapshot`](super::Snapshot) precomputed in wire format,
+//! keyed by the question, so that answering a plain query is a parse of the question, one hash
+//! lookup, and copying bytes (the id, RD bit and question come from the query).
+//!
+//! Pure, like the rest of `zone`. It answers only what it can answer exactly as the slow path
+//! (`Snapshot::answer` through hickory) would: one question, class IN, opcode QUERY, no
+//! compression in the question, no EDNS options beyond the buffer size, an answer that fits
+//! the client's buffer. Anything else returns `false` and goes to the slow path, which also
+//! owns truncation, REFUSED/forwarding outside the zones, ANY, and zone transfers.
+//!
+//! Answer records whose owner is the question name point at it (offset 12, RFC 1035 §4.1.4),
+//! so owner names come back in the asker's spelling, as the question does; other names are
+//! written in full. Rotation is precomputed too: one body per rotation of the preference
+//! groups, picked by the query counter.
+
+use std::collections::HashMap;
+
+use hickory_proto::rr::{LowerName, Name, Record};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+
+use super::{Node, RrSet};
+
+/// A pointer to offset 12, where the question name starts.
+const QNAME_POINTER: [u8; 2] = [0xc0, 0x0c];
+/// The header is 12 octets; the question's fixed part (type, class) 4.
+const HEADER: usize = 12;
+/// Rotations precomputed per RRset at most; larger groups cycle through this many orders
+/// (each address still leads in turn when the group is no larger).
+const MAX_VARIANTS: usize = 16;
+/// The EDNS payload we offer, as the slow path does (`handler.rs`).
+const MAX_UDP_PAYLOAD: u16 = 1232;
+const RCODE_NOERROR: u8 = 0;
+const RCODE_NXDOMAIN: u8 = 3;
+
+/// The precomputed answers of one snapshot.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wire {
+    /// Lowercase wire-format name → its answers.
+    names: HashMap<Box<[u8]>, WireNode>,
+    /// Each apex (lowercase wire format) and the authority section of its negative answers
+    /// (`None` if it could not be encoded: the slow path answers).
+    apexes: Vec<(Box<[u8]>, Option<Body>)>,
+}
+
+#[derive(Debug, Clone)]
+struct WireNode {
+    /// The apex the name belongs to (index into `Wire::apexes`).
+    apex: usize,
+    /// Per record type, one body per rotation (none if a record could not be encoded: the
+    /// slow path answers).
+    rrsets: Vec<(u16, Vec<Body>)>,
+}
+
+/// Everything after the question: counts and the record bytes.
+#[derive(Debug, Clone, Default)]
+struct Body {
+    answers: u16,
+    authority: u16,
+    additional: u16,
+    bytes: Box<[u8]>,
+}
+
+impl Wire {
+    /// Precomputes every answer of `nodes`; `apexes` holds each apex with its negative SOA.
+    pub(crate) fn build(
+        apexes: &[(LowerName, [Record; 1])],
+        nodes: &HashMap<LowerName, Node>,
+    ) -> Wire {
+        let mut wire = Wire {
+            names: HashMap::with_capacity(nodes.len()),
+            apexes: Vec::new(),
+        };
+        wire.stamp(apexes, nodes);
+        for (name, node) in nodes {
+            if let Some(apex) = apex_of(apexes, name) {
+                wire.names.insert(name_key(name), wire_node(apex, node));
+            }
+        }
+        wire
+    }
+
+    /// Recomputes what holds the SOA (the negative answers and the apex nodes), after the
+    /// serial changed.
+    pub(crate) fn stamp(
+        &mut self,
+        apexes: &[(LowerName, [Record; 1])],
+        nodes: &HashMap<LowerName, Node>,
+    ) {
+        self.apexes = apexes
+            .iter()
+            .map(|(apex, soa)| (name_key(apex), body(&[], soa, &[])))
+            .collect();
+        for (at, (apex, _)) in apexes.iter().enumerate() {
+            if let Some(node) = nodes.get(apex) {
+                self.names.insert(name_key(apex), wire_node(at, node));
+            }
+        }
+    }
+
+    /// Writes the response to `query` into `out` and returns true, or returns false when the
+    /// slow path must answer (see the module docs). `rotation` picks the order within
+    /// preference groups.
+    pub(crate) fn answer(&self, query: &[u8], rotation: u64, out: &mut Vec<u8>) -> bool {
+        let Some(question) = Question::parse(query) else {
+            return false;
+        };
+        let key = &question.key[..question.key_len];
+        let (rcode, body) = match self.names.get(key) {
+            Some(node) => match node.rrsets.iter().find(|(t, _)| *t == question.qtype) {
+                Some((_, bodies)) => {
+                    let n = u64::try_from(bodies.len()).unwrap_or(0);
+                    let Some(at) = rotation.checked_rem(n) else {
+                        return false;
+                    };
+                    (RCODE_NOERROR, bodies.get(usize::try_from(at).unwrap_or(0)))
+                }
+                None => (RCODE_NOERROR, self.apexes[node.apex].1.as_ref()),
+            },
+            None => match self.apex_containing(key) {
+                Some(apex) => (RCODE_NXDOMAIN, self.apexes[apex].1.as_ref()),
+                None => return false,
+            },
+        };
+        let Some(body) = body else {
+            return false;
+        };
+        let limit = match question.edns_payload {
+            Some(payload) => usize::from(payload.clamp(512, MAX_UDP_PAYLOAD)),
+            None => 512,
+        };
+        let edns_len = if question.edns_payload.is_some() {
+            11
+        } else {
+            0
+        };
+        if question.end + body.bytes.len() + edns_len > limit {
+            return false;
+        }
+        out.clear();
+        out.extend_from_slice(&query[..question.end]);
+        // QR, opcode QUERY, AA, not TC, the asker's RD; no RA, Z, AD or CD; the rcode.
+        out[2] = 0x80 | 0x04 | (query[2] & 0x01);
+        out[3] = rcode;
+        let additional = body.additional + u16::from(question.edns_payload.is_some());
+        out[6..8].copy_from_slice(&body.answers.to_be_bytes());
+        out[8..10].copy_from_slice(&body.authority.to_be_bytes());
+        out[10..12].copy_from_slice(&additional.to_be_bytes());
+        out.extend_from_slice(&body.bytes);
+        if let Some(payload) = question.edns_payload {
+            // OPT (RFC 6891 §6.1.2): root owner, our payload, extended rcode 0, version 0, no
+            // flags, no options.
+            let payload = payload.clamp(512, MAX_UDP_PAYLOAD).to_be_bytes();
+            out.extend_from_slice(&[0, 0, 41, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
+        }
+        true
+    }
+
+    /// The apex whose zone holds `key` (a lowercase wire name), checking label boundaries.
+    fn apex_containing(&self, key: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        loop {
+            if let Some(apex) = self.apexes.iter().position(|(apex, _)| **apex == key[at..]) {
+                return Some(apex);
+            }
+            let len = usize::from(*key.get(at)?);
+            if len == 0 {
+                return None;
+            }
+            at += len + 1;
+        }
+    }
+}
+
+/// The parts of a fast-path query.
+struct Question {
+    /// Lowercase wire-format question name.
+    key: [u8; 255],
+    key_len: usize,
+    qtype: u16,
+    /// Where the question ends (the response copies everything before).
+    end: usize,
+    edns_payload: Option<u16>,
+}
+
+impl Question {
+    /// Parses a query the fast path can answer, or `None`.
+    fn parse(query: &[u8]) -> Option<Question> {
+        let header = query.get(..HEADER)?;
+        let flags = header[2];
+        let (qr, opcode, tc) = (flags & 0x80, (flags >> 3) & 0x0f, flags & 0x02);
+        let count = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+        if qr != 0 || opcode != 0 || tc != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
+            return None;
+        }
+        let mut key = [0u8; 255];
+        let mut key_len = 0;
+        let mut at = HEADER;
+        loop {
+            let len = usize::from(*query.get(at)?);
+            // A pointer (0xc0) or a reserved label type: the slow path decides.
+            if len > 63 || key_len + len + 1 > key.len() {
+                return None;
+            }
+            let label = query.get(at..at + len + 1)?;
+            for (slot, byte) in key[key_len..key_len + len + 1].iter_mut().zip(label) {
+                *slot = byte.to_ascii_lowercase();
+            }
+            key_len += len + 1;
+            at += len + 1;
+            if len == 0 {
+                break;
+            }
+        }
+        let fixed = query.get(at..at + 4)?;
+        let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+        // IN only; ANY, AXFR, IXFR, OPT and other meta types go the slow way.
+        if qclass != 1 || qtype == 0 || qtype == 41 || (128..=255).contains(&qtype) {
+            return None;
+        }
+        let end = at + 4;
+        let edns_payload = match count(10) {
+            0 if query.len() == end => None,
+            // An OPT with no options, version 0, root owner, and nothing after it.
+            1 => match query.get(end..)? {
+                [0, 0, 41, p0, p1, _rcode, 0, _, _, 0, 0] => Some(u16::from_be_bytes([*p0, *p1])),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(Question {
+            key,
+            key_len,
+            qtype,
+            end,
+            edns_payload,
+        })
+    }
+}
+
+fn apex_of(apexes: &[(LowerName, [Record; 1])], name: &LowerName) -> Option<usize> {
+    apexes
+        .iter()
+        .enumerate()
+        .filter(|(_, (apex, _))| apex.zone_of(name))
+        .max_by_key(|(_, (apex, _))| apex.num_labels())
+        .map(|(at, _)| at)
+}
+
+fn wire_node(apex: usize, node: &Node) -> WireNode {
+    WireNode {
+        apex,
+        rrsets: node
+            .rrsets
+            .iter()
+            .map(|rrset| {
+                let bodies: Option<Vec<Body>> = (0..variants(rrset))
+                    .map(|r| body(&rrset.ordered(r as u64), &[], &rrset.additional))
+                    .collect();
+                (u16::from(rrset.record_type), bodies.unwrap_or_default())
+            })
+            .collect(),
+    }
+}
+
+/// How many rotations give every order a query can see: the least common multiple of the
+/// group lengths, capped.
+fn variants(rrset: &RrSet) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    rrset
+        .groups
+        .iter()
+        .fold(1usize, |lcm, &len| {
+            let len = len.max(1);
+            (lcm / gcd(lcm, len)).saturating_mul(len).min(MAX_VARIANTS)
+        })
+        .max(1)
+}
+
+/// The records after the question: `answers` with their owner as a pointer to the question,
+/// then `authority` and `additional` with owners in full. `None` if a record does not encode.
+fn body(answers: &[Record], authority: &[Record], additional: &[Record]) -> Option<Body> {
+    let mut bytes = Vec::new();
+    for record in answers {
+        let encoded = encode(record)?;
+        bytes.extend_from_slice(&QNAME_POINTER);
+        bytes.extend_from_slice(encoded.get(owner_len(&record.name)..)?);
+    }
+    for record in authority.iter().chain(additional) {
+        bytes.extend_from_slice(&encode(record)?);
+    }
+    let count = |records: &[Record]| u16::try_from(records.len()).ok();
+    Some(Body {
+        answers: count(answers)?,
+        authority: count(authority)?,
+        additional: count(additional)?,
+        bytes: bytes.into_boxed_slice(),
+    })
+}
+
+/// One record, uncompressed (names inside RDATA too: the bytes move to another message).
+fn encode(record: &Record) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    record.emit(&mut encoder).ok()?;
+    Some(bytes)
+}
+
+/// The wire length of an uncompressed name: each label plus its length octet, plus the root.
+fn owner_len(name: &Name) -> usize {
+    name.iter().map(|label| label.len() + 1).sum::<usize>() + 1
+}
+
+/// The lowercase wire form of a name, as `Question::parse` builds its key: each label with its
+/// length octet, then the root.
+fn name_key(name: &LowerName) -> Box<[u8]> {
+    let name = Name::from(name);
+    let mut bytes = Vec::with_capacity(owner_len(&name));
+    for label in name.iter() {
+        // Labels are at most 63 octets (Name enforces it), so the length fits.
+        bytes.push(u8::try_from(label.len()).unwrap_or(63));
+        bytes.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    bytes.push(0);
+    bytes.into_boxed_slice()
+}
