@@ -149,6 +149,11 @@ impl DataPlane {
         }
     }
 
+    /// The shell could not turn a TUN read into packets (see [`crate::gso`]).
+    pub fn count_malformed_tun_packet(&mut self) {
+        self.counters.malformed_tun_packets += 1;
+    }
+
     /// Sends health probe `id` to `peer` through its tunnel (starting a handshake if there is
     /// no session). Unknown peers are ignored: the prober's targets may lag the peer set.
     pub fn send_probe(&mut self, peer: &[u8; 32], id: ProbeId, io: &mut impl Io) {

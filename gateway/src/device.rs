@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, error, info, info_span};
 
 use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
 use crate::device::udp::{Queued, RecvBatch, SendQueue};
+use crate::gso::{self, VNET_HDR_LEN, VnetHdr};
 use crate::health::{PeerHealth, Prober};
 use crate::{Command, Config, DeviceStats, Error, peers};
 
@@ -96,7 +97,8 @@ pub(crate) async fn spawn(
         udp,
         routes,
         send_drops: 0,
-        tun_buf: vec![0; BUF_LEN].into_boxed_slice(),
+        tun_buf: vec![0; VNET_HDR_LEN + BUF_LEN].into_boxed_slice(),
+        segment_buf: vec![0; BUF_LEN].into_boxed_slice(),
         recv: RecvBatch::new(),
         // Encapsulated TUN packets are at most the MTU plus WireGuard's 32 bytes.
         send: SendQueue::new(usize::from(config.mtu) + 32),
@@ -122,6 +124,8 @@ struct Driver {
     routes: Routes,
     send_drops: u64,
     tun_buf: Box<[u8]>,
+    /// Where TCP super-packets from the TUN are cut into segments.
+    segment_buf: Box<[u8]>,
     recv: RecvBatch,
     send: SendQueue,
 }
@@ -157,7 +161,17 @@ impl Driver {
                             }
                             Err(_would_block) => break,
                         };
-                        self.plane.handle_tun_packet(&mut self.tun_buf[..n], &mut io);
+                        let (header, packet) = self.tun_buf[..n].split_at_mut(VNET_HDR_LEN.min(n));
+                        let plane = &mut self.plane;
+                        let split = VnetHdr::parse(header).and_then(|hdr| {
+                            gso::split(hdr, packet, &mut self.segment_buf, |segment| {
+                                plane.handle_tun_packet(segment, &mut io)
+                            })
+                        });
+                        if let Err(e) = split {
+                            self.plane.count_malformed_tun_packet();
+                            debug!(error = %e, "Dropping TUN read");
+                        }
                     }
                 }
                 ready = self.udp.readable() => {
@@ -302,7 +316,7 @@ impl Io for ShellIo<'_> {
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
-        if let Err(e) = write(self.tun.as_raw_fd(), packet) {
+        if let Err(e) = write_with_vnet_hdr(self.tun.as_raw_fd(), packet) {
             *self.drops += 1;
             debug!(error = %e, "TUN write dropped");
         }
@@ -412,7 +426,10 @@ fn is_no_such_route(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ESRCH)
 }
 
-/// A TUN device (`IFF_TUN | IFF_NO_PI`: bare IP packets), non-blocking, registered with tokio.
+/// A TUN device (`IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`: IP packets behind a `virtio_net_hdr`),
+/// non-blocking, registered with tokio. TSO and checksum offload are asked for, so reads may
+/// be TCP super-packets of up to 64 KiB with partial checksums ([`crate::gso`] splits them);
+/// if the kernel refuses, reads are plain packets behind an empty header.
 /// It exists as long as the fd is open.
 struct Tun {
     fd: AsyncFd<OwnedFd>,
@@ -449,10 +466,29 @@ impl Tun {
         for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
             return Err(err(io::Error::last_os_error()));
+        }
+        let header_len = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) } < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes its flags by value.
+        if unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                offloads as libc::c_ulong,
+            )
+        } < 0
+        {
+            // Still correct without: reads are then single packets.
+            debug!(error = %io::Error::last_os_error(), "TUN offloads refused");
         }
         // SAFETY: ifr_name is NUL-terminated: we wrote < IFNAMSIZ bytes into zeroes, and the
         // kernel writes back a NUL-terminated name.
@@ -477,8 +513,20 @@ fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-fn write(fd: i32, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+/// Writes `packet` behind an all-zero `virtio_net_hdr` (no offload: checksums are complete).
+fn write_with_vnet_hdr(fd: i32, packet: &[u8]) -> io::Result<usize> {
+    let header = [0u8; VNET_HDR_LEN];
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_ptr().cast_mut().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr().cast_mut().cast(),
+            iov_len: packet.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at live buffers of the stated lengths, only read by writev.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

@@ -12,6 +12,7 @@
 //! - `dataplane`: the decisions (which tunnel, what to drop and count), no sockets.
 //! - `health`: pure peer-health state machine ([`Prober`]): probes, RTT, loss, up/down.
 //! - `probe`: the in-tunnel probe packet the data planes exchange and answer themselves.
+//! - `gso`: TUN offloads: the virtio_net_hdr and splitting TCP super-packets (pure).
 //! - `mss`: TCP MSS clamping of SYNs crossing the tunnel (pure byte surgery).
 //! - `fuzzing`: entry points for `tests/fuzz/` (public with the `fuzzing` feature).
 //! - `device`: the tokio shell — TUN device, UDP socket, netlink, 250 ms timer tick, prober
@@ -24,6 +25,7 @@ mod device;
 pub mod fuzzing;
 #[cfg(all(test, not(feature = "fuzzing")))]
 mod fuzzing;
+mod gso;
 mod health;
 mod mss;
 mod peers;

@@ -1,0 +1,188 @@
+//! Segmentation checked against full checksum verification and the original byte stream.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn transport_ok(p: &[u8]) -> bool {
+    let ipv6 = p[0] >> 4 == 6;
+    let ip_len = if ipv6 {
+        40
+    } else {
+        usize::from(p[0] & 0x0f) * 4
+    };
+    let protocol = if ipv6 { p[6] } else { p[9] };
+    fold(sum(
+        &p[ip_len..],
+        pseudo(p, ipv6, protocol, p.len() - ip_len),
+    )) == 0xffff
+}
+
+fn ipv4_header_ok(p: &[u8]) -> bool {
+    fold(sum(&p[..20], 0)) == 0xffff
+}
+
+/// A TCP super-packet (IPv4 or IPv6) with `payload`, flags `flags`, seq 1000, id 7.
+fn super_packet(ipv6: bool, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp.extend_from_slice(payload);
+    let mut p = if ipv6 {
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        h[6] = 6;
+        h[8] = 0xfd;
+        h[23] = 1;
+        h[24] = 0xfd;
+        h[39] = 2;
+        h
+    } else {
+        let mut h = vec![0u8; 20];
+        h[0] = 0x45;
+        h[4..6].copy_from_slice(&7u16.to_be_bytes());
+        h[8] = 64;
+        h[9] = 6;
+        h[12..16].copy_from_slice(&[10, 78, 0, 1]);
+        h[16..20].copy_from_slice(&[10, 78, 0, 2]);
+        h
+    };
+    p.extend_from_slice(&tcp);
+    p
+}
+
+fn gso(ipv6: bool, mss: u16) -> VnetHdr {
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if ipv6 { GSO_TCPV6 } else { GSO_TCPV4 },
+        gso_size: mss,
+        csum_start: if ipv6 { 40 } else { 20 },
+        csum_offset: 16,
+    }
+}
+
+fn run(hdr: VnetHdr, packet: &mut [u8]) -> Result<Vec<Vec<u8>>, Malformed> {
+    let mut scratch = vec![0u8; 65536];
+    let mut out = Vec::new();
+    split(hdr, packet, &mut scratch, |p| out.push(p.to_vec()))?;
+    Ok(out)
+}
+
+#[test]
+fn tcp_super_packet_splits_into_mss_segments_with_valid_headers() {
+    for ipv6 in [false, true] {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut p = super_packet(ipv6, 0x18 | 0x01 | 0x80, &payload);
+        let segs = run(gso(ipv6, 1380), &mut p).unwrap();
+        assert_eq!(segs.len(), 4, "5000 = 3 x 1380 + 860");
+        let ip_len = if ipv6 { 40 } else { 20 };
+        let mut stream = Vec::new();
+        for (k, s) in segs.iter().enumerate() {
+            assert!(transport_ok(s), "segment {k} TCP checksum (ipv6={ipv6})");
+            if ipv6 {
+                assert_eq!(usize::from(u16::from_be_bytes([s[4], s[5]])), s.len() - 40);
+            } else {
+                assert!(ipv4_header_ok(s), "segment {k} IP checksum");
+                assert_eq!(usize::from(u16::from_be_bytes([s[2], s[3]])), s.len());
+                assert_eq!(u16::from_be_bytes([s[4], s[5]]), 7 + k as u16);
+            }
+            let seq =
+                u32::from_be_bytes([s[ip_len + 4], s[ip_len + 5], s[ip_len + 6], s[ip_len + 7]]);
+            assert_eq!(seq, 1000 + 1380 * k as u32);
+            let flags = s[ip_len + 13];
+            let last = k == segs.len() - 1;
+            assert_eq!(flags & 0x01 != 0, last, "FIN only on the last");
+            assert_eq!(flags & 0x08 != 0, last, "PSH only on the last");
+            assert_eq!(flags & 0x80 != 0, k == 0, "CWR only on the first");
+            assert!(flags & 0x10 != 0, "ACK on all");
+            stream.extend_from_slice(&s[ip_len + 20..]);
+        }
+        assert_eq!(stream, payload);
+    }
+}
+
+#[test]
+fn plain_packet_with_partial_checksum_is_completed() {
+    // UDP over IPv4 with a zero checksum field and NEEDS_CSUM.
+    let mut p = vec![0u8; 20 + 8 + 5];
+    p[0] = 0x45;
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 78, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 78, 0, 2]);
+    p[24..26].copy_from_slice(&13u16.to_be_bytes());
+    p[28..].copy_from_slice(b"hello");
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_NONE,
+        gso_size: 0,
+        csum_start: 20,
+        csum_offset: 6,
+    };
+    let out = run(hdr, &mut p).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(transport_ok(&out[0]));
+    // Without NEEDS_CSUM the packet passes untouched.
+    let mut q = p.clone();
+    q[26] ^= 0xff;
+    let untouched = run(VnetHdr { flags: 0, ..hdr }, &mut q.clone()).unwrap();
+    assert_eq!(untouched, vec![q]);
+}
+
+#[test]
+fn unsupported_or_broken_offload_requests_are_errors() {
+    let mut p = super_packet(false, 0x10, &[1; 100]);
+    assert_eq!(
+        run(
+            VnetHdr {
+                gso_type: 3,
+                ..gso(false, 1380)
+            },
+            &mut p
+        ),
+        Err(Malformed::GsoType(3))
+    );
+    assert_eq!(run(gso(false, 0), &mut p), Err(Malformed::Headers));
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_NONE,
+        gso_size: 0,
+        csum_start: 200,
+        csum_offset: 16,
+    };
+    assert_eq!(run(hdr, &mut p), Err(Malformed::ChecksumOffsets));
+    assert_eq!(VnetHdr::parse(&[0; 9]), Err(Malformed::NoHeader));
+}
+
+proptest! {
+    #[test]
+    fn split_never_panics_on_arbitrary_input(
+        mut bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+        header in proptest::collection::vec(any::<u8>(), 10),
+    ) {
+        let hdr = VnetHdr::parse(&header).unwrap();
+        let _ = run(hdr, &mut bytes);
+    }
+
+    #[test]
+    fn any_payload_and_mss_reassemble_to_the_original_stream(
+        ipv6 in any::<bool>(),
+        len in 1usize..20000,
+        mss in 500u16..9000,
+    ) {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let mut p = super_packet(ipv6, 0x10, &payload);
+        let segs = run(gso(ipv6, mss), &mut p).unwrap();
+        prop_assert_eq!(segs.len(), len.div_ceil(usize::from(mss)));
+        let ip_len = if ipv6 { 40 } else { 20 };
+        let mut stream = Vec::new();
+        for s in &segs {
+            prop_assert!(transport_ok(s));
+            stream.extend_from_slice(&s[ip_len + 20..]);
+        }
+        prop_assert_eq!(stream, payload);
+    }
+}
