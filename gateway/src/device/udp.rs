@@ -405,7 +405,10 @@ mod tests {
         assert!(queue.is_full());
         assert!(matches!(queue.push(to, &[0; 10]), Queued::TooLarge));
         assert_eq!(queue.flush(a.as_raw_fd()), 0);
-        assert!(queue.gso, "loopback takes UDP GSO: the run left as one message");
+        assert!(
+            queue.gso,
+            "loopback takes UDP GSO: the run left as one message"
+        );
         assert!(matches!(
             SendQueue::new(100).push(to, &[0; 101]),
             Queued::TooLarge
