@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, error, info, info_span};
 
 use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
 use crate::device::udp::{Queued, RecvBatch, SendQueue};
-use crate::gso::{self, VNET_HDR_LEN, VnetHdr};
+use crate::gso::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::health::{PeerHealth, Prober};
 use crate::{Command, Config, DeviceStats, Error, peers};
 
@@ -99,6 +99,7 @@ pub(crate) async fn spawn(
         send_drops: 0,
         tun_buf: vec![0; VNET_HDR_LEN + BUF_LEN].into_boxed_slice(),
         segment_buf: vec![0; BUF_LEN].into_boxed_slice(),
+        coalescer: Coalescer::new(),
         recv: RecvBatch::new(),
         // Encapsulated TUN packets are at most the MTU plus WireGuard's 32 bytes.
         send: SendQueue::new(usize::from(config.mtu) + 32),
@@ -126,6 +127,8 @@ struct Driver {
     tun_buf: Box<[u8]>,
     /// Where TCP super-packets from the TUN are cut into segments.
     segment_buf: Box<[u8]>,
+    /// Where decrypted segments of one flow gather for one TUN write.
+    coalescer: Coalescer,
     recv: RecvBatch,
     send: SendQueue,
 }
@@ -149,7 +152,7 @@ impl Driver {
                             break;
                         }
                     };
-                    let mut io = ShellIo { udp: &self.udp, tun: guard.get_ref(), drops: &mut self.send_drops, queue: &mut self.send };
+                    let mut io = ShellIo { udp: &self.udp, tun: guard.get_ref(), drops: &mut self.send_drops, queue: &mut self.send, coalescer: &mut self.coalescer };
                     for _ in 0..BATCH {
                         let n = match guard.try_io(|fd| read(fd.as_raw_fd(), &mut self.tun_buf)) {
                             Ok(Ok(n)) => n,
@@ -179,7 +182,7 @@ impl Driver {
                         error!(error = %e, "UDP socket failed; stopping");
                         break;
                     }
-                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops, queue: &mut self.send };
+                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops, queue: &mut self.send, coalescer: &mut self.coalescer };
                     for _ in 0..BATCH / udp::BATCH {
                         let fd = self.udp.as_raw_fd();
                         match self.udp.try_io(Interest::READABLE, || self.recv.recv(fd)) {
@@ -202,7 +205,7 @@ impl Driver {
                     }
                 }
                 _ = tick.tick() => {
-                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops, queue: &mut self.send };
+                    let mut io = ShellIo { udp: &self.udp, tun: &self.tun, drops: &mut self.send_drops, queue: &mut self.send, coalescer: &mut self.coalescer };
                     self.plane.handle_timers(&mut io);
                 }
             }
@@ -217,6 +220,7 @@ impl Driver {
             tun: &self.tun,
             drops: &mut self.send_drops,
             queue: &mut self.send,
+            coalescer: &mut self.coalescer,
         };
         while let Some((peer, id)) = self.plane.poll_probe_reply() {
             self.prober.handle_reply(peer, id, now());
@@ -300,6 +304,7 @@ struct ShellIo<'a> {
     tun: &'a AsyncFd<OwnedFd>,
     drops: &'a mut u64,
     queue: &'a mut SendQueue,
+    coalescer: &'a mut Coalescer,
 }
 
 impl Io for ShellIo<'_> {
@@ -316,6 +321,13 @@ impl Io for ShellIo<'_> {
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
+        if self.coalescer.push(packet) {
+            return;
+        }
+        self.flush_tun();
+        if self.coalescer.push(packet) {
+            return;
+        }
         if let Err(e) = write_with_vnet_hdr(self.tun.as_raw_fd(), packet) {
             *self.drops += 1;
             debug!(error = %e, "TUN write dropped");
@@ -324,6 +336,16 @@ impl Io for ShellIo<'_> {
 }
 
 impl ShellIo<'_> {
+    /// Writes the coalesced packet, if any (virtio_net_hdr included).
+    fn flush_tun(&mut self) {
+        if let Some(buf) = self.coalescer.take()
+            && let Err(e) = write(self.tun.as_raw_fd(), buf)
+        {
+            *self.drops += 1;
+            debug!(error = %e, "TUN write dropped");
+        }
+    }
+
     fn flush(&mut self) {
         let dropped = self.queue.flush(self.udp.as_raw_fd());
         if dropped > 0 {
@@ -335,6 +357,7 @@ impl ShellIo<'_> {
 
 impl Drop for ShellIo<'_> {
     fn drop(&mut self) {
+        self.flush_tun();
         self.flush();
     }
 }
@@ -510,6 +533,12 @@ impl Tun {
 fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn write(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 

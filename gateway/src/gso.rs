@@ -2,6 +2,9 @@
 //! device opened with `IFF_VNET_HDR`, and the splitting of TCP super-packets (TSO) into
 //! MTU-sized segments just before encryption.
 //!
+//! [`Coalescer`] does the reverse on the way in: consecutive decrypted segments of one TCP
+//! flow become one super-packet and one TUN `write` (what GRO does for a NIC).
+//!
 //! Pure byte work. With offloads on, one TUN `read` returns up to 64 KiB of one TCP stream
 //! instead of one MTU-sized packet, which is where a userspace tunnel spends its time (one
 //! system call and one trip through the kernel's TCP/IP output per packet). Checksums are left
@@ -141,6 +144,172 @@ fn segment_tcp(
         emit(seg);
     }
     Ok(())
+}
+
+/// Merges consecutive in-order TCP segments of one flow into one super-packet for a single
+/// TUN write. Only plain bulk segments qualify: ACK (PSH allowed on the last), no IPv4
+/// options or fragments, identical headers apart from sequence number, IPv4 id and checksums,
+/// and all but the last of the same size.
+pub struct Coalescer {
+    buf: Box<[u8]>,
+    /// Bytes of `buf` in use after the virtio_net_hdr; 0 when nothing is pending.
+    len: usize,
+    ip_len: usize,
+    headers: usize,
+    mss: usize,
+    segments: usize,
+    next_seq: u32,
+    /// A shorter or PSH segment ends the run.
+    closed: bool,
+}
+
+/// The largest super-packet: the IPv4 total length field's limit.
+const MAX_SUPER: usize = 65535;
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Coalescer {
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0; VNET_HDR_LEN + MAX_SUPER].into_boxed_slice(),
+            len: 0,
+            ip_len: 0,
+            headers: 0,
+            mss: 0,
+            segments: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+
+    /// Appends `packet` to the pending super-packet, or starts one if none is pending.
+    /// Returns false if it does not fit the pending one (flush with [`Self::take`] and push
+    /// again) or cannot be coalesced at all (write it alone).
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        let Some((ip_len, headers, seq)) = bulk_segment(packet) else {
+            return false;
+        };
+        let payload = packet.len() - headers;
+        if self.len == 0 {
+            let out = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + packet.len()];
+            out.copy_from_slice(packet);
+            self.len = packet.len();
+            self.ip_len = ip_len;
+            self.headers = headers;
+            self.mss = payload;
+            self.segments = 1;
+            self.next_seq = seq.wrapping_add(payload as u32);
+            self.closed = packet[ip_len + 13] & 0x08 != 0;
+            return true;
+        }
+        let pending = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
+        let fits = !self.closed
+            && headers == self.headers
+            && seq == self.next_seq
+            && payload <= self.mss
+            && self.len + payload <= MAX_SUPER
+            && same_headers(pending, packet, ip_len);
+        if !fits {
+            return false;
+        }
+        let at = VNET_HDR_LEN + self.len;
+        self.buf[at..at + payload].copy_from_slice(&packet[headers..]);
+        self.len += payload;
+        self.segments += 1;
+        self.next_seq = seq.wrapping_add(payload as u32);
+        if payload < self.mss || packet[ip_len + 13] & 0x08 != 0 {
+            self.closed = true;
+            let flags = VNET_HDR_LEN + self.ip_len + 13;
+            self.buf[flags] |= packet[ip_len + 13] & 0x08;
+        }
+        true
+    }
+
+    /// The pending packet, ready to write to a TUN device with `IFF_VNET_HDR` (header
+    /// included), and forgets it. A single segment goes as it came, behind an empty header;
+    /// several go as one GSO packet with a partial TCP checksum for the kernel to finish.
+    pub fn take(&mut self) -> Option<&[u8]> {
+        if self.len == 0 {
+            return None;
+        }
+        let len = std::mem::take(&mut self.len);
+        let (hdr, packet) = self.buf.split_at_mut(VNET_HDR_LEN);
+        let packet = &mut packet[..len];
+        hdr.fill(0);
+        if self.segments > 1 {
+            let ipv6 = packet[0] >> 4 == 6;
+            let ip_len = self.ip_len;
+            if ipv6 {
+                packet[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+            } else {
+                packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                packet[10..12].copy_from_slice(&[0, 0]);
+                let c = !fold(sum(&packet[..ip_len], 0));
+                packet[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the kernel
+            // adds the segment and complements.
+            let tcp_len = len - ip_len;
+            let partial = fold(pseudo(packet, ipv6, 6, tcp_len));
+            packet[ip_len + 16..ip_len + 18].copy_from_slice(&partial.to_be_bytes());
+            hdr[0] = F_NEEDS_CSUM;
+            hdr[1] = if ipv6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            hdr[2..4].copy_from_slice(&(self.headers as u16).to_ne_bytes());
+            hdr[4..6].copy_from_slice(&(self.mss as u16).to_ne_bytes());
+            hdr[6..8].copy_from_slice(&(ip_len as u16).to_ne_bytes());
+            hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        }
+        Some(&self.buf[..VNET_HDR_LEN + len])
+    }
+}
+
+/// (IP header length, all headers' length, sequence number) of a TCP segment that may be
+/// coalesced: ACK or ACK+PSH, with payload, IPv4 without options or fragmentation, or IPv6
+/// with TCP as the next header.
+fn bulk_segment(p: &[u8]) -> Option<(usize, usize, u32)> {
+    let ip_len = match p.first()? >> 4 {
+        4 if p.len() >= 20 && p[0] == 0x45 && p[9] == 6 => {
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            let fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff; // MF + offset
+            (total == p.len() && fragment == 0).then_some(20)?
+        }
+        6 if p.len() >= 40 && p[6] == 6 => {
+            let payload = usize::from(u16::from_be_bytes([p[4], p[5]]));
+            (payload + 40 == p.len()).then_some(40)?
+        }
+        _ => return None,
+    };
+    let tcp = p.get(ip_len..ip_len + 20)?;
+    let headers = ip_len + usize::from(tcp[12] >> 4) * 4;
+    let flags = tcp[13];
+    if !(flags == 0x10 || flags == 0x18) || headers < ip_len + 20 || p.len() <= headers {
+        return None;
+    }
+    Some((
+        ip_len,
+        headers,
+        u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+    ))
+}
+
+/// Whether two segments' headers match apart from what changes per segment (IPv4 length, id,
+/// checksum; TCP sequence number, PSH, checksum).
+fn same_headers(a: &[u8], b: &[u8], ip_len: usize) -> bool {
+    let ip_same = if ip_len == 20 {
+        a[0..2] == b[0..2] && a[6..10] == b[6..10] && a[12..20] == b[12..20]
+    } else {
+        a[0..4] == b[0..4] && a[6..40] == b[6..40]
+    };
+    let t = ip_len;
+    ip_same
+        && a[t..t + 4] == b[t..t + 4]
+        && a[t + 8..t + 13] == b[t + 8..t + 13]
+        && a[t + 14..t + 16] == b[t + 14..t + 16]
+        && a[t + 18..] == b[t + 18..a.len()]
 }
 
 /// Computes the transport checksum (TCP or UDP) of a packet from scratch, pseudo-header

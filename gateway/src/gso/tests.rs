@@ -186,3 +186,86 @@ proptest! {
         prop_assert_eq!(stream, payload);
     }
 }
+
+/// Segments of one flow as a sender's TCP would emit them: ACK, seq advancing by `mss`.
+fn segments(ipv6: bool, payload: &[u8], mss: usize) -> Vec<Vec<u8>> {
+    let mut p = super_packet(ipv6, 0x18, payload);
+    run(gso(ipv6, mss as u16), &mut p).unwrap()
+}
+
+#[test]
+fn consecutive_segments_of_one_flow_coalesce_into_one_gso_write() {
+    for ipv6 in [false, true] {
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i % 249) as u8).collect();
+        let segs = segments(ipv6, &payload, 1380);
+        let mut c = Coalescer::new();
+        for s in &segs {
+            assert!(c.push(s));
+        }
+        let out = c.take().unwrap().to_vec();
+        assert!(c.take().is_none());
+        let hdr = VnetHdr::parse(&out).unwrap();
+        assert_eq!(hdr.gso_type, if ipv6 { GSO_TCPV6 } else { GSO_TCPV4 });
+        assert_eq!(hdr.gso_size, 1380);
+        let mut packet = out[VNET_HDR_LEN..].to_vec();
+        let ip_len = if ipv6 { 40 } else { 20 };
+        if !ipv6 {
+            assert!(ipv4_header_ok(&packet));
+        }
+        // The partial checksum plus the segment's sum is the real checksum.
+        let partial = fold(sum(&packet[ip_len..], 0));
+        let mut finished = packet.clone();
+        finished[ip_len + 16..ip_len + 18].copy_from_slice(&(!partial).to_be_bytes());
+        assert!(transport_ok(&finished), "ipv6={ipv6}");
+        // Splitting it again gives back the original segments' stream and flags.
+        let again = run(hdr, &mut packet).unwrap();
+        assert_eq!(again.len(), segs.len());
+        for (a, b) in again.iter().zip(&segs) {
+            assert_eq!(a[ip_len + 4..ip_len + 8], b[ip_len + 4..ip_len + 8], "seq");
+            assert_eq!(a[ip_len + 13], b[ip_len + 13], "flags");
+            assert_eq!(a[ip_len + 20..], b[ip_len + 20..], "payload");
+        }
+    }
+}
+
+#[test]
+fn a_single_segment_passes_unchanged_and_non_bulk_packets_are_refused() {
+    let segs = segments(false, &[7; 3000], 1380);
+    let mut c = Coalescer::new();
+    assert!(c.push(&segs[0]));
+    let out = c.take().unwrap();
+    assert_eq!(&out[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+    assert_eq!(&out[VNET_HDR_LEN..], &segs[0][..]);
+
+    // Out of order: refused while the run is pending.
+    assert!(c.push(&segs[0]));
+    assert!(!c.push(&segs[2]));
+    // After the short last segment (it carries PSH), the run is closed.
+    assert!(c.push(&segs[1]));
+    assert!(c.push(&segs[2]));
+    let more = segments(false, &[8; 100], 1380);
+    assert!(!c.push(&more[0]));
+    assert!(c.take().is_some());
+
+    let syn = super_packet(false, 0x02, &[]);
+    assert!(!c.push(&syn), "no payload, SYN");
+    let fin = super_packet(false, 0x11, &[1; 10]);
+    assert!(!c.push(&fin), "FIN");
+    assert!(!c.push(&[0x45; 10]), "truncated");
+}
+
+proptest! {
+    #[test]
+    fn coalescer_never_panics_and_only_takes_what_it_can_rebuild(
+        packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10),
+    ) {
+        let mut c = Coalescer::new();
+        for p in &packets {
+            if !c.push(p) {
+                let _ = c.take();
+                let _ = c.push(p);
+            }
+        }
+        let _ = c.take();
+    }
+}
