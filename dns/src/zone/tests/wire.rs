@@ -213,3 +213,61 @@ fn fast_path_rotates_with_the_counter_and_sees_the_new_serial() {
     let reply = Message::from_vec(&out).expect("decode");
     assert!(matches!(&reply.answers[0].data, RData::SOA(s) if s.serial == 77));
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A valid query for one of the snapshot's names, to mutate.
+    fn seed() -> impl Strategy<Value = Vec<u8>> {
+        prop::sample::select(vec![
+            query("web.shop.svc.global.", RecordType::A, None),
+            query(
+                "_pg._tcp.db.shop.svc.clusterset.local.",
+                RecordType::SRV,
+                Some(1232),
+            ),
+            query("nope.svc.global.", RecordType::AAAA, Some(512)),
+        ])
+    }
+
+    proptest! {
+        /// Arbitrary bytes, and valid queries with bytes overwritten, cut or appended, never
+        /// make the fast path panic; whatever it answers is a decodable response to the id
+        /// asked, within 512 octets unless the query carried an OPT record.
+        #[test]
+        fn fast_path_survives_hostile_bytes(
+            random in prop::collection::vec(any::<u8>(), 0..300),
+            base in seed(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            tail in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let snapshot = records_snapshot();
+            let mut out = Vec::new();
+            prop_assert!(!snapshot.answer_wire(&random, 0, &mut out) || random.len() >= 12);
+
+            let mut mutated = base.clone();
+            for (at, byte) in &edits {
+                let i = at.index(mutated.len());
+                mutated[i] = *byte;
+            }
+            let mut variants = vec![mutated.clone()];
+            variants.push(mutated[..cut.index(mutated.len() + 1)].to_vec());
+            variants.push([&mutated[..], &tail[..]].concat());
+            variants.push(random);
+            for packet in variants {
+                if snapshot.answer_wire(&packet, 7, &mut out) {
+                    let reply = Message::from_vec(&out);
+                    prop_assert!(reply.is_ok(), "undecodable answer to {:?}", packet);
+                    let reply = reply.expect("checked");
+                    prop_assert_eq!(reply.metadata.message_type, MessageType::Response);
+                    prop_assert_eq!(&out[..2], &packet[..2], "id echoed");
+                    let limit = if reply.edns.is_some() { 1232 } else { 512 };
+                    prop_assert!(out.len() <= limit);
+                }
+            }
+        }
+    }
+}
