@@ -84,6 +84,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the state task sleeps between lease checks; shorter leases check 4× per lease.
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// Most queued messages a session writes at once (merged where they are consecutive Deltas).
+const MAX_BATCH: usize = 256;
 /// QUIC close codes the broker uses.
 const CLOSE_REVOKED: u32 = 3;
 
@@ -576,8 +578,27 @@ async fn session_loop(
             }
             out = replies.recv(), if reply.is_none() => match out {
                 Some(message) => {
-                    let frame = wire::encode(&message)?;
-                    tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&frame))
+                    // A session that fell behind catches up with one write of merged Deltas.
+                    let mut queued = vec![message];
+                    while queued.len() < MAX_BATCH {
+                        match replies.try_recv() {
+                            Ok(message) => queued.push(message),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut frames = vec![];
+                    for message in wire::coalesce(queued) {
+                        match (wire::encode(&message), message) {
+                            (Ok(frame), _) => frames.extend(frame),
+                            (Err(CodecError::FrameTooLarge { .. }), BrokerMessage::Delta(merged)) => {
+                                for delta in merged.split() {
+                                    frames.extend(wire::encode(&BrokerMessage::Delta(delta))?);
+                                }
+                            }
+                            (Err(e), _) => return Err(e.into()),
+                        }
+                    }
+                    tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&frames))
                         .await
                         .map_err(|_| SessionEnd::WriteTimeout)??;
                 }

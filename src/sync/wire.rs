@@ -81,6 +81,59 @@ pub struct Delta {
     pub changes: Vec<Change>,
 }
 
+impl Delta {
+    /// Appends `next` if it follows on from this delta (same epoch, its changes start right
+    /// after this one's revision), so a lagging receiver gets one frame instead of many;
+    /// otherwise hands `next` back.
+    pub fn append(&mut self, next: Delta) -> Result<(), Delta> {
+        let follows = next.epoch == self.epoch
+            && next.revision.checked_sub(next.changes.len() as u64) == Some(self.revision);
+        if !follows {
+            return Err(next);
+        }
+        self.revision = next.revision;
+        self.changes.extend(next.changes);
+        Ok(())
+    }
+
+    /// One Delta per change, in order: for a merged Delta too large for one frame.
+    pub fn split(self) -> impl Iterator<Item = Delta> {
+        let Delta {
+            epoch,
+            revision,
+            changes,
+        } = self;
+        let base = revision - changes.len() as u64;
+        changes
+            .into_iter()
+            .zip(base + 1..)
+            .map(move |(change, revision)| Delta {
+                epoch,
+                revision,
+                changes: vec![change],
+            })
+    }
+}
+
+/// Merges each run of consecutive Deltas that follow on from each other into one; other
+/// messages and their order are kept.
+pub fn coalesce(messages: impl IntoIterator<Item = BrokerMessage>) -> Vec<BrokerMessage> {
+    let mut out: Vec<BrokerMessage> = vec![];
+    for message in messages {
+        let message = match (out.last_mut(), message) {
+            (Some(BrokerMessage::Delta(last)), BrokerMessage::Delta(next)) => {
+                match last.append(next) {
+                    Ok(()) => continue,
+                    Err(next) => BrokerMessage::Delta(next),
+                }
+            }
+            (_, message) => message,
+        };
+        out.push(message);
+    }
+    out
+}
+
 /// One change to the clusterset; each advances the broker's revision by one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
@@ -360,6 +413,53 @@ mod tests {
             decoder.decode::<BrokerMessage>(),
             Err(CodecError::FrameTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn consecutive_deltas_coalesce_and_the_rest_keep_their_order() {
+        let c = |n: &str| Change::RemoveCluster(ClusterId::new(n).unwrap());
+        let delta = |epoch, revision, changes: Vec<Change>| {
+            BrokerMessage::Delta(Delta {
+                epoch,
+                revision,
+                changes,
+            })
+        };
+        let rejected = BrokerMessage::Rejected {
+            reason: RejectReason::TooManyServices { count: 2, max: 1 },
+        };
+        let input = vec![
+            delta(1, 5, vec![c("a"), c("b")]),
+            delta(1, 6, vec![c("c")]),
+            delta(1, 6, vec![]),
+            rejected.clone(),
+            delta(1, 7, vec![c("d")]),
+            delta(1, 9, vec![c("f")]),  // a gap: not merged
+            delta(2, 10, vec![c("g")]), // another epoch: not merged
+        ];
+        let merged = coalesce(input);
+        let BrokerMessage::Delta(first) = merged[0].clone() else {
+            panic!("a delta first")
+        };
+        let pieces: Vec<_> = first.split().map(BrokerMessage::Delta).collect();
+        assert_eq!(
+            pieces,
+            vec![
+                delta(1, 4, vec![c("a")]),
+                delta(1, 5, vec![c("b")]),
+                delta(1, 6, vec![c("c")])
+            ]
+        );
+        assert_eq!(
+            merged,
+            vec![
+                delta(1, 6, vec![c("a"), c("b"), c("c")]),
+                rejected,
+                delta(1, 7, vec![c("d")]),
+                delta(1, 9, vec![c("f")]),
+                delta(2, 10, vec![c("g")]),
+            ]
+        );
     }
 
     #[test]
