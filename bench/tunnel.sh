@@ -12,9 +12,14 @@
 # reported as skipped. Not part of CI: it measures, it does not assert.
 #
 # Usage: sudo bench/tunnel.sh            (DUR=3 bench/tunnel.sh for a quick look)
+#        sudo SOAK=200 bench/tunnel.sh   causeway only: a rate-limited TCP stream for SOAK
+#                                        seconds (> 120 s crosses WireGuard's re-key time),
+#                                        then checks the tunnel still carries traffic and that
+#                                        the session was re-keyed.
 set -euo pipefail
 
 DUR=${DUR:-10}
+SOAK=${SOAK:-0}
 RR_SECS=${RR_SECS:-3}
 MTU=1420
 P="cwbt$$"
@@ -151,7 +156,7 @@ wait_ping() { # wait_ping DST: until one ping gets through, at most 20 tries
 }
 
 # --- bare veth ---
-measure veth 10.77.0.2
+[ "$SOAK" -eq 0 ] && measure veth 10.77.0.2
 
 # --- a standard WireGuard userspace device in each namespace (wireguard-go, boringtun-cli) ---
 wg_pair() { # wg_pair NAME CMD...: starts CMD IFACE in both namespaces, configures with wg
@@ -182,8 +187,10 @@ wg_pair() { # wg_pair NAME CMD...: starts CMD IFACE in both namespaces, configur
 	wait "$pa" "$pb" 2>/dev/null || true
 }
 
-wg_pair wireguard-go wireguard-go -f
-if [ -n "$BORINGTUN" ]; then
+[ "$SOAK" -eq 0 ] && wg_pair wireguard-go wireguard-go -f
+if [ "$SOAK" -gt 0 ]; then
+	: # soak mode: causeway only
+elif [ -n "$BORINGTUN" ]; then
 	# One thread, as in the reference figure; stays root so it can open the TUN.
 	wg_pair boringtun-cli "$BORINGTUN" --foreground --threads 1 --disable-drop-privileges
 else
@@ -200,6 +207,20 @@ ip netns exec "$B" taskset -c "$CPU_B" "$CAUSEWAY" --tun "${P}c" --listen 10.77.
 	--peer "$PUB_A" --endpoint 10.77.0.1:51820 --allowed 10.78.0.1/32 --mtu "$MTU" --route-source 10.78.0.2 2>"$LOGS/causeway-b.log" &
 CB=$!
 PIDS+=("$CA" "$CB")
+if [ "$SOAK" -gt 0 ]; then
+	wait_ping 10.78.0.2
+	log "soak: ${SOAK} s of a 50 Mbit/s TCP stream through causeway"
+	soak_bytes=$(inA taskset -c "$CPU_A" iperf3 -c 10.78.0.2 -p 5201 -t "$SOAK" -b 50M -J |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["end"]["sum_received"]["bytes"])')
+	soak_ping=fail
+	inA ping -c 3 -W 1 10.78.0.2 >/dev/null 2>&1 && soak_ping=ok
+	kill "$CA" "$CB" 2>/dev/null || true
+	wait "$CA" "$CB" 2>/dev/null || true
+	handshake=$(grep -ho 'last_handshake_s=[0-9.-]*' "$LOGS/causeway-a.log" | cut -d= -f2)
+	rekeyed=$(python3 -c "print('yes' if 0 <= float('${handshake:--1}') < $SOAK - 5 else 'no')")
+	echo "soak seconds=$SOAK bytes=$soak_bytes ping_after=$soak_ping last_handshake_s=$handshake rekeyed=$rekeyed"
+	exit 0
+fi
 wait_ping 10.78.0.2 && measure causeway 10.78.0.2 "$CA" "$CB"
 kill "$CA" "$CB" 2>/dev/null || true
 wait "$CA" "$CB" 2>/dev/null || true

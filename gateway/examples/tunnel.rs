@@ -109,6 +109,15 @@ fn main() -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        for peer in handle.stats().await {
+            eprintln!(
+                "peer stats: last_handshake_s={} rx_bytes={} tx_bytes={} health={:?}",
+                peer.last_handshake.map_or(-1.0, |d| d.as_secs_f64()),
+                peer.rx_bytes,
+                peer.tx_bytes,
+                peer.health.state
+            );
+        }
         eprintln!("device stats: {:?}", handle.device_stats().await);
         shutdown.cancel();
         Ok(())
