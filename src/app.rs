@@ -6,7 +6,7 @@
 //! The translations (`desired_peers`, `dns_services`) are pure and tested here; `run_gateway`
 //! is the shell that owns the loop. Decisions about ranking live in `select`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -210,6 +210,36 @@ fn host_label(endpoint: &Endpoint) -> String {
     }
 }
 
+/// What this gateway's own tunnel probes say of the other clusters, for `select`.
+///
+/// A cluster whose gateway the probes report `Down` is unreachable: its endpoints leave this
+/// cluster's answers at once, without waiting for the broker. A peer not probed yet (just
+/// added, `Unknown`) counts as reachable, so that a new cluster is answered at once; if it
+/// cannot be reached it goes `Down` within the prober's down time (under 1 s by default).
+/// Remote clusters are ranked by the probes' round-trip time.
+pub fn health_view(
+    me: &ClusterId,
+    view: &ClusterSetView,
+    peers: &BTreeMap<[u8; 32], causeway_gateway::PeerHealth>,
+) -> Health {
+    let mut reachable = BTreeSet::from([me.clone()]);
+    let mut rtt = BTreeMap::new();
+    for cluster in view.clusters.values().filter(|c| &c.id != me) {
+        let health = peers.get(&cluster.wg_public_key);
+        if health.is_none_or(|h| h.state != causeway_gateway::HealthState::Down) {
+            reachable.insert(cluster.id.clone());
+        }
+        if let Some(r) = health.and_then(|h| h.rtt) {
+            rtt.insert(cluster.id.clone(), r);
+        }
+    }
+    Health {
+        reachable: Some(reachable),
+        rtt,
+        ..Health::default()
+    }
+}
+
 /// Loads the gateway's WireGuard private key from `dir/wg.key` (base64, as `wg genkey` writes
 /// it), or generates and saves one, so that a restart keeps the identity peers know.
 pub fn load_or_create_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
@@ -336,11 +366,26 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         .context("starting the broker client")?;
     info!(cluster = %me, wg = %wg_endpoint, dns = %dns.local_addr(), brokers = ?args.brokers, "Gateway started");
 
+    let mut tunnels = gateway.health();
     let mut peers_applied: Option<Vec<causeway_gateway::PeerSpec>> = None;
     let mut was_connected = None;
+    let mut was_reachable: Option<BTreeSet<ClusterId>> = None;
     loop {
         let state: SyncState = synced.borrow_and_update().clone();
         let exports = local.borrow_and_update().clone();
+        let health = health_view(&me, &state.view, &tunnels.borrow_and_update());
+        if let (Some(before), Some(now)) = (&was_reachable, &health.reachable) {
+            for lost in before.difference(now) {
+                info!(cluster = %lost, "Cluster unreachable through its tunnel: left out of DNS answers");
+            }
+            for back in now
+                .difference(before)
+                .filter(|c| state.view.clusters.contains_key(*c))
+            {
+                info!(cluster = %back, "Cluster reachable through its tunnel");
+            }
+        }
+        was_reachable = health.reachable.clone();
         if was_connected != Some(state.connected) {
             if state.connected {
                 info!(revision = state.view.revision, "Broker connected");
@@ -364,8 +409,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
                 }
             }
         }
-        // Tunnel health is not wired in yet: every cluster counts as reachable.
-        let services = dns_services(&me, &exports, &state.view, &Health::default());
+        let services = dns_services(&me, &exports, &state.view, &health);
         match causeway_dns::Snapshot::new(&dns_zones, services) {
             Ok(snapshot) => dns.publish(snapshot),
             Err(e) => {
@@ -382,6 +426,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             _ = shutdown.cancelled() => break,
             r = synced.changed() => if r.is_err() { break },
             r = local.changed() => if r.is_err() { break },
+            r = tunnels.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(retry_after) => {}
         }
     }
@@ -551,7 +596,13 @@ mod tests {
         db0.endpoints[0].hostname = Some("db-0".into());
         db0.endpoints[1].hostname = Some("Not_A_Label".into());
         /// (what, this cluster's exports, others' exports, health, rendered result)
-        type Case<'a> = (&'a str, Vec<Export>, Vec<(&'a str, Export)>, Health, &'a str);
+        type Case<'a> = (
+            &'a str,
+            Vec<Export>,
+            Vec<(&'a str, Export)>,
+            Health,
+            &'a str,
+        );
         let cases: Vec<Case> = vec![
             (
                 "cluster IPs: one address per cluster, own first, the rest one group",
@@ -688,6 +739,69 @@ mod tests {
         assert_eq!(
             ask("_http._tcp.web.shop.svc.global.", RecordType::SRV),
             ["0 1 80 c2.web.shop.svc.global."]
+        );
+    }
+
+    #[test]
+    fn clusters_whose_tunnel_is_down_are_unreachable_and_rtt_ranks_the_rest() {
+        use causeway_gateway::{HealthState, PeerHealth};
+        let v = view(
+            &[
+                cluster("c1", 1),
+                cluster("c2", 2),
+                cluster("c3", 3),
+                cluster("c4", 4),
+            ],
+            &[],
+        );
+        let health = |state, rtt_ms: Option<u64>| PeerHealth {
+            state,
+            rtt: rtt_ms.map(Duration::from_millis),
+            lost: 0,
+            window: 0,
+        };
+        let peers = BTreeMap::from([
+            ([2; 32], health(HealthState::Down, Some(3))),
+            ([3; 32], health(HealthState::Degraded, Some(7))),
+            ([4; 32], health(HealthState::Unknown, None)),
+        ]);
+        let h = health_view(&id("c1"), &v, &peers);
+        let reachable: Vec<&str> = h
+            .reachable
+            .iter()
+            .flatten()
+            .map(ClusterId::as_str)
+            .collect();
+        assert_eq!(
+            reachable,
+            ["c1", "c3", "c4"],
+            "down is out; degraded and not-yet-probed are in"
+        );
+        assert_eq!(h.rtt.get(&id("c3")), Some(&Duration::from_millis(7)));
+        assert_eq!(h.rtt.get(&id("c4")), None);
+
+        let services = dns_services(
+            &id("c1"),
+            &[],
+            &view(
+                &[cluster("c1", 1), cluster("c2", 2), cluster("c3", 3)],
+                &[
+                    ("c2", export("shop", "web", &["10.102.0.10"])),
+                    ("c3", export("shop", "web", &["10.103.0.10"])),
+                ],
+            ),
+            &h,
+        );
+        let answered: Vec<String> = services[0]
+            .tiers
+            .iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            answered,
+            ["10.103.0.10"],
+            "c2's endpoint is left out while its tunnel is down"
         );
     }
 
