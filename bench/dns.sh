@@ -8,7 +8,8 @@
 #   - server CPU seconds per 100k answers (utime+stime deltas from /proc/<pid>/stat),
 #   - the latency distribution at a fixed $RATE QPS (dnsperf -Q, per-query latencies from -v),
 #   - RSS for the zone (names counted by our server),
-# and our QPS again while the table takes $UPDATES updates/s.
+# and our QPS again while the table takes $UPDATES updates/s, then fuzzes the query path for
+# $FUZZ_SECONDS s (tests/fuzz target dns_query; needs the nightly toolchain; 0 skips).
 # Last line: `dns qps_ratio_vs_knot=X cpu_ratio_vs_knot=Y` (ours / Knot's).
 #
 # Needs: apt-get install -y --no-install-recommends dnsperf knot. Not part of CI: it measures
@@ -21,6 +22,7 @@ DURATION=${DURATION:-10}
 RATE=${RATE:-20000}
 LATENCY_SECONDS=${LATENCY_SECONDS:-5}
 UPDATES=${UPDATES:-1000}
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 OURS_PORT=${OURS_PORT:-5300}
@@ -164,6 +166,26 @@ echo "  causeway-dns: $ours_latency"
 echo "  knot:         $knot_latency"
 echo "while taking $UPDATES updates/s ($churn_stats): QPS $churn_qps, CPU s per 100k $churn_cpu," \
 	"drop $(awk -v a="$ours_qps" -v b="$churn_qps" 'BEGIN {printf "%.1f%%", (a - b) / a * 100}')"
+fuzz_result="skipped (FUZZ_SECONDS=0)"
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+	# Flags as cargo-fuzz passes them (see tests/fuzz/Cargo.toml); new inputs go to a scratch
+	# copy of the corpus, so the committed one stays small.
+	(cd tests/fuzz && CARGO_TARGET_DIR="$PWD/target" RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
+-Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+-Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares \
+-Cdebug-assertions -Coverflow-checks" \
+		cargo +nightly build -q --release --target x86_64-unknown-linux-gnu --bin dns_query)
+	mkdir -p "$work/fuzz-corpus"
+	cp tests/fuzz/corpus/dns_query/* "$work/fuzz-corpus/"
+	if tests/fuzz/target/x86_64-unknown-linux-gnu/release/dns_query -max_total_time="$FUZZ_SECONDS" \
+		-artifact_prefix="$work/" "$work/fuzz-corpus" >"$work/fuzz.log" 2>&1; then
+		fuzz_result="no crash: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$work/fuzz.log")"
+	else
+		fuzz_result="CRASH, see the artifact named in:"$'\n'"$(tail -20 "$work/fuzz.log")"
+		cp "$work"/crash-* . 2>/dev/null || true
+	fi
+fi
+echo "fuzz dns_query for $FUZZ_SECONDS s: $fuzz_result"
 for name in ours churn knot; do
 	grep -E "Queries (sent|completed|lost)|Response codes" "$work/$name.saturate" | sed "s/^/  $name: /"
 done
