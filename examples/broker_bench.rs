@@ -235,7 +235,11 @@ async fn start_client(
                             sent.insert(n, now);
                         }
                     }
-                    send.write_all(&frame).await?;
+                    if let Err(e) = send.write_all(&frame).await {
+                        eprintln!("session of {id} ended: {e}");
+                        observed.dropped = true;
+                        return Ok(observed);
+                    }
                 }
             }
         }
