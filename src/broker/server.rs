@@ -84,6 +84,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the state task sleeps between lease checks; shorter leases check 4× per lease.
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// Most changes stored in one group commit: bounds the Delta and the transaction.
+const MAX_GROUP_CHANGES: usize = 1024;
 /// Most queued messages a session writes at once (merged where they are consecutive Deltas).
 const MAX_BATCH: usize = 256;
 /// QUIC close codes the broker uses.
@@ -159,6 +161,7 @@ impl Broker {
                 state,
                 store,
                 sessions: BTreeMap::new(),
+                pending: vec![],
             }
             .run(command_rx)
         });
@@ -244,17 +247,34 @@ struct StateDriver {
     state: BrokerState,
     store: Box<dyn Store>,
     sessions: BTreeMap<u64, SessionHandle>,
+    /// Accepted publishes' changes, applied to `state` but not yet stored nor broadcast. Only
+    /// this task sees `state`, and a store failure stops the broker, so nobody ever observes
+    /// changes that were not stored.
+    pending: Vec<Change>,
 }
 
 impl StateDriver {
+    /// Handles commands as they come; the publishes among those already queued are stored in
+    /// one commit (one fsync) and broadcast as one Delta (group commit).
     fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), StoreError> {
         while let Some(command) = commands.blocking_recv() {
             self.handle(command)?;
+            while self.pending.len() < MAX_GROUP_CHANGES {
+                let Ok(command) = commands.try_recv() else {
+                    break;
+                };
+                self.handle(command)?;
+            }
+            self.flush()?;
         }
         Ok(())
     }
 
     fn handle(&mut self, command: Command) -> Result<(), StoreError> {
+        if !matches!(command, Command::Publish { .. } | Command::Ack { .. }) {
+            // A Hello's snapshot or catch-up, and lease changes, follow what was broadcast.
+            self.flush()?;
+        }
         match command {
             Command::Hello {
                 session,
@@ -323,7 +343,8 @@ impl StateDriver {
                                 _ => {}
                             }
                         }
-                        self.commit(changes)?;
+                        self.state.apply(&changes);
+                        self.pending.extend(changes);
                     }
                 }
             }
@@ -352,14 +373,26 @@ impl StateDriver {
         Ok(())
     }
 
-    /// Durably stores `changes`, applies them, and broadcasts them as one Delta.
+    /// Durably stores `changes`, applies them, and broadcasts them as one Delta (after the
+    /// pending ones, so revisions stay in order).
     fn commit(&mut self, changes: Vec<Change>) -> Result<(), StoreError> {
+        self.flush()?;
         if changes.is_empty() {
             return Ok(());
         }
-        let revision = self.state.revision() + changes.len() as u64;
-        self.store.apply(&changes, revision)?;
         self.state.apply(&changes);
+        self.pending = changes;
+        self.flush()
+    }
+
+    /// Stores the pending changes (already applied to the state) and broadcasts them.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.pending);
+        let revision = self.state.revision();
+        self.store.apply(&changes, revision)?;
         let delta = BrokerMessage::Delta(Delta {
             epoch: self.state.epoch(),
             revision,
