@@ -7,10 +7,11 @@
 //! see each other and the broker still sees everyone.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use causeway_netlab::lab::{Lab, LabSpec};
 use causeway_netlab::story;
+use causeway_netlab::wait::{Deadline, poll_until};
 
 /// Generous for CI; the default prober declares a peer down in under 1 s.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -32,20 +33,21 @@ fn wait_answer(
     want: impl Fn(&[IpAddr]) -> bool,
     what: &str,
 ) -> Duration {
-    let start = Instant::now();
-    let mut last = Vec::new();
-    while start.elapsed() < DEADLINE {
+    let deadline = Deadline::after(DEADLINE);
+    let outcome = poll_until(what, DEADLINE, || {
         match lab.resolve(cluster, 1, story::WEB) {
-            Ok(answer) if want(&answer) => return start.elapsed(),
-            Ok(answer) => last = answer,
-            Err(e) => eprintln!("resolve from c{cluster}: {e:#}"),
+            Ok(answer) if want(&answer) => Ok(()),
+            Ok(answer) => Err(format!("answered {answer:?}")),
+            Err(e) => Err(format!("{e:#}")),
         }
-        std::thread::sleep(Duration::from_millis(100));
+    });
+    if let Err(e) = outcome {
+        panic!(
+            "c{cluster}: {e:#}\n--- c{cluster} gateway ---\n{}",
+            lab.gateway_log(cluster)
+        );
     }
-    panic!(
-        "c{cluster}: {what} within {DEADLINE:?}; last answer {last:?}\n--- c{cluster} gateway ---\n{}",
-        lab.gateway_log(cluster)
-    );
+    deadline.elapsed()
 }
 
 #[test]
