@@ -331,13 +331,13 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         zone: args.dns_zone.clone(),
         clusterset_zone: Some(args.clusterset_zone.clone()).filter(|z| !z.is_empty()),
         ttl: args.dns_ttl,
-        ..causeway_dns::ZoneConfig::default()
+        max_addresses: args.dns_max_addresses,
     };
     let dns = causeway_dns::serve(
         causeway_dns::Config {
             listen: args.dns_listen,
             zones: dns_zones.clone(),
-            upstream: None,
+            upstream: args.dns_upstream,
         },
         shutdown.clone(),
     )

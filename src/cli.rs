@@ -209,6 +209,14 @@ pub struct GatewayArgs {
     /// serves only --dns-zone.
     #[arg(long, value_name = "ZONE", default_value = "clusterset.local")]
     pub clusterset_zone: String,
+    /// Most addresses one answer carries (the nearest ones; equally near ones rotate between
+    /// queries). 0 = no cap.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub dns_max_addresses: usize,
+    /// A resolver to forward queries outside the served zones to (e.g. the cluster's CoreDNS).
+    /// Without it such queries are REFUSED.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_upstream: Option<SocketAddr>,
     /// TTL of DNS answers, in seconds; also the SOA minimum (negative-answer TTL). Lower means
     /// faster failover for clients, more queries.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
@@ -329,6 +337,8 @@ mod tests {
         assert_eq!(args.brokers.len(), 2);
         assert_eq!(args.source, SourceSpec::File("/s".into()));
         assert_eq!(args.dns_ttl, 5);
+        assert_eq!(args.dns_max_addresses, 8);
+        assert_eq!(args.dns_upstream, None);
     }
 
     #[test]
