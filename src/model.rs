@@ -194,6 +194,46 @@ pub struct ClusterInfo {
     pub zone: Option<String>,
 }
 
+/// Builders shared by the crate's tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub fn id(s: &str) -> ClusterId {
+        ClusterId::new(s).expect("test cluster ids are DNS labels")
+    }
+
+    /// A cluster whose key and addresses derive from its name.
+    pub fn cluster(name: &str) -> ClusterInfo {
+        ClusterInfo {
+            id: id(name),
+            wg_endpoint: "10.100.0.11:51820".parse().expect("a socket address"),
+            wg_public_key: [name.bytes().last().unwrap_or(0); 32],
+            cidrs: vec!["10.101.0.0/16".parse().expect("a CIDR")],
+            region: None,
+            zone: None,
+        }
+    }
+
+    /// `shop/<name>` with one named TCP port 80 and one ready endpoint at `address`.
+    pub fn export(name: &str, address: &str) -> Export {
+        Export {
+            service: ServiceKey::new("shop", name).expect("test service names are DNS labels"),
+            cluster_ips: vec![],
+            ports: vec![PortSpec {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: vec![Endpoint {
+                address: address.parse().expect("an IP address"),
+                ready: true,
+                hostname: None,
+            }],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

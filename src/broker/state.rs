@@ -393,42 +393,10 @@ fn check_owner(cert: &ClusterId, claimed: &ClusterId) -> Result<(), Rejected> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, PortSpec, Protocol};
-
-    fn id(s: &str) -> ClusterId {
-        ClusterId::new(s).unwrap()
-    }
+    use crate::model::fixtures::{cluster, export, id};
 
     fn key(name: &str) -> ServiceKey {
         ServiceKey::new("shop", name).unwrap()
-    }
-
-    fn cluster(name: &str) -> ClusterInfo {
-        ClusterInfo {
-            id: id(name),
-            wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
-            wg_public_key: [3; 32],
-            cidrs: vec![],
-            region: None,
-            zone: None,
-        }
-    }
-
-    fn export(name: &str, address: &str) -> Export {
-        Export {
-            service: key(name),
-            cluster_ips: vec![],
-            ports: vec![PortSpec {
-                name: None,
-                port: 80,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: vec![Endpoint {
-                address: address.parse().unwrap(),
-                ready: true,
-                hostname: None,
-            }],
-        }
     }
 
     fn publish(cluster: &str, exports: Vec<Export>) -> Publish {

@@ -335,39 +335,12 @@ impl<T, E: Into<redb::Error>> AtPath<T> for Result<T, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, PortSpec, Protocol, ServiceKey};
-
-    fn id(s: &str) -> ClusterId {
-        ClusterId::new(s).unwrap()
-    }
-
-    fn cluster(name: &str) -> ClusterInfo {
-        ClusterInfo {
-            id: id(name),
-            wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
-            wg_public_key: [9; 32],
-            cidrs: vec!["10.101.0.0/16".parse().unwrap()],
-            region: Some("r1".into()),
-            zone: Some("z1".into()),
-        }
-    }
+    use crate::model::fixtures::{cluster, id};
 
     fn export(name: &str) -> Export {
-        Export {
-            service: ServiceKey::new("shop", name).unwrap(),
-            cluster_ips: vec![],
-            ports: vec![PortSpec {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: vec![Endpoint {
-                address: "10.101.0.10".parse().unwrap(),
-                ready: true,
-                hostname: None,
-            }],
-        }
+        crate::model::fixtures::export(name, "10.101.0.10")
     }
+    use crate::model::ServiceKey;
 
     fn changes() -> Vec<Change> {
         vec![

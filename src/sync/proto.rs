@@ -299,38 +299,10 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, PortSpec, Protocol};
-
-    fn id(s: &str) -> ClusterId {
-        ClusterId::new(s).unwrap()
-    }
-
-    fn cluster(name: &str) -> ClusterInfo {
-        ClusterInfo {
-            id: id(name),
-            wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
-            wg_public_key: [1; 32],
-            cidrs: vec![],
-            region: None,
-            zone: None,
-        }
-    }
+    use crate::model::fixtures::{cluster, id};
 
     fn export(name: &str) -> Export {
-        Export {
-            service: ServiceKey::new("shop", name).unwrap(),
-            cluster_ips: vec![],
-            ports: vec![PortSpec {
-                name: None,
-                port: 80,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: vec![Endpoint {
-                address: "10.101.0.10".parse().unwrap(),
-                ready: true,
-                hostname: None,
-            }],
-        }
+        crate::model::fixtures::export(name, "10.101.0.10")
     }
 
     fn snapshot(epoch: u64, revision: u64) -> BrokerMessage {

@@ -274,36 +274,12 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, PortSpec, Protocol};
-    use proptest::prelude::*;
-
-    fn cluster(id: &str) -> ClusterInfo {
-        ClusterInfo {
-            id: ClusterId::new(id).unwrap(),
-            wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
-            wg_public_key: [7; 32],
-            cidrs: vec!["10.101.0.0/16".parse().unwrap()],
-            region: Some("r1".into()),
-            zone: None,
-        }
-    }
+    use crate::model::fixtures::cluster;
 
     fn export(name: &str) -> Export {
-        Export {
-            service: ServiceKey::new("shop", name).unwrap(),
-            cluster_ips: vec![],
-            ports: vec![PortSpec {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: vec![Endpoint {
-                address: "10.101.0.10".parse().unwrap(),
-                ready: true,
-                hostname: None,
-            }],
-        }
+        crate::model::fixtures::export(name, "10.101.0.10")
     }
+    use proptest::prelude::*;
 
     fn all_messages() -> (Vec<ClientMessage>, Vec<BrokerMessage>) {
         let c1 = ClusterId::new("c1").unwrap();

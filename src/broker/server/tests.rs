@@ -1,6 +1,7 @@
 //! Shell tests: a real broker and real sync clients over QUIC on loopback, with certificates
 //! made in a temporary directory. Every wait polls a condition with a deadline.
 
+use crate::model::fixtures::{cluster, export, id};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::certs::{ALPN, BROKER_SERVER_NAME, TlsFiles};
-use crate::model::{ClusterInfo, Endpoint, Export, PortSpec, Protocol, ServiceKey};
+use crate::model::{ClusterInfo, Export, ServiceKey};
 use crate::sync::wire::{RejectReason, Resume};
 use crate::sync::{SyncConfig, SyncState, spawn_client};
 
@@ -37,38 +38,6 @@ impl Pki {
 
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
-    }
-}
-
-fn id(s: &str) -> ClusterId {
-    ClusterId::new(s).unwrap()
-}
-
-fn cluster(name: &str) -> ClusterInfo {
-    ClusterInfo {
-        id: id(name),
-        wg_endpoint: "10.100.0.11:51820".parse().unwrap(),
-        wg_public_key: [5; 32],
-        cidrs: vec!["10.101.0.0/16".parse().unwrap()],
-        region: None,
-        zone: None,
-    }
-}
-
-fn export(name: &str, address: &str) -> Export {
-    Export {
-        service: ServiceKey::new("shop", name).unwrap(),
-        cluster_ips: vec![],
-        ports: vec![PortSpec {
-            name: Some("http".into()),
-            port: 80,
-            protocol: Protocol::Tcp,
-        }],
-        endpoints: vec![Endpoint {
-            address: address.parse().unwrap(),
-            ready: true,
-            hostname: None,
-        }],
     }
 }
 
