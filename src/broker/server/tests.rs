@@ -286,6 +286,14 @@ async fn raw_session(
     Ok((conn, recv, send, Decoder::new()))
 }
 
+/// The broker's next message on a raw session, within the test deadline.
+async fn next_message(recv: &mut quinn::RecvStream, decoder: &mut Decoder) -> BrokerMessage {
+    tokio::time::timeout(DEADLINE, read_message(recv, decoder))
+        .await
+        .expect("a broker message within the deadline")
+        .expect("a well-formed broker message")
+}
+
 async fn read_message(
     recv: &mut quinn::RecvStream,
     decoder: &mut Decoder,
@@ -319,10 +327,7 @@ async fn hello_claiming_another_cluster_is_rejected_and_not_stored() {
         raw_session(config, broker.addr, &[hello(cluster("c2"))])
             .await
             .unwrap();
-    let reply = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
-        .await
-        .unwrap()
-        .unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
     assert_eq!(
         reply,
         BrokerMessage::Rejected {
@@ -361,20 +366,13 @@ async fn publish_for_another_cluster_is_rejected_and_not_applied() {
         raw_session(config, broker.addr, &[hello(cluster("c1")), foreign])
             .await
             .unwrap();
-    let first = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = next_message(&mut recv, &mut decoder).await;
     let BrokerMessage::Snapshot(snapshot) = first else {
         panic!("expected a snapshot, got {first:?}")
     };
     let mut revision = snapshot.revision;
     let rejected = loop {
-        match tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        match next_message(&mut recv, &mut decoder).await {
             BrokerMessage::Delta(d) => revision = d.revision,
             other => break other,
         }
@@ -394,10 +392,7 @@ async fn publish_for_another_cluster_is_rejected_and_not_applied() {
         exports: vec![export("api", "10.0.0.2")],
     });
     send.write_all(&wire::encode(&own).unwrap()).await.unwrap();
-    let delta = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
-        .await
-        .unwrap()
-        .unwrap();
+    let delta = next_message(&mut recv, &mut decoder).await;
     assert_eq!(
         delta,
         BrokerMessage::Delta(Delta {
@@ -424,8 +419,7 @@ async fn resuming_client_gets_only_what_it_missed() {
         raw_session(config.clone(), broker.addr, &[hello(cluster("c1"))])
             .await
             .unwrap();
-    let BrokerMessage::Snapshot(snapshot) = read_message(&mut recv, &mut decoder).await.unwrap()
-    else {
+    let BrokerMessage::Snapshot(snapshot) = next_message(&mut recv, &mut decoder).await else {
         panic!("expected a snapshot")
     };
     conn.close(0u32.into(), b"");
@@ -449,7 +443,7 @@ async fn resuming_client_gets_only_what_it_missed() {
     });
     let (_conn, mut recv, _send, mut decoder) =
         raw_session(config, broker.addr, &[again]).await.unwrap();
-    let reply = read_message(&mut recv, &mut decoder).await.unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
     let BrokerMessage::Delta(delta) = reply else {
         panic!("expected a delta, got {reply:?}")
     };
@@ -712,8 +706,7 @@ async fn publish_over_the_limits_is_rejected_and_the_session_stays_usable() {
         raw_session(config, broker.addr, &[hello(cluster("c1"))])
             .await
             .unwrap();
-    let BrokerMessage::Snapshot(snapshot) = read_message(&mut recv, &mut decoder).await.unwrap()
-    else {
+    let BrokerMessage::Snapshot(snapshot) = next_message(&mut recv, &mut decoder).await else {
         panic!("expected a snapshot")
     };
     let mut revision = snapshot.revision;
@@ -751,10 +744,7 @@ async fn publish_over_the_limits_is_rejected_and_the_session_stays_usable() {
     send.write_all(&wire::encode(&publish(vec![export("api", "10.0.0.2")])).unwrap())
         .await
         .unwrap();
-    let delta = tokio::time::timeout(DEADLINE, read_message(&mut recv, &mut decoder))
-        .await
-        .unwrap()
-        .unwrap();
+    let delta = next_message(&mut recv, &mut decoder).await;
     assert_eq!(
         delta,
         BrokerMessage::Delta(Delta {
