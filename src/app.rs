@@ -370,6 +370,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut peers_applied: Option<Vec<causeway_gateway::PeerSpec>> = None;
     let mut was_connected = None;
     let mut was_reachable: Option<BTreeSet<ClusterId>> = None;
+    let mut services_published: Option<Vec<causeway_dns::ServiceRecords>> = None;
     loop {
         let state: SyncState = synced.borrow_and_update().clone();
         let exports = local.borrow_and_update().clone();
@@ -409,11 +410,18 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
                 }
             }
         }
+        // Most wake-ups (acks, broker reconnects, health moves that change no ranking) leave
+        // the answers as they are; building a snapshot encodes every answer, so skip it then.
         let services = dns_services(&me, &exports, &state.view, &health);
-        match causeway_dns::Snapshot::new(&dns_zones, services) {
-            Ok(snapshot) => dns.publish(snapshot),
-            Err(e) => {
-                warn!(error = %e, "Could not build the DNS snapshot; keeping the previous one")
+        if services_published.as_ref() != Some(&services) {
+            match causeway_dns::Snapshot::new(&dns_zones, services.clone()) {
+                Ok(snapshot) => {
+                    dns.publish(snapshot);
+                    services_published = Some(services);
+                }
+                Err(e) => {
+                    warn!(error = %e, "Could not build the DNS snapshot; keeping the previous one")
+                }
             }
         }
 
