@@ -11,6 +11,8 @@ pkgs=(
   nftables                       # cluster IPs in the lab's routers
   wireguard-go wireguard-tools   # a standard WireGuard peer for interop tests
   iperf3                         # tunnel throughput (bench/)
+  protobuf-compiler libprotobuf-dev  # protoc and its well-known types, for the etcd client
+  etcd-server                    # the broker's HA store (a 3-member cluster in tests)
 )
 missing=()
 for p in "${pkgs[@]}"; do
