@@ -93,14 +93,17 @@ fn initial_exports(cluster: usize, services: usize, endpoints: usize) -> Vec<Exp
                 name: Some("http".into()),
                 port: 80,
                 protocol: Protocol::Tcp,
+                app_protocol: None,
             }],
             endpoints: (0..endpoints)
                 .map(|e| Endpoint {
                     address: IpAddr::V4(Ipv4Addr::new(10, (cluster % 250) as u8, s as u8, e as u8)),
                     ready: true,
                     hostname: None,
+                    zone: None,
                 })
                 .collect(),
+            props: Default::default(),
         })
         .collect()
 }

@@ -128,6 +128,7 @@ fn dns_service(
                         address: *ip,
                         ready,
                         hostname: None,
+                        zone: None,
                     })
                     .collect()
             };
@@ -472,8 +473,10 @@ mod tests {
                     address: a.parse().unwrap(),
                     ready: true,
                     hostname: None,
+                    zone: None,
                 })
                 .collect(),
+            props: Default::default(),
         }
     }
 
@@ -550,6 +553,7 @@ mod tests {
             name: name.map(str::to_owned),
             port,
             protocol,
+            app_protocol: None,
         });
         e
     }

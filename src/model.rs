@@ -156,6 +156,8 @@ pub struct PortSpec {
     pub name: Option<String>,
     pub port: u16,
     pub protocol: Protocol,
+    /// The port's application protocol (`appProtocol`), e.g. `http` or `kubernetes.io/h2c`.
+    pub app_protocol: Option<String>,
 }
 
 /// One backend of an exported service in its own cluster.
@@ -166,6 +168,52 @@ pub struct Endpoint {
     pub ready: bool,
     /// The pod's hostname, for headless per-endpoint names.
     pub hostname: Option<String>,
+    /// The topology zone the endpoint runs in (`topology.kubernetes.io/zone`), when known.
+    pub zone: Option<String>,
+}
+
+/// The MCS service type of an export: a ClusterSetIP service is reached through a virtual
+/// address, a headless one through its endpoints' addresses.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub enum ServiceKind {
+    #[default]
+    ClusterSetIp,
+    Headless,
+}
+
+/// `sessionAffinity` of the exported Service.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    /// `ClientIP`, with `sessionAffinityConfig.clientIP.timeoutSeconds` when set.
+    ClientIp { timeout_seconds: Option<i32> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// The properties of an exported Service that the MCS API carries into its ServiceImport and
+/// checks for conflicts between clusters. Defaults describe a plain ClusterSetIP service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct ServiceProps {
+    pub kind: ServiceKind,
+    pub session_affinity: SessionAffinity,
+    pub ip_families: Vec<IpFamily>,
+    /// `internalTrafficPolicy` (`Cluster` or `Local`), when set.
+    pub internal_traffic_policy: Option<String>,
+    /// `trafficDistribution` (e.g. `PreferClose`), when set.
+    pub traffic_distribution: Option<String>,
+    /// When the export was created (the ServiceExport's creationTimestamp), in Unix seconds.
+    /// The MCS conflict rule lets the oldest export win.
+    pub exported_at: Option<i64>,
 }
 
 /// What one cluster exports of one service. The exporting cluster is the record's owner: only
@@ -178,6 +226,8 @@ pub struct Export {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec>,
     pub endpoints: Vec<Endpoint>,
+    /// MCS properties (type, affinity, families, policies, export time).
+    pub props: ServiceProps,
 }
 
 /// What a cluster tells the clusterset about itself when its gateway registers.
@@ -224,12 +274,15 @@ pub(crate) mod fixtures {
                 name: Some("http".into()),
                 port: 80,
                 protocol: Protocol::Tcp,
+                app_protocol: None,
             }],
             endpoints: vec![Endpoint {
                 address: address.parse().expect("an IP address"),
                 ready: true,
                 hostname: None,
+                zone: None,
             }],
+            props: ServiceProps::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ fn ep(addr: &str, ready: bool) -> Endpoint {
         address: addr.parse().unwrap(),
         ready,
         hostname: None,
+        zone: None,
     }
 }
 
@@ -347,7 +348,7 @@ proptest! {
         };
         let mut by_cluster: BTreeMap<ClusterId, Vec<Endpoint>> = BTreeMap::new();
         for (c, last, ready) in &eps {
-            let e = Endpoint { address: IpAddr::from([10, *c, 0, *last]), ready: *ready, hostname: None };
+            let e = Endpoint { address: IpAddr::from([10, *c, 0, *last]), ready: *ready, hostname: None, zone: None };
             by_cluster.entry(clusters[usize::from(*c)].clone()).or_default().push(e);
         }
         let s = select(me, &BTreeMap::new(), &health, by_cluster.iter().map(|(c, e)| (c, e.as_slice())));

@@ -33,7 +33,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::model::{Endpoint, Export, IdError, PortSpec, Protocol, ServiceKey, check_dns_label};
+use crate::model::{
+    Endpoint, Export, IdError, PortSpec, Protocol, ServiceKey, ServiceKind, ServiceProps,
+    check_dns_label,
+};
 
 /// Why a file (or the directory) could not be used. The file is named in every variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +171,7 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
             name: p.name,
             port: p.port,
             protocol: p.protocol,
+            app_protocol: None,
         };
         if ports
             .iter()
@@ -194,6 +198,7 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
             address: e.address,
             ready: e.ready,
             hostname: e.hostname,
+            zone: None,
         });
     }
     let families_distinct = match doc.cluster_ips.as_slice() {
@@ -206,6 +211,11 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
             ips: doc.cluster_ips,
         });
     }
+    let kind = if doc.cluster_ips.is_empty() {
+        ServiceKind::Headless
+    } else {
+        ServiceKind::ClusterSetIp
+    };
     Ok(LocalService {
         export: doc.export,
         spec: Export {
@@ -213,6 +223,10 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
             cluster_ips: doc.cluster_ips,
             ports,
             endpoints,
+            props: ServiceProps {
+                kind,
+                ..ServiceProps::default()
+            },
         },
     })
 }
@@ -403,7 +417,8 @@ mod tests {
             vec![PortSpec {
                 name: Some("http".into()),
                 port: 80,
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                app_protocol: None,
             }]
         );
         assert_eq!(s.spec.endpoints.len(), 2);
