@@ -13,14 +13,18 @@
 //! - `http`: the pods' tiny HTTP server (`causeway lab http-serve`).
 //! - `probe`: readiness probes (a DNS query from inside a pod).
 //! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
+//! - `nat`: cluster IPs as nftables DNAT in a cluster's router namespace (as kube-proxy).
+//! - `dig`: DNS queries from inside a pod through its resolv.conf, and their parsed replies.
 //!
 //! Everything here needs root (namespaces, veths, tcpdump) except the pure parts.
 
 pub mod capture;
 pub mod cluster;
 pub mod demo;
+pub mod dig;
 pub mod http;
 pub mod lab;
+pub mod nat;
 pub mod ns;
 pub mod probe;
 pub mod story;
