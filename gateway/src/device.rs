@@ -243,7 +243,7 @@ impl Driver {
                 "Peer health changed"
             );
         }
-        if changed {
+        if changed || self.prober.rtt_moved_since(&self.health.borrow()) {
             self.health.send_replace(self.prober.health());
         }
     }

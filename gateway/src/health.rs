@@ -58,6 +58,12 @@ impl Default for HealthConfig {
     }
 }
 
+/// [`Prober::rtt_moved_since`]: a smoothed RTT is handed out again once it moved by more than
+/// 1/this of the published value (20 %)...
+pub const RTT_REPUBLISH_FRACTION: u32 = 5;
+/// ... and by more than this, so that sub-millisecond jitter on a near link never counts.
+pub const RTT_REPUBLISH_FLOOR: Duration = Duration::from_millis(1);
+
 /// What the prober believes about one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HealthState {
@@ -272,6 +278,25 @@ impl Prober {
             .iter()
             .map(|(peer, t)| (*peer, t.health()))
             .collect()
+    }
+
+    /// Whether any target's smoothed RTT has moved far enough from `published` (what the
+    /// shell last handed out) to be worth handing out again, state unchanged: by more than
+    /// [`RTT_REPUBLISH_FRACTION`] of the published value and at least [`RTT_REPUBLISH_FLOOR`],
+    /// or from none to some. Consumers rank peers by RTT (nearest first), so a change of
+    /// latency must reach them; the thresholds keep jitter from republishing on every probe.
+    pub fn rtt_moved_since(&self, published: &BTreeMap<[u8; 32], PeerHealth>) -> bool {
+        self.targets.iter().any(|(peer, target)| {
+            let before = published.get(peer).and_then(|h| h.rtt);
+            match (before, target.srtt) {
+                (None, Some(_)) => true,
+                (Some(before), Some(now)) => {
+                    let moved = before.abs_diff(now);
+                    moved > RTT_REPUBLISH_FLOOR && moved > before / RTT_REPUBLISH_FRACTION
+                }
+                _ => false,
+            }
+        })
     }
 
     /// One target's current health.

@@ -269,3 +269,35 @@ proptest! {
         prop_assert!(health.window <= 10 && health.lost <= health.window);
     }
 }
+
+#[test]
+fn a_moved_rtt_is_worth_republishing_and_jitter_is_not() {
+    let mut sim = Sim::new(HealthConfig::default());
+    let nothing = BTreeMap::new();
+    assert!(!sim.prober.rtt_moved_since(&nothing), "no reply, no RTT");
+    sim.run(2000, &up);
+    assert!(sim.prober.rtt_moved_since(&nothing), "a first RTT");
+    let published = sim.prober.health();
+    // Jitter of +0.5 ms on some probes around 10 ms: under both thresholds.
+    sim.run(4000, &|t| {
+        Some(10 * MS + if t % 400 == 0 { MS / 2 } else { Duration::ZERO })
+    });
+    assert!(!sim.prober.rtt_moved_since(&published));
+    // The link gets 60 ms slower: the smoothed RTT leaves the 20 % band within a few probes.
+    sim.run(5000, &|_| Some(70 * MS));
+    assert!(sim.prober.rtt_moved_since(&published));
+    assert_eq!(sim.state(), HealthState::Up, "no state change carries it");
+    let published = sim.prober.health();
+    assert!(!sim.prober.rtt_moved_since(&published));
+}
+
+#[test]
+fn sub_millisecond_rtts_never_count_as_moved() {
+    let mut sim = Sim::new(HealthConfig::default());
+    sim.run(2000, &|_| Some(MS / 5));
+    let published = sim.prober.health();
+    sim.run(6000, &|_| Some(MS * 4 / 5));
+    let now = sim.prober.peer_health(&PEER).unwrap().rtt.unwrap();
+    assert!(now > published[&PEER].rtt.unwrap() * 3, "{now:?}");
+    assert!(!sim.prober.rtt_moved_since(&published), "still under 1 ms");
+}
