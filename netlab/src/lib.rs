@@ -15,6 +15,7 @@
 //! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
 //! - `nat`: cluster IPs as nftables DNAT in a cluster's router namespace (as kube-proxy).
 //! - `dig`: DNS queries from inside a pod through its resolv.conf, and their parsed replies.
+//! - `relay`: added wan latency and loss, a userspace relay on a TUN in a gateway namespace.
 //!
 //! Everything here needs root (namespaces, veths, tcpdump) except the pure parts.
 
@@ -27,6 +28,7 @@ pub mod lab;
 pub mod nat;
 pub mod ns;
 pub mod probe;
+pub mod relay;
 pub mod story;
 pub mod topology;
 pub mod wait;
