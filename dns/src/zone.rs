@@ -40,6 +40,8 @@ pub struct ZoneConfig {
     pub ttl: u32,
     /// Most A records (and, separately, most AAAA records) in one answer; 0 = no cap. Each
     /// address costs 16 (A) or 28 (AAAA) octets of a UDP answer that must fit 512 without EDNS.
+    /// Not applied to a headless service's name in the MCS zone, whose A and AAAA answers must
+    /// cover the same endpoints (MCS DNS specification): it answers every ready endpoint.
     pub max_addresses: usize,
 }
 

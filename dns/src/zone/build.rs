@@ -210,7 +210,11 @@ impl Zones {
                 if service.tiers.iter().all(Vec::is_empty) {
                     return Ok(());
                 }
-                self.insert_addresses(base, &service.tiers);
+                // "A and AAAA must return the same subset": the cap counts each family on
+                // its own, so it could keep different pods' addresses in each; here every
+                // ready endpoint is answered (a UDP answer too large is truncated and served
+                // whole over TCP).
+                self.insert_addresses_capped(base, &service.tiers, usize::MAX);
                 let mut targets = Vec::new();
                 for cluster in &service.clusters {
                     let pinned = child(base, &checked(service, "cluster", &cluster.cluster)?)
@@ -306,7 +310,12 @@ impl Zones {
 
     /// A and AAAA at `name` from preference groups; the name exists even with none.
     fn insert_addresses(&mut self, name: &Name, groups: &[Vec<IpAddr>]) {
-        let sets = address_rrsets(name, self.ttl, self.cap, groups);
+        self.insert_addresses_capped(name, groups, self.cap);
+    }
+
+    /// [`Self::insert_addresses`] with its own cap per family.
+    fn insert_addresses_capped(&mut self, name: &Name, groups: &[Vec<IpAddr>], cap: usize) {
+        let sets = address_rrsets(name, self.ttl, cap, groups);
         self.nodes.entry(LowerName::new(name)).or_default();
         for set in sets {
             self.insert(name, set);
