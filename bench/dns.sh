@@ -8,7 +8,9 @@
 #   - server CPU seconds per 100k answers (utime+stime deltas from /proc/<pid>/stat),
 #   - the latency distribution at a fixed $RATE QPS (dnsperf -Q, per-query latencies from -v),
 #   - RSS for the zone (names counted by our server),
-# and our QPS again while the table takes $UPDATES updates/s, then fuzzes the query path for
+# and our QPS again while the table takes $UPDATES updates/s (each moving every address of one
+# service), then, still under churn, checks $TORN_SECONDS s of answers for torn ones (each must
+# be exactly one version the updater published: bench_server --check-torn), then fuzzes the query path for
 # $FUZZ_SECONDS s (tests/fuzz target dns_query; needs the nightly toolchain; 0 skips).
 # Last line: `dns qps_ratio_vs_knot=X cpu_ratio_vs_knot=Y` (ours / Knot's).
 #
@@ -22,6 +24,7 @@ DURATION=${DURATION:-10}
 RATE=${RATE:-20000}
 LATENCY_SECONDS=${LATENCY_SECONDS:-5}
 UPDATES=${UPDATES:-1000}
+TORN_SECONDS=${TORN_SECONDS:-5}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -124,6 +127,12 @@ stop "$ours_pid"
 # Ours, churning.
 start_ours "$UPDATES"
 read -r churn_qps churn_cpu < <(saturate churn "$OURS_PORT" "$ours_pid")
+if torn_result=$(taskset -c "$CLIENT_CPU" "$bin" --check-torn "127.0.0.1:$OURS_PORT" \
+	--services "$SERVICES" --clusters "$CLUSTERS" --seconds "$TORN_SECONDS" 2>"$work/torn.err"); then
+	torn_result="$torn_result (none torn)"
+else
+	torn_result="FAILED: $torn_result $(head -5 "$work/torn.err")"
+fi
 stop "$ours_pid"
 churn_stats=$(cat "$work/ours.err")
 
@@ -166,6 +175,7 @@ echo "  causeway-dns: $ours_latency"
 echo "  knot:         $knot_latency"
 echo "while taking $UPDATES updates/s ($churn_stats): QPS $churn_qps, CPU s per 100k $churn_cpu," \
 	"drop $(awk -v a="$ours_qps" -v b="$churn_qps" 'BEGIN {printf "%.1f%%", (a - b) / a * 100}')"
+echo "torn-answer check under churn, $TORN_SECONDS s: $torn_result"
 fuzz_result="skipped (FUZZ_SECONDS=0)"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
 	# Flags as cargo-fuzz passes them (see tests/fuzz/Cargo.toml); new inputs go to a scratch

@@ -412,16 +412,22 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             }
         }
         // Most wake-ups (acks, broker reconnects, health moves that change no ranking) leave
-        // the answers as they are; building a snapshot encodes every answer, so skip it then.
+        // the answers as they are; skip the build then. Otherwise only the changed services
+        // are re-encoded (`Snapshot::update`), off the runtime; changes arriving meanwhile
+        // wait in the watches and are coalesced into the next build.
         let services = dns_services(&me, &exports, &state.view, &health);
         if services_published.as_ref() != Some(&services) {
-            match causeway_dns::Snapshot::new(&dns_zones, services.clone()) {
-                Ok(snapshot) => {
+            let (base, zones, table) = (dns.current(), dns_zones.clone(), services.clone());
+            match tokio::task::spawn_blocking(move || base.update(&zones, table)).await {
+                Ok(Ok(snapshot)) => {
                     dns.publish(snapshot);
                     services_published = Some(services);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(error = %e, "Could not build the DNS snapshot; keeping the previous one")
+                }
+                Err(e) => {
+                    warn!(error = %e, "The DNS snapshot build failed; keeping the previous one")
                 }
             }
         }

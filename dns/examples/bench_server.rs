@@ -5,14 +5,22 @@
 //! ```text
 //! bench_server --listen 127.0.0.1:5300 --services 10000 --clusters 5 \
 //!     [--updates-per-sec 1000] [--zone-file PATH] [--query-file PATH]
+//! bench_server --check-torn 127.0.0.1:5300 --services 10000 --clusters 5 [--seconds 5]
 //! ```
 //!
 //! Service `i` is `s<i>.ns<i%100>.svc.global`: a ClusterSetIP service with one cluster IP in
 //! each of the clusters `c0..c<n>` (c0 local, the rest one remote group), and a named port
 //! `http`. So each service has `S.N` (A ×n), `C.S.N` (A ×1, n names) and `_http._tcp.S.N`
-//! (SRV ×n, additional A ×n). Updates move one cluster IP of a service and republish the
-//! whole snapshot, batched every 100 ms as the gateway would. Prints `ready addr=… names=…`
-//! on stdout once serving.
+//! (SRV ×n, additional A ×n). An update moves every cluster IP of one service at once (from
+//! 10.x to 11.x or back), and updates are published in batches every 100 ms as snapshots
+//! updated from the current one (only changed services re-encoded). Prints
+//! `ready addr=… names=…` on stdout once serving.
+//!
+//! `--check-torn` is the client side of the torn-answer check: it asks the `S.N` A and the
+//! `_http._tcp.S.N` SRV of services across the table for `--seconds`, and checks that every
+//! answer is exactly one version the updater can have published (all the service's addresses
+//! old, or all new; never a mix, never missing or extra records). Prints
+//! `checked=N torn=M unanswered=K` and exits non-zero if any answer was torn.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,6 +43,8 @@ struct Args {
     updates_per_sec: usize,
     zone_file: Option<PathBuf>,
     query_file: Option<PathBuf>,
+    check_torn: Option<SocketAddr>,
+    seconds: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +55,8 @@ fn parse_args() -> Result<Args, String> {
         updates_per_sec: 0,
         zone_file: None,
         query_file: None,
+        check_torn: None,
+        seconds: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +69,8 @@ fn parse_args() -> Result<Args, String> {
             "--updates-per-sec" => args.updates_per_sec = value.parse().map_err(|e| bad(&e))?,
             "--zone-file" => args.zone_file = Some(value.into()),
             "--query-file" => args.query_file = Some(value.into()),
+            "--check-torn" => args.check_torn = Some(value.parse().map_err(|e| bad(&e))?),
+            "--seconds" => args.seconds = value.parse().map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -152,6 +166,9 @@ fn query_file(services: usize) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
+    if let Some(server) = args.check_torn {
+        return check_torn(server, &args).await;
+    }
     let zones = ZoneConfig {
         clusterset_zone: None,
         ..ZoneConfig::default()
@@ -215,16 +232,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         last = now;
         let per_batch = due.round() as usize;
         for _ in 0..per_batch {
-            let i = next % args.services;
-            let c = (next / args.services) % args.clusters;
-            moved[i][c] = !moved[i][c];
+            // Spread over the table (a stride coprime to most sizes), every cluster at once.
+            let i = next.wrapping_mul(7919) % args.services;
+            for m in &mut moved[i] {
+                *m = !*m;
+            }
             table[i] = service(i, args.clusters, &moved[i]);
             next += 1;
         }
         let build = table.clone();
         let zones = zones.clone();
         let started = tokio::time::Instant::now();
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::new(&zones, build)).await??;
+        let base = handle.current();
+        let snapshot = tokio::task::spawn_blocking(move || base.update(&zones, build)).await??;
         handle.publish(snapshot);
         building += started.elapsed();
         published += 1;
@@ -234,5 +254,93 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         building.as_millis() / u128::from(published.max(1))
     );
     shutdown.cancel();
+    Ok(())
+}
+
+/// The torn-answer check (see the module docs): one UDP query at a time, so every reply is
+/// matched to its question.
+async fn check_torn(server: SocketAddr, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::collections::BTreeSet;
+    use std::str::FromStr;
+
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    let (mut checked, mut torn, mut unanswered) = (0u64, 0u64, 0u64);
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0usize;
+    while tokio::time::Instant::now() < until {
+        let i = n.wrapping_mul(104_729) % args.services;
+        let srv = n % 2 == 1;
+        n += 1;
+        let (namespace, name) = names(i);
+        let (qname, qtype) = if srv {
+            (
+                format!("_http._tcp.{name}.{namespace}.svc.global."),
+                RecordType::SRV,
+            )
+        } else {
+            (format!("{name}.{namespace}.svc.global."), RecordType::A)
+        };
+        let id = (n % 65_536) as u16;
+        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(Name::from_str(&qname)?, qtype));
+        socket.send_to(&query.to_vec()?, server).await?;
+        let reply = match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+        {
+            Ok(received) => Message::from_vec(&buf[..received?])?,
+            Err(_) => {
+                unanswered += 1;
+                continue;
+            }
+        };
+        if reply.metadata.id != id {
+            unanswered += 1;
+            continue;
+        }
+        // The addresses the reply carries: the answer's for A, the additional section's
+        // (each target's address) for SRV.
+        let records = if srv {
+            &reply.additionals
+        } else {
+            &reply.answers
+        };
+        let got: BTreeSet<IpAddr> = records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect();
+        let count = records
+            .iter()
+            .filter(|r| matches!(r.data, RData::A(_)))
+            .count();
+        let version = |moved: bool| -> BTreeSet<IpAddr> {
+            (0..args.clusters)
+                .map(|c| cluster_ip(i, c, moved))
+                .collect()
+        };
+        let targets = reply
+            .answers
+            .iter()
+            .filter(|r| matches!(r.data, RData::SRV(_)))
+            .count();
+        let whole = count == args.clusters
+            && (got == version(false) || got == version(true))
+            && (!srv || targets == args.clusters);
+        checked += 1;
+        if !whole {
+            torn += 1;
+            if torn <= 5 {
+                eprintln!("torn answer for {qname} {qtype}: {reply:?}");
+            }
+        }
+    }
+    println!("checked={checked} torn={torn} unanswered={unanswered}");
+    if torn > 0 {
+        return Err(format!("{torn} torn answers").into());
+    }
     Ok(())
 }

@@ -257,6 +257,12 @@ impl Handle {
         self.current.store(Arc::new(snapshot));
     }
 
+    /// The snapshot queries are answered from now: the base for the next
+    /// [`Snapshot::update`].
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
     /// The address the server is bound to (UDP and TCP share it), with the real port when the
     /// config asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {

@@ -16,7 +16,9 @@ mod wire;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
@@ -140,8 +142,13 @@ impl PortProtocol {
 
 /// An immutable view of every served zone, built once and then only read.
 ///
-/// Build one with [`Snapshot::new`] (or [`Snapshot::empty`]) and hand it to
-/// [`crate::Handle::publish`], which stamps the SOA serial and swaps it in atomically.
+/// Build one with [`Snapshot::new`] (or [`Snapshot::empty`]), or from the previous one with
+/// [`Snapshot::update`], and hand it to [`crate::Handle::publish`], which stamps the SOA
+/// serial and swaps it in atomically.
+///
+/// Inside, each service's names in each zone (everything at and under `S.N.<zone>`) are one
+/// tree, built and encoded once and shared by every later snapshot in which the service is
+/// unchanged, so an update costs the changed services plus one pass over the table's index.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     config: ZoneConfig,
@@ -149,12 +156,36 @@ pub struct Snapshot {
     /// The served apexes, each with the SOA for the authority section of its negative answers
     /// (RFC 2308 §3 sets its TTL to min(SOA TTL, SOA MINIMUM)).
     apexes: Vec<(LowerName, [Record; 1])>,
-    /// Every name that exists in any served zone, including the apexes and empty
-    /// non-terminals (which map to an empty node). Keys are lowercase (`LowerName`), so lookups
-    /// are case-insensitive.
-    nodes: HashMap<LowerName, Node>,
-    /// Every answer precomputed in wire format, for [`Snapshot::answer_wire`].
+    /// Where service trees hang (`<zone>`, `svc.<clusterset zone>`) and their label counts.
+    parents: Vec<(LowerName, usize)>,
+    /// The names outside every service tree: apexes, `dns-version`, empty non-terminals above
+    /// the trees. Keys are lowercase (`LowerName`), so lookups are case-insensitive.
+    base: Tree,
+    /// Every service tree, by the lowercase wire form of its root `S.N.<parent>`.
+    trees: HashMap<Arc<[u8]>, Arc<Tree>, BuildHasherDefault<wire::NameHasher>>,
+    /// Every service as published, with its trees, by lowercase (namespace, name): what
+    /// [`Snapshot::update`] compares and reuses.
+    services: HashMap<(String, String), Arc<Service>>,
+    /// The negative answers and tree parents for [`Snapshot::answer_wire`].
     wire: wire::Wire,
+}
+
+/// Names and their answers: one service's tree in one zone, or the base.
+#[derive(Debug, Clone, Default)]
+struct Tree {
+    /// Every name that exists here, including empty non-terminals (an empty node).
+    nodes: HashMap<LowerName, Node>,
+    /// Every answer precomputed in wire format.
+    wire: wire::WireNames,
+    /// The tree root's parent (`N.<zone>`), an empty non-terminal of the base.
+    parent: Option<LowerName>,
+}
+
+/// One service as last built.
+#[derive(Debug)]
+struct Service {
+    records: ServiceRecords,
+    trees: Vec<(Arc<[u8]>, Arc<Tree>)>,
 }
 
 /// What the zone says about one query, borrowing the records from the [`Snapshot`].
@@ -246,22 +277,104 @@ impl Snapshot {
     /// a valid DNS name, if the two zones overlap, or if two services share a name. The SOA
     /// serial is 0 until [`crate::Handle::publish`] stamps it.
     pub fn new(config: &ZoneConfig, services: Vec<ServiceRecords>) -> Result<Snapshot, Error> {
-        let built = build::build(config, services)?;
+        Snapshot::build(config, services, None)
+    }
+
+    /// A snapshot of `services` like [`Snapshot::new`], reusing this one's work for every
+    /// service that is exactly as it was here (same records, same config): only new and
+    /// changed services are built and encoded. `self` is unchanged and may still be serving.
+    pub fn update(
+        &self,
+        config: &ZoneConfig,
+        services: Vec<ServiceRecords>,
+    ) -> Result<Snapshot, Error> {
+        Snapshot::build(config, services, Some(self))
+    }
+
+    fn build(
+        config: &ZoneConfig,
+        services: Vec<ServiceRecords>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, Error> {
+        let prepared = build::prepare(config)?;
+        let previous = previous.filter(|p| p.config == *config);
+        let mut built: HashMap<(String, String), Arc<Service>> =
+            HashMap::with_capacity(services.len());
+        for records in services {
+            let id = (
+                records.namespace.to_ascii_lowercase(),
+                records.name.to_ascii_lowercase(),
+            );
+            let reused = previous
+                .and_then(|p| p.services.get(&id))
+                .filter(|s| s.records == records)
+                .cloned();
+            let service = match reused {
+                Some(service) => service,
+                None => Arc::new(Service::build(&prepared, records)?),
+            };
+            match built.entry(id) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(service);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    return Err(Error::DuplicateService {
+                        namespace: service.records.namespace.clone(),
+                        name: service.records.name.clone(),
+                    });
+                }
+            }
+        }
+        let mut trees: HashMap<Arc<[u8]>, Arc<Tree>, _> =
+            HashMap::with_capacity_and_hasher(built.len() * 2, Default::default());
+        for service in built.values() {
+            for (key, tree) in &service.trees {
+                trees.insert(key.clone(), tree.clone());
+            }
+        }
+        let base_nodes =
+            build::base_nodes(&prepared, trees.values().filter_map(|t| t.parent.as_ref()));
+        let parents = prepared.service_parents();
         let mut snapshot = Snapshot {
             config: config.clone(),
             serial: 0,
-            apexes: built.apexes,
-            nodes: built.nodes,
-            wire: wire::Wire::default(),
+            base: Tree {
+                wire: wire::names(&prepared.apexes, &base_nodes, None),
+                nodes: base_nodes,
+                parent: None,
+            },
+            wire: wire::Wire::new(&parents.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
+            parents: parents
+                .into_iter()
+                .map(|(p, _)| {
+                    let labels = usize::from(p.num_labels());
+                    (p, labels)
+                })
+                .collect(),
+            apexes: prepared.apexes,
+            trees,
+            services: built,
         };
         snapshot.set_serial(0);
-        snapshot.wire = wire::Wire::build(&snapshot.apexes, &snapshot.nodes);
         Ok(snapshot)
     }
 
     /// The zones with only their apex records (SOA, NS, and the MCS `dns-version` TXT).
     pub fn empty(config: &ZoneConfig) -> Result<Snapshot, Error> {
         Snapshot::new(config, Vec::new())
+    }
+
+    /// The node at `name`, in its service's tree or in the base.
+    fn node(&self, name: &LowerName) -> Option<&Node> {
+        let labels = usize::from(name.num_labels());
+        for (parent, parent_labels) in &self.parents {
+            if labels >= parent_labels + 2 && parent.zone_of(name) {
+                let root = LowerName::new(&Name::from(name).trim_to(parent_labels + 2));
+                let key = wire::name_key(&root);
+                return self.trees.get(&*key)?.nodes.get(name);
+            }
+        }
+        self.base.nodes.get(name)
     }
 
     /// Answers a query for `name` and `query_type` (class IN; the caller refuses other classes).
@@ -285,7 +398,7 @@ impl Snapshot {
         if matches!(query_type, RecordType::AXFR | RecordType::IXFR) {
             return Answer::Refused;
         }
-        let Some(node) = self.nodes.get(name) else {
+        let Some(node) = self.node(name) else {
             return Answer::NxDomain { soa: negative_soa };
         };
         let rrset = if query_type == RecordType::ANY {
@@ -309,7 +422,11 @@ impl Snapshot {
     /// was built; malformed or unusual messages, truncation, ANY and names outside the zones
     /// are left to the slow path. `rotation` as for [`Snapshot::answer`].
     pub fn answer_wire(&self, query: &[u8], rotation: u64, out: &mut Vec<u8>) -> bool {
-        self.wire.answer(query, rotation, out)
+        let lookup = |key: &[u8]| match self.wire.tree_key(key) {
+            Some(tree) => self.trees.get(tree)?.wire.get(key),
+            None => self.base.wire.get(key),
+        };
+        self.wire.answer(lookup, query, rotation, out)
     }
 
     /// The SOA serial this snapshot answers with.
@@ -325,7 +442,7 @@ impl Snapshot {
     /// How many names exist across the served zones (including apexes and empty
     /// non-terminals).
     pub fn names(&self) -> usize {
-        self.nodes.len()
+        self.base.nodes.len() + self.trees.values().map(|t| t.nodes.len()).sum::<usize>()
     }
 
     /// Stamps the SOA serial; called by the publisher just before the swap.
@@ -334,7 +451,7 @@ impl Snapshot {
         let ttl = self.config.ttl;
         for (apex, negative_soa) in &mut self.apexes {
             let apex_name = Name::from(&*apex);
-            if let Some(node) = self.nodes.get_mut(apex)
+            if let Some(node) = self.base.nodes.get_mut(apex)
                 && let Some(soa) = node
                     .rrsets
                     .iter_mut()
@@ -347,7 +464,27 @@ impl Snapshot {
             let minimum = ttl;
             *negative_soa = [build::soa_record(&apex_name, ttl.min(minimum), serial)];
         }
-        self.wire.stamp(&self.apexes, &self.nodes);
+        self.wire
+            .stamp(&self.apexes, &self.base.nodes, &mut self.base.wire);
+    }
+}
+
+impl Service {
+    fn build(prepared: &build::Prepared, records: ServiceRecords) -> Result<Service, Error> {
+        let trees = build::service_trees(prepared, &records)?
+            .into_iter()
+            .map(|tree| {
+                let key: Arc<[u8]> = wire::name_key(&tree.root).into();
+                let wire = wire::names(&prepared.apexes, &tree.nodes, Some(tree.apex));
+                let tree = Tree {
+                    nodes: tree.nodes,
+                    wire,
+                    parent: Some(tree.parent),
+                };
+                (key, Arc::new(tree))
+            })
+            .collect();
+        Ok(Service { records, trees })
     }
 }
 

@@ -215,8 +215,11 @@ async fn publish_changes_the_answer_and_raises_the_serial() {
     let before = query(&mut client, "svc.global.", RecordType::SOA).await;
     let serial_before = soa_serial(&before.answers).expect("SOA at apex");
 
+    // Built as an update of the snapshot being served, as the gateway does.
     handle.publish(
-        Snapshot::new(&zones(), vec![service("shop", "web", &["10.103.0.10"])])
+        handle
+            .current()
+            .update(&zones(), vec![service("shop", "web", &["10.103.0.10"])])
             .expect("valid snapshot"),
     );
 

@@ -23,12 +23,44 @@ const SOA_EXPIRE: i32 = 86400;
 /// (RFC 2782 reserves weight 0 for "no choice", which some clients then never prefer).
 const SRV_WEIGHT: u16 = 1;
 
-pub(super) struct Built {
+/// The zones' fixed names, parsed once per build: everything a service's names hang under.
+pub(super) struct Prepared {
+    ttl: u32,
+    cap: usize,
+    global: Name,
+    /// `svc.<clusterset zone>` when the MCS zone is served.
+    mcs_parent: Option<Name>,
+    /// The apexes, causeway's zone first, each with its negative-answer SOA (serial 0).
     pub(super) apexes: Vec<(LowerName, [Record; 1])>,
+    /// The apexes' own nodes (SOA, NS) and `dns-version`: the part of the base that does not
+    /// depend on the services.
+    fixed: HashMap<LowerName, Node>,
+}
+
+impl Prepared {
+    /// Where services hang in each zone (`<zone>`, `svc.<clusterset zone>`), with the index
+    /// of the apex each belongs to.
+    pub(super) fn service_parents(&self) -> Vec<(LowerName, usize)> {
+        let mut parents = vec![(LowerName::new(&self.global), 0)];
+        if let Some(mcs) = &self.mcs_parent {
+            parents.push((LowerName::new(mcs), 1));
+        }
+        parents
+    }
+}
+
+/// The names of one service in one zone: everything at and under `S.N.<parent>` (`root`).
+pub(super) struct ServiceTree {
+    pub(super) root: LowerName,
+    /// `N.<parent>`, the root's parent (an empty non-terminal of the base).
+    pub(super) parent: LowerName,
+    /// Index of the apex the tree belongs to.
+    pub(super) apex: usize,
     pub(super) nodes: HashMap<LowerName, Node>,
 }
 
-pub(super) fn build(config: &ZoneConfig, services: Vec<ServiceRecords>) -> Result<Built, Error> {
+/// Checks the zones and builds their fixed names.
+pub(super) fn prepare(config: &ZoneConfig) -> Result<Prepared, Error> {
     let global = parse_zone(&config.zone)?;
     let clusterset = config
         .clusterset_zone
@@ -43,15 +75,7 @@ pub(super) fn build(config: &ZoneConfig, services: Vec<ServiceRecords>) -> Resul
             clusterset_zone: clusterset.to_string(),
         });
     }
-    let mut zones = Zones {
-        ttl: config.ttl,
-        cap: match config.max_addresses {
-            0 => usize::MAX,
-            cap => cap,
-        },
-        apexes: Vec::new(),
-        nodes: HashMap::new(),
-    };
+    let mut zones = Zones::new(config);
     let bad_zone = |zone: &Name| {
         let zone = zone.to_string();
         move |reason| Error::BadZone { zone, reason }
@@ -67,21 +91,6 @@ pub(super) fn build(config: &ZoneConfig, services: Vec<ServiceRecords>) -> Resul
         }
         None => None,
     };
-
-    let mut seen = HashSet::new();
-    for service in &services {
-        let names = ServiceNames::new(&global, mcs_parent.as_ref(), service)?;
-        if !seen.insert(LowerName::new(&names.global)) {
-            return Err(Error::DuplicateService {
-                namespace: service.namespace.clone(),
-                name: service.name.clone(),
-            });
-        }
-        zones.add_global(&names, service)?;
-        if let Some(mcs) = &names.mcs {
-            zones.add_mcs(mcs, service)?;
-        }
-    }
     let apexes = zones
         .apexes
         .iter()
@@ -90,10 +99,79 @@ pub(super) fn build(config: &ZoneConfig, services: Vec<ServiceRecords>) -> Resul
             (apex.clone(), [soa])
         })
         .collect();
-    Ok(Built {
+    Ok(Prepared {
+        ttl: zones.ttl,
+        cap: zones.cap,
+        global,
+        mcs_parent,
         apexes,
-        nodes: zones.nodes,
+        fixed: zones.nodes,
     })
+}
+
+/// One service's names, one tree per zone it has names in (a headless service with no ready
+/// endpoint has none in the MCS zone).
+pub(super) fn service_trees(
+    prepared: &Prepared,
+    service: &ServiceRecords,
+) -> Result<Vec<ServiceTree>, Error> {
+    let names = ServiceNames::new(&prepared.global, prepared.mcs_parent.as_ref(), service)?;
+    let mut zones = Zones {
+        ttl: prepared.ttl,
+        cap: prepared.cap,
+        apexes: prepared.apexes.iter().map(|(a, _)| a.clone()).collect(),
+        roots: vec![LowerName::new(&names.global)],
+        nodes: HashMap::new(),
+    };
+    if let Some(mcs) = &names.mcs {
+        zones.roots.push(LowerName::new(mcs));
+    }
+    zones.add_global(&names, service)?;
+    if let Some(mcs) = &names.mcs {
+        zones.add_mcs(mcs, service)?;
+    }
+    let mut trees: Vec<ServiceTree> = zones
+        .roots
+        .iter()
+        .zip(0..)
+        .map(|(root, apex)| ServiceTree {
+            root: root.clone(),
+            parent: root.base_name(),
+            apex,
+            nodes: HashMap::new(),
+        })
+        .collect();
+    for (name, node) in zones.nodes {
+        // Every name is at or under one of the roots (ancestors stop there).
+        if let Some(tree) = trees.iter_mut().find(|t| t.root.zone_of(&name)) {
+            tree.nodes.insert(name, node);
+        }
+    }
+    trees.retain(|t| !t.nodes.is_empty());
+    Ok(trees)
+}
+
+/// The names outside every service tree: the apexes, `dns-version`, and the empty
+/// non-terminals above the trees (`N.<zone>`, `svc.<clusterset zone>`), given the trees'
+/// parents.
+pub(super) fn base_nodes<'a>(
+    prepared: &Prepared,
+    parents: impl IntoIterator<Item = &'a LowerName>,
+) -> HashMap<LowerName, Node> {
+    let mut zones = Zones {
+        ttl: prepared.ttl,
+        cap: prepared.cap,
+        apexes: prepared.apexes.iter().map(|(a, _)| a.clone()).collect(),
+        roots: Vec::new(),
+        nodes: prepared.fixed.clone(),
+    };
+    for parent in parents {
+        if !zones.nodes.contains_key(parent) {
+            zones.nodes.insert(parent.clone(), Node::default());
+            zones.insert_ancestors(&Name::from(parent));
+        }
+    }
+    zones.nodes
 }
 
 pub(super) fn soa_record(apex: &Name, ttl: u32, serial: u32) -> Record {
@@ -117,6 +195,9 @@ struct Zones {
     ttl: u32,
     cap: usize,
     apexes: Vec<LowerName>,
+    /// Where making ancestors exist stops besides the apexes: the service's own roots
+    /// (`S.N.<zone>`), whose ancestors belong to the base.
+    roots: Vec<LowerName>,
     nodes: HashMap<LowerName, Node>,
 }
 
@@ -150,6 +231,19 @@ impl ServiceNames {
 }
 
 impl Zones {
+    fn new(config: &ZoneConfig) -> Zones {
+        Zones {
+            ttl: config.ttl,
+            cap: match config.max_addresses {
+                0 => usize::MAX,
+                cap => cap,
+            },
+            apexes: Vec::new(),
+            roots: Vec::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
     fn add_apex(&mut self, apex: &Name) -> Result<(), NameProblem> {
         let ns = child(apex, "ns")?;
         self.apexes.push(LowerName::new(apex));
@@ -356,7 +450,10 @@ impl Zones {
     /// of its own): RFC 4592 §2.2.2.
     fn insert_ancestors(&mut self, name: &Name) {
         let mut ancestor = LowerName::new(name);
-        while !self.apexes.contains(&ancestor) && !ancestor.is_root() {
+        while !self.apexes.contains(&ancestor)
+            && !self.roots.contains(&ancestor)
+            && !ancestor.is_root()
+        {
             ancestor = ancestor.base_name();
             if let Entry::Vacant(slot) = self.nodes.entry(ancestor.clone()) {
                 slot.insert(Node::default());

@@ -467,4 +467,5 @@ mod invariants {
 }
 
 mod records;
+mod update;
 mod wire;

@@ -33,18 +33,25 @@ const MAX_UDP_PAYLOAD: u16 = 1232;
 const RCODE_NOERROR: u8 = 0;
 const RCODE_NXDOMAIN: u8 = 3;
 
-/// The precomputed answers of one snapshot.
+/// Precomputed answers of a set of names (one service tree, or the base), keyed by the
+/// lowercase wire-format name.
+pub(crate) type WireNames = HashMap<Box<[u8]>, WireNode, BuildHasherDefault<NameHasher>>;
+
+/// What the fast path needs beside the names: the negative answers and where service trees
+/// hang.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Wire {
-    /// Lowercase wire-format name → its answers.
-    names: HashMap<Box<[u8]>, WireNode, BuildHasherDefault<NameHasher>>,
     /// Each apex (lowercase wire format) and the authority section of its negative answers
     /// (`None` if it could not be encoded: the slow path answers).
     apexes: Vec<(Box<[u8]>, Option<Body>)>,
+    /// The service parents (`<zone>`, `svc.<clusterset zone>`) in lowercase wire format:
+    /// a name two or more labels under one is in the tree of the service those two labels
+    /// name.
+    parents: Vec<Box<[u8]>>,
 }
 
 #[derive(Debug, Clone)]
-struct WireNode {
+pub(crate) struct WireNode {
     /// The apex the name belongs to (index into `Wire::apexes`).
     apex: usize,
     /// Per record type, one body per rotation (none if a record could not be encoded: the
@@ -61,31 +68,37 @@ struct Body {
     bytes: Box<[u8]>,
 }
 
-impl Wire {
-    /// Precomputes every answer of `nodes`; `apexes` holds each apex with its negative SOA.
-    pub(crate) fn build(
-        apexes: &[(LowerName, [Record; 1])],
-        nodes: &HashMap<LowerName, Node>,
-    ) -> Wire {
-        let mut wire = Wire {
-            names: HashMap::with_capacity_and_hasher(nodes.len(), Default::default()),
-            apexes: Vec::new(),
-        };
-        wire.stamp(apexes, nodes);
-        for (name, node) in nodes {
-            if let Some(apex) = apex_of(apexes, name) {
-                wire.names.insert(name_key(name), wire_node(apex, node));
-            }
+/// Precomputes every answer of `nodes`, all belonging to apex number `apex`, or to the apex
+/// that holds each when `apex` is `None` (the base).
+pub(crate) fn names(
+    apexes: &[(LowerName, [Record; 1])],
+    nodes: &HashMap<LowerName, Node>,
+    apex: Option<usize>,
+) -> WireNames {
+    let mut names = WireNames::with_capacity_and_hasher(nodes.len(), Default::default());
+    for (name, node) in nodes {
+        if let Some(apex) = apex.or_else(|| apex_of(apexes, name)) {
+            names.insert(name_key(name), wire_node(apex, node));
         }
-        wire
+    }
+    names
+}
+
+impl Wire {
+    pub(crate) fn new(parents: &[LowerName]) -> Wire {
+        Wire {
+            apexes: Vec::new(),
+            parents: parents.iter().map(name_key).collect(),
+        }
     }
 
-    /// Recomputes what holds the SOA (the negative answers and the apex nodes), after the
-    /// serial changed.
+    /// Recomputes what holds the SOA (the negative answers and the apex nodes in `base`),
+    /// after the serial changed.
     pub(crate) fn stamp(
         &mut self,
         apexes: &[(LowerName, [Record; 1])],
         nodes: &HashMap<LowerName, Node>,
+        base: &mut WireNames,
     ) {
         self.apexes = apexes
             .iter()
@@ -93,20 +106,62 @@ impl Wire {
             .collect();
         for (at, (apex, _)) in apexes.iter().enumerate() {
             if let Some(node) = nodes.get(apex) {
-                self.names.insert(name_key(apex), wire_node(at, node));
+                base.insert(name_key(apex), wire_node(at, node));
             }
         }
     }
 
+    /// The tree key of a lowercase wire name: its suffix from the two labels under a service
+    /// parent (`S.N.<parent>`), or `None` for a name outside every tree (the base's).
+    pub(crate) fn tree_key<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        // Label starts, at most 128 of them in 255 octets.
+        let mut starts = [0u8; 128];
+        let mut labels = 0;
+        let mut at = 0;
+        while let Some(&len) = key.get(at) {
+            if len == 0 {
+                break;
+            }
+            *starts.get_mut(labels)? = u8::try_from(at).ok()?;
+            labels += 1;
+            at += usize::from(len) + 1;
+        }
+        for parent in &self.parents {
+            let Some(from) = key.len().checked_sub(parent.len()) else {
+                continue;
+            };
+            if key[from..] != **parent {
+                continue;
+            }
+            // `from` must start a label, with two labels before it.
+            let Some(at) = starts[..labels]
+                .iter()
+                .position(|&s| usize::from(s) == from)
+            else {
+                continue;
+            };
+            if at >= 2 {
+                return Some(&key[usize::from(starts[at - 2])..]);
+            }
+        }
+        None
+    }
+
     /// Writes the response to `query` into `out` and returns true, or returns false when the
-    /// slow path must answer (see the module docs). `rotation` picks the order within
-    /// preference groups.
-    pub(crate) fn answer(&self, query: &[u8], rotation: u64, out: &mut Vec<u8>) -> bool {
+    /// slow path must answer (see the module docs). `lookup` finds a lowercase wire name's
+    /// answers; `rotation` picks the order within preference groups.
+    pub(crate) fn answer<'a>(
+        &self,
+        lookup: impl Fn(&[u8]) -> Option<&'a WireNode>,
+        query: &[u8],
+        rotation: u64,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let Some(question) = Question::parse(query) else {
             return false;
         };
         let key = &question.key[..question.key_len];
-        let (rcode, body) = match self.names.get(key) {
+        let (rcode, body) = match lookup(key) {
             Some(node) => match node.rrsets.iter().find(|(t, _)| *t == question.qtype) {
                 Some((_, bodies)) => {
                     let n = u64::try_from(bodies.len()).unwrap_or(0);
@@ -343,7 +398,7 @@ fn owner_len(name: &Name) -> usize {
 
 /// The lowercase wire form of a name, as `Question::parse` builds its key: each label with its
 /// length octet, then the root.
-fn name_key(name: &LowerName) -> Box<[u8]> {
+pub(crate) fn name_key(name: &LowerName) -> Box<[u8]> {
     let name = Name::from(name);
     let mut bytes = Vec::with_capacity(owner_len(&name));
     for label in name.iter() {

@@ -36,7 +36,7 @@ fn cluster_set_ip(clusterset_ips: &[&str]) -> ServiceKind {
 
 /// web (cluster IPs in c1, c2, c3), db (headless in c1, c2), empty (headless, nothing ready),
 /// vip (with a ClusterSetIP).
-fn services() -> Vec<ServiceRecords> {
+pub(super) fn services() -> Vec<ServiceRecords> {
     vec![
         ServiceRecords {
             namespace: "shop".into(),
