@@ -12,6 +12,8 @@
 //! - `demo`: `causeway lab demo | up | down`.
 //! - `http`: the pods' tiny HTTP server (`causeway lab http-serve`).
 //! - `probe`: readiness probes (a DNS query from inside a pod).
+//! - `failover`: `causeway lab failover`: five failure scenarios measured from a client's seat.
+//! - `svg`: the failover timeline as SVG (pure).
 //! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
 //!
 //! Everything here needs root (namespaces, veths, tcpdump) except the pure parts.
@@ -19,11 +21,13 @@
 pub mod capture;
 pub mod cluster;
 pub mod demo;
+pub mod failover;
 pub mod http;
 pub mod lab;
 pub mod ns;
 pub mod probe;
 pub mod story;
+pub mod svg;
 pub mod topology;
 pub mod wait;
 
