@@ -246,14 +246,14 @@ impl Lab {
     pub fn kill_http_server(&mut self, cluster: usize, pod: usize) {
         let name = format!("c{cluster}-pod{pod}-http");
         for server in self.servers.iter_mut().filter(|s| s.name() == name) {
-            server.stop(Duration::ZERO);
+            server.kill();
         }
     }
 
     /// Kills a cluster's gateway (SIGKILL at once: no goodbye to peers or broker).
     pub fn kill_gateway(&mut self, cluster: usize) {
         if let Some(gateway) = self.gateways.get_mut(&cluster) {
-            gateway.stop(Duration::ZERO);
+            gateway.kill();
         }
     }
 
