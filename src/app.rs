@@ -346,9 +346,11 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     .with_context(|| format!("serving DNS on {}", args.dns_listen))?;
 
     let SourceSpec::File(dir) = &args.source;
-    let mut local = crate::source::file::watch(dir.clone(), shutdown.clone())
+    let services = crate::source::file::watch_probed(dir.clone(), shutdown.clone())
         .await
         .with_context(|| format!("reading the file source {}", dir.display()))?;
+    // Probe failures mark endpoints not ready here, so DNS and the broker see them at once.
+    let mut local = crate::health::driver::spawn(services, shutdown.clone());
 
     let info = ClusterInfo {
         id: me.clone(),

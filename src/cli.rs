@@ -282,6 +282,20 @@ pub enum LabCommand {
     Up,
     /// Tear down a lab left by `lab up` (or a crashed run).
     Down,
+    /// Measure failover from a client's seat: build a lab, kill c1's endpoint, kill c1's
+    /// gateway, cut the c1-c2 wan, stop the broker, bring each back; print the table and
+    /// write an SVG timeline.
+    Failover {
+        /// How many times to run every scenario (the p99s are over all rounds).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
+        /// Where to write the SVG timeline.
+        #[arg(long, default_value = "failover.svg")]
+        svg: std::path::PathBuf,
+    },
+    /// The failover lab's client: resolve, GET, print one line per request (used by the lab).
+    #[command(hide = true)]
+    FailoverClient(FailoverClientArgs),
     /// A tiny HTTP server for lab pods (used by the lab itself).
     #[command(hide = true)]
     HttpServe {
@@ -290,6 +304,19 @@ pub enum LabCommand {
         #[arg(long)]
         body: String,
     },
+}
+
+/// `lab failover-client`: what to resolve and GET, how often, how patiently.
+#[derive(Debug, Args)]
+pub struct FailoverClientArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    #[arg(long, default_value_t = 50)]
+    pub interval_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    pub timeout_ms: u64,
 }
 
 #[cfg(test)]

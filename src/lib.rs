@@ -8,6 +8,7 @@
 //! - `sync`: the gateway↔broker protocol: wire messages, sans-IO sessions, the QUIC shell.
 //! - `broker`: the broker's pure state, its persistent store and its QUIC server.
 //! - `select`: pure endpoint ranking for DNS answers.
+//! - `health`: active probes of this cluster's own endpoints (sans-IO prober, tokio driver).
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod certs;
 pub mod cli;
 pub mod clock;
+pub mod health;
 pub mod model;
 pub mod select;
 pub mod source;

@@ -92,6 +92,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Lab(LabCommand::Down) => {
             causeway_netlab::demo::down(causeway_netlab::DEFAULT_PREFIX)
         }
+        Command::Lab(LabCommand::Failover { rounds, svg }) => {
+            causeway_netlab::failover::failover(&current_exe()?, rounds.into(), &svg)
+        }
+        Command::Lab(LabCommand::FailoverClient(a)) => {
+            causeway_netlab::failover::client::run(&a.name, a.port, a.interval_ms, a.timeout_ms)
+        }
         Command::Lab(LabCommand::HttpServe { listen, body }) => {
             causeway_netlab::http_serve(listen, body)
         }

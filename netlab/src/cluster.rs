@@ -114,6 +114,17 @@ impl Daemon {
         child.try_wait().ok().flatten().map(|s| s.to_string())
     }
 
+    /// Kills the daemon with SIGKILL at once, as a crash would (no graceful shutdown), and
+    /// reaps it. A no-op if it is not running.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+
     /// Stops the daemon: SIGTERM, then SIGKILL if it is still alive after `grace`. Waits for
     /// it to be reaped. A no-op if it is not running.
     pub fn stop(&mut self, grace: Duration) {

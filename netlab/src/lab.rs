@@ -50,6 +50,9 @@ pub struct LabSpec {
     /// `/tmp/causeway-lab-<prefix>`. Cleared of a previous run's files on start.
     pub work_dir: Option<PathBuf>,
     pub clusters: usize,
+    /// `(region, zone)` per cluster number, passed to its gateway as `--region`/`--zone`;
+    /// clusters not listed get neither (the failover lab makes c1 nearer to c2 than c3).
+    pub localities: BTreeMap<usize, (String, String)>,
 }
 
 impl LabSpec {
@@ -60,6 +63,7 @@ impl LabSpec {
             causeway_bin: causeway_bin.into(),
             work_dir: None,
             clusters: 3,
+            localities: BTreeMap::new(),
         }
     }
 }
@@ -236,6 +240,21 @@ impl Lab {
         );
         self.servers.push(server);
         result
+    }
+
+    /// Kills the HTTP server in a pod (SIGKILL at once, as a crashing process), if one runs.
+    pub fn kill_http_server(&mut self, cluster: usize, pod: usize) {
+        let name = format!("c{cluster}-pod{pod}-http");
+        for server in self.servers.iter_mut().filter(|s| s.name() == name) {
+            server.kill();
+        }
+    }
+
+    /// Kills a cluster's gateway (SIGKILL at once: no goodbye to peers or broker).
+    pub fn kill_gateway(&mut self, cluster: usize) {
+        if let Some(gateway) = self.gateways.get_mut(&cluster) {
+            gateway.kill();
+        }
     }
 
     /// The cluster's file-source directory (passed to its gateway as `--source file:DIR`).
@@ -438,6 +457,15 @@ impl Lab {
             "--tun-name".into(),
             TUN_NAME.into(),
         ];
+        let mut args = args;
+        if let Some((region, zone)) = self.spec.localities.get(&c) {
+            args.extend([
+                "--region".into(),
+                region.into(),
+                "--zone".into(),
+                zone.into(),
+            ]);
+        }
         let name = format!("{}-gw", t.cluster_id(c));
         let ns = t.gw_ns(c);
         let gateway = self.gateways.entry(c).or_insert_with(|| {

@@ -12,6 +12,8 @@
 //! - `demo`: `causeway lab demo | up | down`.
 //! - `http`: the pods' tiny HTTP server (`causeway lab http-serve`).
 //! - `probe`: readiness probes (a DNS query from inside a pod).
+//! - `failover`: `causeway lab failover`: five failure scenarios measured from a client's seat.
+//! - `svg`: the failover timeline as SVG (pure).
 //! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
 //! - `nat`: cluster IPs as nftables DNAT in a cluster's router namespace (as kube-proxy).
 //! - `dig`: DNS queries from inside a pod through its resolv.conf, and their parsed replies.
@@ -23,6 +25,7 @@ pub mod capture;
 pub mod cluster;
 pub mod demo;
 pub mod dig;
+pub mod failover;
 pub mod http;
 pub mod lab;
 pub mod nat;
@@ -30,6 +33,7 @@ pub mod ns;
 pub mod probe;
 pub mod relay;
 pub mod story;
+pub mod svg;
 pub mod topology;
 pub mod wait;
 

@@ -120,6 +120,21 @@ impl Deadline {
     }
 }
 
+/// Milliseconds on CLOCK_MONOTONIC: one time base shared by every process on the machine, so
+/// the failover client (a separate process inside a pod) and the lab driver can compare their
+/// timestamps. Not affected by network namespaces.
+pub fn monotonic_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
 /// Re-checks `check` every [`POLL_PERIOD`] until it returns `Ok`, the timeout passes
 /// ([`TimedOut`], carrying the last `Err` observation) or a signal arrives ([`Interrupted`]).
 /// `check` returns `Err(what it saw)` while the condition does not hold yet.

@@ -21,6 +21,8 @@
 //!   - address: 10.101.0.10
 //!     ready: true       # default true
 //!     hostname: web-0   # optional
+//! probe:                # optional: this cluster's gateway checks each ready endpoint itself
+//!   http: {path: /, status: 200}   # or `tcp: {}`; `port` defaults to the first TCP port
 //! ```
 
 use std::collections::BTreeMap;
@@ -33,6 +35,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::health::LocalExport;
+use crate::health::prober::{
+    Check, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
+    DEFAULT_UNHEALTHY_THRESHOLD, ProbeConfig,
+};
 use crate::model::{
     Endpoint, Export, IdError, PortSpec, Protocol, ServiceKey, ServiceKind, ServiceProps,
     check_dns_label,
@@ -82,6 +89,8 @@ pub enum Problem {
     ClusterIps { ips: Vec<IpAddr> },
     #[error("endpoint hostname {hostname:?} is not a DNS label")]
     Hostname { hostname: String },
+    #[error("probe: {problem}")]
+    Probe { problem: &'static str },
 }
 
 /// A service this cluster runs, exported or not.
@@ -89,6 +98,8 @@ pub enum Problem {
 pub struct LocalService {
     pub export: bool,
     pub spec: Export,
+    /// The active check the gateway runs against each ready endpoint, if any.
+    pub probe: Option<ProbeConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +115,33 @@ struct ServiceDoc {
     ports: Vec<PortDoc>,
     #[serde(default)]
     endpoints: Vec<EndpointDoc>,
+    probe: Option<ProbeDoc>,
+}
+
+/// `probe:`: at most one of `tcp`/`http` (neither means TCP), then the schedule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ProbeDoc {
+    tcp: Option<TcpProbeDoc>,
+    http: Option<HttpProbeDoc>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpProbeDoc {
+    port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpProbeDoc {
+    port: Option<u16>,
+    path: Option<String>,
+    status: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +249,11 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
             ips: doc.cluster_ips,
         });
     }
+    let probe = doc
+        .probe
+        .map(|p| validate_probe(p, &ports))
+        .transpose()
+        .map_err(|problem| Problem::Probe { problem })?;
     let kind = if doc.cluster_ips.is_empty() {
         ServiceKind::Headless
     } else {
@@ -218,6 +261,7 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
     };
     Ok(LocalService {
         export: doc.export,
+        probe,
         spec: Export {
             service,
             cluster_ips: doc.cluster_ips,
@@ -228,6 +272,62 @@ fn validate(doc: ServiceDoc) -> Result<LocalService, Problem> {
                 ..ServiceProps::default()
             },
         },
+    })
+}
+
+fn validate_probe(doc: ProbeDoc, ports: &[PortSpec]) -> Result<ProbeConfig, &'static str> {
+    let first_tcp = ports
+        .iter()
+        .find(|p| p.protocol == Protocol::Tcp)
+        .map(|p| p.port);
+    let port = |given: Option<u16>| match given.or(first_tcp) {
+        Some(0) => Err("port 0 is not a valid port number"),
+        Some(port) => Ok(port),
+        None => Err("give a port: the service has no TCP port to default to"),
+    };
+    let check = match (doc.tcp, doc.http) {
+        (Some(_), Some(_)) => return Err("give either tcp or http, not both"),
+        (None, Some(http)) => {
+            let path = http.path.unwrap_or_else(|| "/".to_owned());
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("http path must start with '/' and hold no spaces");
+            }
+            let status = http.status.unwrap_or(200);
+            if !(100..=599).contains(&status) {
+                return Err("http status must be 100 to 599");
+            }
+            Check::Http {
+                port: port(http.port)?,
+                path,
+                status,
+            }
+        }
+        (tcp, None) => Check::Tcp {
+            port: port(tcp.and_then(|t| t.port))?,
+        },
+    };
+    let interval = doc
+        .interval_ms
+        .map_or(DEFAULT_INTERVAL, Duration::from_millis);
+    let timeout = doc
+        .timeout_ms
+        .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+    if interval.is_zero() || timeout.is_zero() {
+        return Err("intervalMs and timeoutMs must be at least 1");
+    }
+    let healthy_threshold = doc.healthy_threshold.unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
+    let unhealthy_threshold = doc
+        .unhealthy_threshold
+        .unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD);
+    if healthy_threshold == 0 || unhealthy_threshold == 0 {
+        return Err("healthyThreshold and unhealthyThreshold must be at least 1");
+    }
+    Ok(ProbeConfig {
+        check,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
     })
 }
 
@@ -254,7 +354,7 @@ impl FileSet {
     /// Replaces the view with a new scan: `files` maps each service file present to its
     /// contents (or the read error). Returns whether the exported set changed.
     pub fn handle_scan(&mut self, files: BTreeMap<PathBuf, Result<String, Error>>) -> bool {
-        let before = self.exports();
+        let before = self.local_exports();
         self.errors.clear();
         self.good.retain(|path, _| files.contains_key(path));
         for (path, contents) in files {
@@ -283,7 +383,23 @@ impl FileSet {
                 }
             });
         }
-        before != self.exports()
+        before != self.local_exports()
+    }
+
+    /// The exported services with their probes, ordered by key.
+    pub fn local_exports(&self) -> Vec<LocalExport> {
+        let mut out: Vec<LocalExport> = self
+            .good
+            .values()
+            .flatten()
+            .filter(|s| s.export)
+            .map(|s| LocalExport {
+                export: s.spec.clone(),
+                probe: s.probe.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.export.service.cmp(&b.export.service));
+        out
     }
 
     /// The services marked `export: true`, ordered by key.
@@ -339,6 +455,23 @@ pub async fn watch(
     dir: PathBuf,
     shutdown: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<Vec<Export>>> {
+    watch_as(dir, shutdown, FileSet::exports).await
+}
+
+/// As [`watch`], but publishes each exported service with its `probe:` config, for
+/// `health::driver`, which runs the probes and publishes the exports the broker and DNS see.
+pub async fn watch_probed(
+    dir: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<watch::Receiver<Vec<LocalExport>>> {
+    watch_as(dir, shutdown, FileSet::local_exports).await
+}
+
+async fn watch_as<T: Send + Sync + 'static>(
+    dir: PathBuf,
+    shutdown: CancellationToken,
+    view: fn(&FileSet) -> T,
+) -> anyhow::Result<watch::Receiver<T>> {
     use anyhow::Context as _;
     use notify::Watcher as _;
 
@@ -346,7 +479,7 @@ pub async fn watch(
     let first = scan_dir(&dir)?;
     set.handle_scan(first);
     report(&set, &dir);
-    let (tx, rx) = watch::channel(set.exports());
+    let (tx, rx) = watch::channel(view(&set));
 
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -373,9 +506,8 @@ pub async fn watch(
                     let changed = set.handle_scan(files);
                     report(&set, &dir);
                     if changed {
-                        let exports = set.exports();
-                        info!(dir = %dir.display(), exports = exports.len(), "Service files changed");
-                        tx.send_replace(exports);
+                        info!(dir = %dir.display(), exports = set.exports().len(), "Service files changed");
+                        tx.send_replace(view(&set));
                     }
                 }
                 Err(e) => warn!(error = %e, "Keeping the last good services"),
@@ -425,6 +557,62 @@ mod tests {
         assert!(s.spec.endpoints[0].ready, "ready defaults to true");
         assert!(!s.spec.endpoints[1].ready);
         assert_eq!(s.spec.endpoints[1].hostname.as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn probes_parse_with_defaults_and_bad_ones_are_refused() {
+        use crate::health::prober::{Check, DEFAULT_INTERVAL};
+        let with = |probe: &str| format!("{WEB}probe:\n{probe}");
+        let parse = |text: &str| parse_file(Path::new("p.yaml"), text).map(|s| s[0].probe.clone());
+
+        let tcp = parse(&with("  tcp: {}\n")).unwrap().unwrap();
+        assert_eq!(tcp.check, Check::Tcp { port: 80 }, "the first TCP port");
+        assert_eq!(tcp.interval, DEFAULT_INTERVAL);
+        let empty = parse(&with("  intervalMs: 100\n")).unwrap().unwrap();
+        assert_eq!(empty.check, Check::Tcp { port: 80 }, "no check means TCP");
+        assert_eq!(empty.interval, Duration::from_millis(100));
+        let http = parse(&with(
+            "  http: {port: 8080, path: /healthz, status: 204}\n  timeoutMs: 50\n  healthyThreshold: 1\n  unhealthyThreshold: 5\n",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            http.check,
+            Check::Http {
+                port: 8080,
+                path: "/healthz".into(),
+                status: 204
+            }
+        );
+        assert_eq!(
+            (
+                http.timeout,
+                http.healthy_threshold,
+                http.unhealthy_threshold
+            ),
+            (Duration::from_millis(50), 1, 5)
+        );
+        assert_eq!(parse(WEB).unwrap(), None, "no probe block, no probe");
+
+        let cases: &[(&str, &str)] = &[
+            ("  tcp: {}\n  http: {}\n", "either tcp or http"),
+            ("  http: {path: healthz}\n", "must start with '/'"),
+            ("  http: {status: 42}\n", "100 to 599"),
+            ("  intervalMs: 0\n", "at least 1"),
+            ("  unhealthyThreshold: 0\n", "at least 1"),
+            ("  tcp: {port: 0}\n", "port 0"),
+            ("  tpc: {}\n", "unknown field `tpc`"),
+        ];
+        for (probe, needle) in cases {
+            let err = parse(&with(probe)).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{probe:?}: {err:?} should mention {needle:?}"
+            );
+        }
+        let no_port = "name: db\nnamespace: shop\nprobe: {tcp: {}}\n";
+        let err = parse(no_port).unwrap_err().to_string();
+        assert!(err.contains("no TCP port"), "{err}");
     }
 
     #[test]
@@ -529,6 +717,10 @@ mod tests {
             .expect("README.md has a yaml example");
         let services = parse_file(Path::new("README.md"), block).unwrap();
         assert_eq!(services[0].spec.service.to_string(), "shop/web");
+        assert!(
+            services[0].probe.is_some(),
+            "the README documents the probe block"
+        );
         let bogus = block.replace("export: true", "exprot: true");
         assert!(
             parse_file(Path::new("README.md"), &bogus).is_err(),
