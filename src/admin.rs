@@ -171,3 +171,6 @@ impl ViewPublisher {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
