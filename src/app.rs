@@ -456,6 +456,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut was_connected = None;
     let mut was_reachable: Option<BTreeSet<ClusterId>> = None;
     let mut services_published: Option<Vec<causeway_dns::ServiceRecords>> = None;
+    let mut answer_changes = crate::changes::ChangeTracker::default();
     loop {
         let state: SyncState = synced.borrow_and_update().clone();
         let exports = local.borrow_and_update().clone();
@@ -473,11 +474,14 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         }
         was_reachable = health.reachable.clone();
         admin_view.publish(&exports, &state, &health, crate::clock::now());
+        for change in answer_changes.observe(&me, &exports, &state.view, &health) {
+            crate::changes::log(&change);
+        }
         if was_connected != Some(state.connected) {
             if state.connected {
-                info!(revision = state.view.revision, "Broker connected");
+                info!(broker = ?state.broker, revision = state.view.revision, "Broker connected");
             } else if was_connected.is_some() {
-                warn!("Broker unreachable: serving the last known state");
+                warn!(broker = ?state.broker, revision = state.view.revision, "Broker unreachable: serving the last known state");
             }
             was_connected = Some(state.connected);
         }
