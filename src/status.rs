@@ -51,6 +51,8 @@ pub fn build(info: &GatewayInfo, view: &GatewayView, live: Live, now: Instant) -
             last_handshake_seconds: p.last_handshake.map(|d| d.as_secs_f64()),
             rx_bytes: p.rx_bytes,
             tx_bytes: p.tx_bytes,
+            rx_packets: p.rx_packets,
+            tx_packets: p.tx_packets,
             probe_lost: p.health.lost,
             probe_window: p.health.window,
             link_mtu: live.link_mtus.get(&p.endpoint).copied(),
@@ -200,6 +202,8 @@ pub fn render(s: &Status) -> String {
                     .map_or("never".into(), |s| format!("{s:.0}s")),
                 p.rx_bytes.to_string(),
                 p.tx_bytes.to_string(),
+                p.rx_packets.to_string(),
+                p.tx_packets.to_string(),
             ]
         })
         .collect();
@@ -212,6 +216,8 @@ pub fn render(s: &Status) -> String {
             "HANDSHAKE",
             "RX_BYTES",
             "TX_BYTES",
+            "RX_PKTS",
+            "TX_PKTS",
         ],
         &rows,
     ));

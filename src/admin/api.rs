@@ -90,6 +90,9 @@ pub struct PeerStatus {
     pub last_handshake_seconds: Option<f64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Packets decrypted from the peer, and packets sent to it (keepalives not counted).
+    pub rx_packets: u64,
+    pub tx_packets: u64,
     /// Lost probes among the last `probe_window`.
     pub probe_lost: u8,
     pub probe_window: u8,

@@ -12,6 +12,7 @@
 //! | `causeway_peer_last_handshake_age_seconds` | gauge | cluster |
 //! | `causeway_peer_probe_loss_ratio` | gauge | cluster |
 //! | `causeway_peer_receive_bytes_total`, `causeway_peer_transmit_bytes_total` | counter | cluster |
+//! | `causeway_peer_receive_packets_total`, `causeway_peer_transmit_packets_total` | counter | cluster |
 //! | `causeway_tunnel_dropped_packets_total` | counter | reason |
 //! | `causeway_tunnel_endpoint_roams_total`, `causeway_peer_state_changes_total` | counter | |
 //! | `causeway_dns_queries_total` | counter | zone, qtype, rcode |
@@ -325,6 +326,26 @@ impl Collector for Scrape {
             s.peers
                 .iter()
                 .map(|p| (vec![("cluster", peer(p))], p.tx_bytes))
+                .collect(),
+        )?;
+        counters(
+            enc,
+            "causeway_peer_receive_packets",
+            "Packets decrypted from each peer (in-tunnel probes included)",
+            None,
+            s.peers
+                .iter()
+                .map(|p| (vec![("cluster", peer(p))], p.rx_packets))
+                .collect(),
+        )?;
+        counters(
+            enc,
+            "causeway_peer_transmit_packets",
+            "Packets sent to each peer through its tunnel (keepalives not counted)",
+            None,
+            s.peers
+                .iter()
+                .map(|p| (vec![("cluster", peer(p))], p.tx_packets))
                 .collect(),
         )?;
         let d = &self.device;

@@ -127,6 +127,8 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         endpoint: SocketAddr::from(([127, 0, 0, 10 + n], 51820)),
         last_handshake: handshake.map(Duration::from_secs),
         rx_bytes: 1000 * u64::from(n),
+        rx_packets: 10 * u64::from(n),
+        tx_packets: 20 * u64::from(n),
         tx_bytes: 2000 * u64::from(n),
         health: PeerHealth {
             state,
@@ -374,6 +376,14 @@ async fn metrics_parse_and_carry_every_family() {
         6000.0
     );
     assert_eq!(
+        v("causeway_peer_receive_packets_total", &[("cluster", "c2")]),
+        20.0
+    );
+    assert_eq!(
+        v("causeway_peer_transmit_packets_total", &[("cluster", "c3")]),
+        60.0
+    );
+    assert_eq!(
         v(
             "causeway_tunnel_dropped_packets_total",
             &[("reason", "no_route")]
@@ -521,39 +531,42 @@ async fn status_prints_json_and_tables_that_parse() {
         "{table}"
     );
     let connections = table_rows(&table, "CONNECTIONS");
-    assert_eq!(
-        connections,
-        [
-            vec![
-                "PEER",
-                "ENDPOINT",
-                "STATE",
-                "RTT",
-                "HANDSHAKE",
-                "RX_BYTES",
-                "TX_BYTES"
-            ],
-            vec![
-                "c2",
-                "127.0.0.12:51820",
-                "up",
-                "3.0ms",
-                "5s",
-                "2000",
-                "4000"
-            ],
-            vec![
-                "c3",
-                "127.0.0.13:51820",
-                "down",
-                "-",
-                "never",
-                "3000",
-                "6000"
-            ],
+    let expected: [&[&str]; 3] = [
+        &[
+            "PEER",
+            "ENDPOINT",
+            "STATE",
+            "RTT",
+            "HANDSHAKE",
+            "RX_BYTES",
+            "TX_BYTES",
+            "RX_PKTS",
+            "TX_PKTS",
         ],
-        "{table}"
-    );
+        &[
+            "c2",
+            "127.0.0.12:51820",
+            "up",
+            "3.0ms",
+            "5s",
+            "2000",
+            "4000",
+            "20",
+            "40",
+        ],
+        &[
+            "c3",
+            "127.0.0.13:51820",
+            "down",
+            "-",
+            "never",
+            "3000",
+            "6000",
+            "30",
+            "60",
+        ],
+    ];
+    assert_eq!(connections, expected, "{table}");
     let exports = table_rows(&table, "EXPORTS");
     assert_eq!(
         exports[1],
