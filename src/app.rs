@@ -56,19 +56,20 @@ pub fn dns_services(
     view: &ClusterSetView,
     health: &Health,
 ) -> Vec<causeway_dns::ServiceRecords> {
-    let localities: BTreeMap<ClusterId, Locality> = view
-        .clusters
-        .values()
-        .map(|c| {
-            (
-                c.id.clone(),
-                Locality {
-                    region: c.region.clone(),
-                    zone: c.zone.clone(),
-                },
-            )
-        })
-        .collect();
+    let localities = localities(view);
+    exports_by_service(me, local, view)
+        .into_iter()
+        .map(|(service, exports)| dns_service(me, &localities, health, service, &exports))
+        .collect()
+}
+
+/// Every service's exports with their clusters, as [`dns_services`] sees them: this cluster's
+/// from its source first, then every other cluster's from the broker's view, by cluster id.
+pub fn exports_by_service<'a>(
+    me: &'a ClusterId,
+    local: &'a [Export],
+    view: &'a ClusterSetView,
+) -> BTreeMap<&'a ServiceKey, Vec<(&'a ClusterId, &'a Export)>> {
     let mut by_service: BTreeMap<&ServiceKey, Vec<(&ClusterId, &Export)>> = BTreeMap::new();
     for export in local {
         by_service
@@ -85,18 +86,43 @@ pub fn dns_services(
         }
     }
     by_service
-        .into_iter()
-        .map(|(service, exports)| dns_service(me, &localities, health, service, &exports))
+}
+
+/// Where every registered cluster sits, for `select`.
+pub fn localities(view: &ClusterSetView) -> BTreeMap<ClusterId, Locality> {
+    view.clusters
+        .values()
+        .map(|c| {
+            (
+                c.id.clone(),
+                Locality {
+                    region: c.region.clone(),
+                    zone: c.zone.clone(),
+                },
+            )
+        })
         .collect()
 }
 
-fn dns_service(
+/// One service's ranking as its DNS answers are built from it (see [`dns_services`]).
+#[derive(Debug, Clone)]
+pub struct RankedService {
+    /// Headless (endpoints answered) rather than ClusterSetIP (cluster IPs answered).
+    pub headless: bool,
+    /// The clusters whose export is of the other kind, left out (KEP-1645 conflict).
+    pub other_kind: Vec<ClusterId>,
+    /// Every candidate address with its verdict and rank.
+    pub selection: crate::select::Selection,
+}
+
+/// Ranks one service's exports (each with its cluster, the deciding one first) as cluster
+/// `me` answers them: the rule [`dns_services`] applies, exposed for `explain`.
+pub fn rank_service(
     me: &ClusterId,
     localities: &BTreeMap<ClusterId, Locality>,
     health: &Health,
-    service: &ServiceKey,
     exports: &[(&ClusterId, &Export)],
-) -> causeway_dns::ServiceRecords {
+) -> RankedService {
     let headless = exports
         .first()
         .is_none_or(|(_, e)| e.cluster_ips.is_empty());
@@ -105,9 +131,31 @@ fn dns_service(
         .filter(|(_, e)| e.cluster_ips.is_empty() == headless)
         .copied()
         .collect();
-    // What a cluster offers: its endpoints (headless), or its cluster IPs, ready while any
-    // endpoint behind them is.
-    let offered: Vec<(&ClusterId, Vec<Endpoint>)> = same_kind
+    let offered = offered(headless, &same_kind);
+    let selection = select(
+        me,
+        localities,
+        health,
+        offered.iter().map(|(c, e)| (*c, e.as_slice())),
+    );
+    RankedService {
+        headless,
+        other_kind: exports
+            .iter()
+            .filter(|(_, e)| e.cluster_ips.is_empty() != headless)
+            .map(|(c, _)| (*c).clone())
+            .collect(),
+        selection,
+    }
+}
+
+/// What each cluster offers: its endpoints (headless), or its cluster IPs, ready while any
+/// endpoint behind them is.
+fn offered<'a>(
+    headless: bool,
+    same_kind: &[(&'a ClusterId, &Export)],
+) -> Vec<(&'a ClusterId, Vec<Endpoint>)> {
+    same_kind
         .iter()
         .map(|(cluster, export)| {
             let endpoints = if headless {
@@ -134,13 +182,26 @@ fn dns_service(
             };
             (*cluster, endpoints)
         })
+        .collect()
+}
+
+fn dns_service(
+    me: &ClusterId,
+    localities: &BTreeMap<ClusterId, Locality>,
+    health: &Health,
+    service: &ServiceKey,
+    exports: &[(&ClusterId, &Export)],
+) -> causeway_dns::ServiceRecords {
+    let RankedService {
+        headless,
+        selection,
+        ..
+    } = rank_service(me, localities, health, exports);
+    let same_kind: Vec<(&ClusterId, &Export)> = exports
+        .iter()
+        .filter(|(_, e)| e.cluster_ips.is_empty() == headless)
+        .copied()
         .collect();
-    let selection = select(
-        me,
-        localities,
-        health,
-        offered.iter().map(|(c, e)| (*c, e.as_slice())),
-    );
     let clusters = selection
         .clusters()
         .into_iter()
@@ -367,13 +428,37 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     };
     let mut synced = spawn_client(sync_config, info, local.clone(), shutdown.clone())
         .context("starting the broker client")?;
-    info!(cluster = %me, wg = %wg_endpoint, dns = %dns.local_addr(), brokers = ?args.brokers, "Gateway started");
+    let (mut admin_view, admin_view_rx) = crate::admin::ViewPublisher::new(me.clone());
+    let admin_info = crate::admin::GatewayInfo {
+        brokers: args.brokers.clone(),
+        dns_listen: dns.local_addr(),
+        dns_zone: args.dns_zone.clone(),
+        clusterset_zone: dns_zones.clusterset_zone.clone(),
+        tunnel_mtu: args.mtu,
+    };
+    let sources = crate::admin::GatewaySources {
+        gateway: gateway.clone(),
+        dns: dns.clone(),
+    };
+    // The failover branch's endpoint probers record into `probes` (see admin::metrics).
+    let probes = crate::admin::metrics::EndpointProbes::default();
+    let admin = crate::admin::serve(
+        args.admin_listen,
+        admin_info,
+        admin_view_rx,
+        std::sync::Arc::new(sources),
+        probes.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    info!(cluster = %me, wg = %wg_endpoint, dns = %dns.local_addr(), admin = %admin.local_addr(), brokers = ?args.brokers, "Gateway started");
 
     let mut tunnels = gateway.health();
     let mut peers_applied: Option<Vec<causeway_gateway::PeerSpec>> = None;
     let mut was_connected = None;
     let mut was_reachable: Option<BTreeSet<ClusterId>> = None;
     let mut services_published: Option<Vec<causeway_dns::ServiceRecords>> = None;
+    let mut answer_changes = crate::changes::ChangeTracker::default();
     loop {
         let state: SyncState = synced.borrow_and_update().clone();
         let exports = local.borrow_and_update().clone();
@@ -390,11 +475,15 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             }
         }
         was_reachable = health.reachable.clone();
+        admin_view.publish(&exports, &state, &health, crate::clock::now());
+        for change in answer_changes.observe(&me, &exports, &state.view, &health) {
+            crate::changes::log(&change);
+        }
         if was_connected != Some(state.connected) {
             if state.connected {
-                info!(revision = state.view.revision, "Broker connected");
+                info!(broker = ?state.broker, revision = state.view.revision, "Broker connected");
             } else if was_connected.is_some() {
-                warn!("Broker unreachable: serving the last known state");
+                warn!(broker = ?state.broker, revision = state.view.revision, "Broker unreachable: serving the last known state");
             }
             was_connected = Some(state.connected);
         }

@@ -56,6 +56,15 @@ pub enum Command {
     /// A lab of three clusters built from network namespaces on this machine (Linux, root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Show a running gateway's connections, exports, imports and broker link (read from its
+    /// admin port).
+    Status(StatusArgs),
+    /// Explain the answer a gateway's DNS gives for a name: every candidate endpoint with the
+    /// reason it is in, out, or ranked where it is, and the age of the data.
+    Explain(ExplainArgs),
+    /// Check a running gateway end to end (broker, each peer's handshake and probe, DNS
+    /// answering its own exports, CIDR overlaps, MTU); exits nonzero if any check fails.
+    Diagnose(DiagnoseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +247,10 @@ pub struct GatewayArgs {
     /// --cidr. Default: the --dns-listen address when it lies in one of --cidr.
     #[arg(long, value_name = "IP")]
     pub tunnel_source: Option<IpAddr>,
+    /// Address of the admin port: /metrics, /healthz, /readyz and the JSON API that `causeway
+    /// status`, `explain` and `diagnose` read. Keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_LISTEN, env = "CAUSEWAY_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +330,59 @@ pub struct FailoverClientArgs {
     pub interval_ms: u64,
     #[arg(long, default_value_t = 500)]
     pub timeout_ms: u64,
+}
+
+/// How `status`, `explain` and `diagnose` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Where a gateway's admin port is, and how to print.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The gateway's admin address (its --admin-listen).
+    #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_LISTEN, env = "CAUSEWAY_ADMIN")]
+    pub admin: SocketAddr,
+    /// Tables for people, or the API's JSON document for scripts.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// The query types `explain` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainType {
+    #[value(name = "A")]
+    A,
+    #[value(name = "AAAA")]
+    Aaaa,
+    #[value(name = "SRV")]
+    Srv,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The name to explain: `<service>.<namespace>.svc.global` (for SRV,
+    /// `_<port>._tcp.<service>.<namespace>.svc.global`).
+    pub name: String,
+    /// The query type.
+    #[arg(long = "type", value_enum, default_value_t = ExplainType::A, ignore_case = true)]
+    pub qtype: ExplainType,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[cfg(test)]

@@ -11,14 +11,24 @@
 //! - `health`: active probes of this cluster's own endpoints (sans-IO prober, tokio driver).
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
+//! - `changes`: the gateway's state-change log lines about its answers (pure diffs).
+//! - `admin`: the gateway's admin port: /metrics, /healthz, /readyz, the JSON API.
+//! - `status`, `explain`, `diagnose`: what the operator commands compute and print (pure).
+//! - `inspect`: the CLI shell of `status`, `explain`, `diagnose` (reads the admin port).
 
+pub mod admin;
 pub mod app;
 pub mod broker;
 pub mod certs;
+pub mod changes;
 pub mod cli;
 pub mod clock;
+pub mod diagnose;
+pub mod explain;
 pub mod health;
+pub mod inspect;
 pub mod model;
 pub mod select;
 pub mod source;
+pub mod status;
 pub mod sync;

@@ -66,6 +66,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        c @ (Command::Status(_) | Command::Explain(_) | Command::Diagnose(_)) => {
+            causeway::inspect::run(c)
+        }
         Command::Broker(args) => daemon(|shutdown| async move {
             let config = causeway::broker::BrokerConfig {
                 listen: args.listen,

@@ -21,6 +21,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tracing::debug;
 
+use crate::stats::QueryStats;
 use crate::zone::{Answer, Snapshot};
 
 /// The EDNS version this server speaks (RFC 6891 §6.1.3).
@@ -35,14 +36,20 @@ pub(crate) struct Handler {
     /// Counts queries; each one's value picks the rotation within preference groups.
     queries: AtomicU64,
     upstream: Option<TokioResolver>,
+    stats: Arc<QueryStats>,
 }
 
 impl Handler {
-    pub(crate) fn new(current: Arc<ArcSwap<Snapshot>>, upstream: Option<TokioResolver>) -> Self {
+    pub(crate) fn new(
+        current: Arc<ArcSwap<Snapshot>>,
+        upstream: Option<TokioResolver>,
+        stats: Arc<QueryStats>,
+    ) -> Self {
         Self {
             current,
             queries: AtomicU64::new(0),
             upstream,
+            stats,
         }
     }
 
@@ -67,6 +74,7 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let started = tokio::time::Instant::now();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let snapshot = self.current.load_full();
         let mut sections = Sections {
@@ -114,6 +122,7 @@ impl RequestHandler for Handler {
             edns.set_rcode_high(metadata.response_code.high());
             edns
         });
+        let rcode = metadata.response_code.low();
         let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
             metadata,
             sections.answers.iter(),
@@ -121,7 +130,19 @@ impl RequestHandler for Handler {
             iter::empty(),
             sections.additional.iter(),
         );
-        match response_handle.send_response(response).await {
+        let sent = response_handle.send_response(response).await;
+        match request.queries.queries().first() {
+            Some(query) => self.stats.record_labels(
+                Name::from(query.name()).iter(),
+                u16::from(query.query_type()),
+                rcode,
+                started.elapsed(),
+            ),
+            None => self
+                .stats
+                .record_labels(iter::empty(), 0, rcode, started.elapsed()),
+        }
+        match sent {
             Ok(info) => info,
             Err(error) => {
                 // A client that went away is remote behaviour, not ours to alarm about.

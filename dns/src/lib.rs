@@ -11,10 +11,12 @@
 //!   query → [`Answer`] (RFC 1034/2308/2782/8482), rotating within preference groups.
 //! - `handler`: the hickory `RequestHandler` adapter: converts types, forwards out-of-zone
 //!   queries to the upstream when one is configured.
+//! - `stats`: query counters by zone, type and rcode, and answer latency (plain atomics).
 //! - `server`: the tokio shell: binds UDP+TCP, runs until shutdown, hands out the [`Handle`].
 
 mod handler;
 mod server;
+mod stats;
 mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// The hickory types [`Snapshot::answer`] speaks (names, record types, records).
 pub use hickory_proto as proto;
 pub use server::{Handle, Transport, serve};
+pub use stats::{LATENCY_BUCKETS_SECONDS, OUTSIDE_ZONES, QueryCount, StatsSnapshot};
 pub use zone::{
     Answer, ClusterRecords, HostRecord, MCS_DNS_VERSION, NameProblem, NamedPort, PortProtocol,
     ServiceKind, ServiceRecords, Snapshot, ZoneConfig,

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::handler::Handler;
+use crate::stats::{QueryStats, StatsSnapshot};
 use crate::zone::Snapshot;
 use crate::{Config, Error};
 
@@ -87,14 +88,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
     })?;
 
     let current = Arc::new(ArcSwap::from_pointee(initial));
+    let stats = Arc::new(QueryStats::new(
+        &config.zones.zone,
+        config.zones.clusterset_zone.as_deref(),
+    ));
     let handle = Handle {
         current: current.clone(),
         serial: Arc::new(Mutex::new(1)),
         local_addr,
+        stats: stats.clone(),
     };
 
     let upstream = config.upstream.map(upstream_resolver).transpose()?;
-    let udp_handler = Arc::new(Handler::new(current.clone(), upstream.clone()));
+    let udp_handler = Arc::new(Handler::new(
+        current.clone(),
+        upstream.clone(),
+        stats.clone(),
+    ));
     let udp = Arc::new(udp);
     let loops = std::thread::available_parallelism().map_or(1, usize::from);
     for _ in 0..loops {
@@ -102,10 +112,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
             udp.clone(),
             current.clone(),
             udp_handler.clone(),
+            stats.clone(),
             shutdown.clone(),
         ));
     }
-    let mut server = Server::new(Handler::new(current, upstream));
+    let mut server = Server::new(Handler::new(current, upstream, stats));
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     let stop = server.shutdown_token().clone();
     info!(
@@ -136,6 +147,7 @@ async fn serve_udp(
     socket: Arc<UdpSocket>,
     current: Arc<ArcSwap<Snapshot>>,
     handler: Arc<Handler>,
+    stats: Arc<QueryStats>,
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; UDP_RECEIVE_BUFFER];
@@ -153,11 +165,13 @@ async fn serve_udp(
             () = shutdown.cancelled() => return,
         };
         let query = &buf[..len];
+        let started = tokio::time::Instant::now();
         let rotation = handler.next_rotation();
         if current.load().answer_wire(query, rotation, &mut out) {
             if let Err(error) = socket.send_to(&out, src).await {
                 debug!(%error, %src, "dns udp send failed");
             }
+            stats.record_wire(query, &out, started.elapsed());
             continue;
         }
         match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
@@ -175,10 +189,11 @@ async fn serve_udp(
             }
             Err(error) => {
                 debug!(%error, %src, "malformed dns query");
-                if let Some(reply) = format_error(query)
-                    && let Err(error) = socket.send_to(&reply, src).await
-                {
-                    debug!(%error, %src, "dns udp send failed");
+                if let Some(reply) = format_error(query) {
+                    if let Err(error) = socket.send_to(&reply, src).await {
+                        debug!(%error, %src, "dns udp send failed");
+                    }
+                    stats.record_wire(query, &reply, started.elapsed());
                 }
             }
         }
@@ -239,6 +254,7 @@ pub struct Handle {
     /// increase in the order snapshots become visible.
     serial: Arc<Mutex<u32>>,
     local_addr: SocketAddr,
+    stats: Arc<QueryStats>,
 }
 
 impl Handle {
@@ -267,6 +283,11 @@ impl Handle {
     /// config asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The query counters so far (every transport, both the fast and the hickory path).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 }
 

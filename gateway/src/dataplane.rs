@@ -277,6 +277,8 @@ impl DataPlane {
                     last_handshake: stats.since_last_handshake,
                     rx_bytes: stats.rx_bytes,
                     tx_bytes: stats.tx_bytes,
+                    rx_packets: stats.rx_packets,
+                    tx_packets: stats.tx_packets,
                     health: health(&public_key).unwrap_or(PeerHealth::UNKNOWN),
                 })
             })

@@ -101,6 +101,10 @@ pub struct PeerStats {
     /// Decrypted payload bytes received and plaintext bytes sent, as boringtun counts them.
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Packets decrypted from the peer (in-tunnel probes included) and data messages sent to
+    /// it (keepalives not counted).
+    pub rx_packets: u64,
+    pub tx_packets: u64,
     /// What the in-tunnel probes say about the peer.
     pub health: PeerHealth,
 }

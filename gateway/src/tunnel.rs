@@ -48,7 +48,16 @@ pub struct TunnelStats {
     pub since_last_handshake: Option<Duration>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
+    /// Data messages sent (each carries one encrypted packet; keepalives not counted) and
+    /// packets decrypted.
+    pub tx_packets: u64,
+    pub rx_packets: u64,
 }
+
+/// WireGuard's transport data message type (whitepaper §5.4.6).
+const DATA_TYPE: u8 = 4;
+/// A data message carrying no packet: its 16-byte header and 16-byte tag.
+const KEEPALIVE_LEN: usize = 32;
 
 /// A cookie reply is 64 bytes of message type 3 (WireGuard paper §5.4.7).
 const COOKIE_REPLY_TYPE: u8 = 3;
@@ -57,6 +66,8 @@ const COOKIE_REPLY_LEN: usize = 64;
 /// One peer's tunnel. See the module docs.
 pub struct Tunnel {
     tunn: Tunn,
+    tx_packets: u64,
+    rx_packets: u64,
 }
 
 impl Tunnel {
@@ -77,6 +88,24 @@ impl Tunnel {
                 index,
                 None,
             ),
+            tx_packets: 0,
+            rx_packets: 0,
+        }
+    }
+
+    /// Counts the packets a boringtun result carries.
+    fn count(&mut self, result: &TunnResult<'_>) {
+        match result {
+            // A keepalive is a data message with nothing inside: header and tag only.
+            TunnResult::WriteToNetwork(d)
+                if d.first() == Some(&DATA_TYPE) && d.len() > KEEPALIVE_LEN =>
+            {
+                self.tx_packets += 1
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                self.rx_packets += 1
+            }
+            _ => {}
         }
     }
 
@@ -90,6 +119,7 @@ impl Tunnel {
         out: &mut impl Output,
     ) -> Option<WireGuardError> {
         let result = self.tunn.encapsulate(packet, buf);
+        self.count(&result);
         Self::deliver(result, &|_| false, out).err()
     }
 
@@ -113,6 +143,7 @@ impl Tunnel {
             return Received::CookieSent;
         }
         loop {
+            self.count(&result);
             match Self::deliver(result, accepts_source, out) {
                 Ok(Delivered::ToNetwork) => {
                     // boringtun: after WriteToNetwork, repeat with an empty datagram until Done
@@ -147,6 +178,8 @@ impl Tunnel {
             since_last_handshake,
             tx_bytes: tx as u64,
             rx_bytes: rx as u64,
+            tx_packets: self.tx_packets,
+            rx_packets: self.rx_packets,
         }
     }
 

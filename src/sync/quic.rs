@@ -55,6 +55,10 @@ pub struct SyncState {
     pub view: ClusterSetView,
     /// Connected to a broker and up to date with it.
     pub connected: bool,
+    /// The broker of the current connection, or of the last attempt.
+    pub broker: Option<SocketAddr>,
+    /// Why the last connection attempt or connection failed; `None` once a connection is live.
+    pub last_error: Option<String>,
 }
 
 /// Starts the sync client; it runs until `shutdown` is cancelled. Must be called inside a
@@ -94,6 +98,8 @@ pub fn spawn_client(
         exports,
         exports_open: true,
         state,
+        broker: None,
+        last_error: None,
         shutdown,
     };
     tokio::spawn(driver.run().instrument(span));
@@ -163,6 +169,9 @@ struct ClientDriver {
     /// False once the exports sender is gone (its last value stays published).
     exports_open: bool,
     state: watch::Sender<SyncState>,
+    /// The broker of the current connection or last attempt, for [`SyncState::broker`].
+    broker: Option<SocketAddr>,
+    last_error: Option<String>,
     shutdown: CancellationToken,
 }
 
@@ -179,7 +188,10 @@ impl ClientDriver {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Resync | Ended::TlsChanged) => {}
                 Err(e) => {
-                    warn!(%broker, error = %anyhow::Error::new(e).to_string(), "Broker unreachable; serving the last known view");
+                    let error = anyhow::Error::new(e).to_string();
+                    warn!(%broker, %error, "Broker unreachable; serving the last known view");
+                    self.last_error = Some(error);
+                    self.publish_state();
                     index += 1;
                 }
             }
@@ -199,6 +211,7 @@ impl ClientDriver {
 
     async fn serve_connection(&mut self, broker: std::net::SocketAddr) -> Result<Ended, Error> {
         self.tls.reload().await;
+        self.broker = Some(broker);
         let connecting = self
             .endpoint
             .connect_with(self.tls.config.clone(), broker, BROKER_SERVER_NAME)
@@ -257,21 +270,31 @@ impl ClientDriver {
         }
     }
 
+    /// Publishes the session's view and this driver's connection facts, if they changed.
+    fn publish_state(&self) {
+        let next = SyncState {
+            view: self.session.view().clone(),
+            connected: self.session.is_live(),
+            broker: self.broker,
+            last_error: self.last_error.clone(),
+        };
+        self.state.send_if_modified(|state| {
+            let changed = *state != next;
+            *state = next;
+            changed
+        });
+    }
+
     /// Acts on the session's events; `Some` if the connection must end.
     fn drain_events(&mut self) -> Option<Ended> {
         let mut ended = None;
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::ViewChanged => {
-                    let next = SyncState {
-                        view: self.session.view().clone(),
-                        connected: self.session.is_live(),
-                    };
-                    self.state.send_if_modified(|state| {
-                        let changed = *state != next;
-                        *state = next;
-                        changed
-                    });
+                    if self.session.is_live() {
+                        self.last_error = None;
+                    }
+                    self.publish_state();
                 }
                 SessionEvent::Rejected(reason) => warn!(%reason, "Broker rejected our message"),
                 SessionEvent::ResyncNeeded { reason } => {

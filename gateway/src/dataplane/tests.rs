@@ -109,6 +109,13 @@ fn first_packet_triggers_handshake_and_arrives_after_it() {
     assert_eq!(stats.len(), 1);
     assert!(stats[0].last_handshake.is_some());
     assert!(stats[0].tx_bytes > 0 && stats[0].rx_bytes > 0);
+    assert_eq!(
+        (stats[0].tx_packets, stats[0].rx_packets),
+        (1, 1),
+        "the queued hello out, the world back"
+    );
+    let stats = pair.b.peer_stats(&|_| None);
+    assert_eq!((stats[0].tx_packets, stats[0].rx_packets), (1, 1));
 }
 
 #[test]

@@ -1,0 +1,336 @@
+//! `causeway diagnose`: checks a gateway end to end from its status document and real DNS
+//! queries, and prints each check as pass/fail with the reason and a hint.
+//!
+//! [`checks`] is pure (status + the DNS answers → checks); [`dns_questions`] says which
+//! queries it needs; the CLI shell in `main` fetches the status, asks the questions with
+//! `admin::lookup` and prints [`render`] or the JSON [`Report`].
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::api::{DnsAnswer, PeerState, Status};
+
+/// WireGuard rejects a session older than this (REJECT_AFTER_TIME, whitepaper §6.1): a
+/// healthy peer with traffic or keepalives re-handshakes well within it.
+const HANDSHAKE_STALE_SECONDS: f64 = 180.0;
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `broker`, `ready`, `handshake/c2`, `probe/c2`, `dns/shop/web`, `cidr-overlap`, `mtu/c2`.
+    pub name: String,
+    pub pass: bool,
+    pub reason: String,
+    /// What to look at when it fails; `None` for a pass.
+    pub hint: Option<String>,
+}
+
+/// What `diagnose --output json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub cluster: String,
+    pub passed: bool,
+    pub checks: Vec<Check>,
+}
+
+/// A DNS question the checks need answered: the name and type, for one export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    pub check: String,
+    pub name: String,
+    /// `A` or `AAAA`.
+    pub qtype: &'static str,
+}
+
+/// The DNS server to ask: the gateway's listener, or (when it listens on a wildcard) the
+/// admin address's host on the listener's port.
+pub fn dns_server(status: &Status, admin: SocketAddr) -> SocketAddr {
+    if status.dns.listen.ip().is_unspecified() {
+        SocketAddr::new(admin.ip(), status.dns.listen.port())
+    } else {
+        status.dns.listen
+    }
+}
+
+/// One question per export of the gateway: its own service name in its own zone, A for an
+/// IPv4 service, AAAA for an IPv6-only one; the zone's SOA when it exports nothing.
+pub fn dns_questions(status: &Status) -> Vec<Question> {
+    let zone = status.dns.zone.trim_end_matches('.');
+    if status.exports.is_empty() {
+        return vec![Question {
+            check: "dns/zone".into(),
+            name: zone.to_owned(),
+            qtype: "SOA",
+        }];
+    }
+    status
+        .exports
+        .iter()
+        .map(|e| Question {
+            check: format!("dns/{}/{}", e.namespace, e.name),
+            name: format!("{}.{}.{zone}", e.name, e.namespace),
+            qtype: "A",
+        })
+        .collect()
+}
+
+/// Every check, in order: broker, readiness, each peer's handshake and probe, DNS answering
+/// each own export (`answers` pairs each [`Question`] with what the server said), CIDR
+/// overlaps, and each peer link's MTU against the tunnel's.
+pub fn checks(status: &Status, answers: &[(Question, DnsAnswer)]) -> Vec<Check> {
+    let mut out = Vec::new();
+    let pass = |name: &str, reason: String| Check {
+        name: name.to_owned(),
+        pass: true,
+        reason,
+        hint: None,
+    };
+    let fail = |name: &str, reason: String, hint: &str| Check {
+        name: name.to_owned(),
+        pass: false,
+        reason,
+        hint: Some(hint.to_owned()),
+    };
+
+    let b = &status.broker;
+    let broker = b.address.map_or("no broker".to_owned(), |a| a.to_string());
+    out.push(if b.connected {
+        pass(
+            "broker",
+            format!(
+                "connected to {broker} with mutual TLS, view at revision {}",
+                b.revision
+            ),
+        )
+    } else {
+        let error = b.last_error.clone().unwrap_or_else(|| "connecting".into());
+        let hint = if error.contains("certificate") || error.contains("TLS") || error.contains("tls")
+        {
+            "the broker refused the TLS handshake: check that --tls-dir holds a certificate for this cluster from the clusterset CA (causeway certs issue --cluster ID) and that it is not on the broker's deny list"
+        } else {
+            "check that the broker runs at --broker, and that UDP to it is allowed from this gateway"
+        };
+        fail("broker", format!("not connected to {broker}: {error}"), hint)
+    });
+    out.push(if status.ready {
+        pass("ready", status.ready_reason.clone())
+    } else {
+        fail(
+            "ready",
+            status.ready_reason.clone(),
+            "the gateway answers DNS only from a synced view: see the broker check and the gateway's log",
+        )
+    });
+
+    for c in status.clusters.iter().filter(|c| c.id != status.cluster) {
+        let Some(p) = status
+            .peers
+            .iter()
+            .find(|p| p.cluster.as_deref() == Some(&c.id))
+        else {
+            out.push(fail(
+                &format!("handshake/{}", c.id),
+                format!("no tunnel peer for cluster {}", c.id),
+                "the peer set is applied from the broker's view: see the gateway's log for 'Could not apply tunnel peers'",
+            ));
+            continue;
+        };
+        let name = format!("handshake/{}", c.id);
+        out.push(match p.last_handshake_seconds {
+            Some(age) if age <= HANDSHAKE_STALE_SECONDS => pass(
+                &name,
+                format!("last handshake with {} {age:.0}s ago", p.endpoint),
+            ),
+            Some(age) => fail(
+                &name,
+                format!(
+                    "last handshake with {} {age:.0}s ago (older than {HANDSHAKE_STALE_SECONDS}s)",
+                    p.endpoint
+                ),
+                "the peer stopped answering: check that its gateway runs and that UDP to its --wg-advertise address is allowed both ways",
+            ),
+            None => fail(
+                &name,
+                format!("no handshake with {} yet", p.endpoint),
+                "check that the peer's gateway runs, that UDP to its --wg-advertise address is allowed both ways, and that both use keys the broker announced",
+            ),
+        });
+        let name = format!("probe/{}", c.id);
+        let rtt = p.rtt_ms.map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
+        out.push(match p.state {
+            PeerState::Up => pass(&name, format!("tunnel up, probe RTT {rtt}")),
+            PeerState::Degraded => fail(
+                &name,
+                format!(
+                    "tunnel degraded: {} of the last {} probes lost, RTT {rtt}",
+                    p.probe_lost, p.probe_window
+                ),
+                "packets are being lost or delayed on the path to the peer: check the link and its load",
+            ),
+            PeerState::Down => fail(
+                &name,
+                "tunnel down: in-tunnel probes are not answered".to_owned(),
+                "the peer is unreachable: its endpoints are left out of this cluster's answers until probes pass again",
+            ),
+            PeerState::Unknown => fail(
+                &name,
+                "not probed yet".to_owned(),
+                "the peer was just added; run diagnose again in a few seconds",
+            ),
+        });
+    }
+
+    for (q, a) in answers {
+        let export = status
+            .exports
+            .iter()
+            .find(|e| q.check == format!("dns/{}/{}", e.namespace, e.name));
+        let expect_records = export.is_none_or(|e| e.answered > 0);
+        out.push(match (&a.rcode, &a.error) {
+            (Some(rcode), _) if rcode == "NOERROR" && (!a.records.is_empty() || !expect_records) => {
+                let what = if a.records.is_empty() {
+                    "no records, as it has no ready endpoint".to_owned()
+                } else {
+                    a.records.join(" ")
+                };
+                pass(
+                    &q.check,
+                    format!("{} {} from {}: NOERROR {what}", q.name, q.qtype, a.server),
+                )
+            }
+            (Some(rcode), _) => fail(
+                &q.check,
+                format!(
+                    "{} {} from {}: {rcode} with {} records",
+                    q.name,
+                    q.qtype,
+                    a.server,
+                    a.records.len()
+                ),
+                "the gateway's DNS does not answer its own export: check --dns-zone and the source's file for this service, and the gateway's log for snapshot errors",
+            ),
+            (None, error) => fail(
+                &q.check,
+                format!(
+                    "{} {}: no answer from {} ({})",
+                    q.name,
+                    q.qtype,
+                    a.server,
+                    error.as_deref().unwrap_or("unknown")
+                ),
+                "nothing answers on --dns-listen: check that the gateway runs and that the address is reachable from here",
+            ),
+        });
+    }
+
+    let overlaps = cidr_overlaps(status);
+    out.push(if overlaps.is_empty() {
+        pass(
+            "cidr-overlap",
+            format!(
+                "the CIDRs of {} clusters are disjoint",
+                status.clusters.len()
+            ),
+        )
+    } else {
+        fail(
+            "cidr-overlap",
+            overlaps.join("; "),
+            "overlapping ranges cannot be routed into distinct tunnels: give each cluster a distinct --cidr",
+        )
+    });
+
+    for p in &status.peers {
+        let Some(cluster) = &p.cluster else { continue };
+        let name = format!("mtu/{cluster}");
+        let overhead = crate::admin::link_mtu::wireguard_overhead(p.endpoint);
+        out.push(match p.link_mtu {
+            Some(link) if u32::from(status.tunnel_mtu) + u32::from(overhead) <= u32::from(link) => {
+                pass(
+                    &name,
+                    format!(
+                        "tunnel mtu {} + {overhead} bytes of WireGuard fits the link mtu {link} towards {}",
+                        status.tunnel_mtu, p.endpoint
+                    ),
+                )
+            }
+            Some(link) => fail(
+                &name,
+                format!(
+                    "tunnel mtu {} + {overhead} bytes of WireGuard exceeds the link mtu {link} towards {}: large packets are fragmented or dropped",
+                    status.tunnel_mtu, p.endpoint
+                ),
+                &format!(
+                    "set --mtu {} or lower",
+                    u32::from(link).saturating_sub(u32::from(overhead))
+                ),
+            ),
+            None => fail(
+                &name,
+                format!("the kernel reported no MTU towards {}", p.endpoint),
+                "check that a route to the peer's endpoint exists on this gateway",
+            ),
+        });
+    }
+    out
+}
+
+/// Every pair of CIDRs of different clusters that overlap, as sentences.
+fn cidr_overlaps(status: &Status) -> Vec<String> {
+    let mut nets: Vec<(&str, ipnet::IpNet)> = Vec::new();
+    for c in &status.clusters {
+        for cidr in &c.cidrs {
+            if let Ok(net) = cidr.parse::<ipnet::IpNet>() {
+                nets.push((&c.id, net));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (a, x)) in nets.iter().enumerate() {
+        for (b, y) in &nets[i + 1..] {
+            if a != b && (x.contains(&y.network()) || y.contains(&x.network())) {
+                out.push(format!("{a} {x} overlaps {b} {y}"));
+            }
+        }
+    }
+    out
+}
+
+/// The checks for a terminal: one table row per check, then the hints of the failures.
+pub fn render(report: &Report) -> String {
+    let rows: Vec<Vec<String>> = report
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                if c.pass { "pass" } else { "FAIL" }.to_owned(),
+                c.reason.clone(),
+            ]
+        })
+        .collect();
+    let mut out = format!("diagnose {}\n", report.cluster);
+    out.push_str(&crate::status::table(&["CHECK", "RESULT", "REASON"], &rows));
+    let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.pass).collect();
+    if failed.is_empty() {
+        let _ = writeln!(out, "\nall {} checks passed", report.checks.len());
+    } else {
+        let _ = writeln!(
+            out,
+            "\n{} of {} checks failed:",
+            failed.len(),
+            report.checks.len()
+        );
+        for c in failed {
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                c.name,
+                c.hint.as_deref().unwrap_or("see the reason")
+            );
+        }
+    }
+    out
+}
