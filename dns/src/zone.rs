@@ -160,12 +160,12 @@ pub struct Snapshot {
     parents: Vec<(LowerName, usize)>,
     /// The names outside every service tree: apexes, `dns-version`, empty non-terminals above
     /// the trees. Keys are lowercase (`LowerName`), so lookups are case-insensitive.
-    base: Tree,
+    base: Arc<Tree>,
     /// Every service tree, by the lowercase wire form of its root `S.N.<parent>`.
     trees: HashMap<Arc<[u8]>, Arc<Tree>, BuildHasherDefault<wire::NameHasher>>,
-    /// Every service as published, with its trees, by lowercase (namespace, name): what
+    /// Every service as published, with its trees, by lowercase `namespace/name`: what
     /// [`Snapshot::update`] compares and reuses.
-    services: HashMap<(String, String), Arc<Service>>,
+    services: HashMap<Arc<str>, Arc<Service>>,
     /// The negative answers and tree parents for [`Snapshot::answer_wire`].
     wire: wire::Wire,
 }
@@ -291,6 +291,75 @@ impl Snapshot {
         Snapshot::build(config, services, Some(self))
     }
 
+    /// A snapshot with `upserts` added or replacing the services of the same name, and the
+    /// services named in `removals` (namespace, name) gone; every other service is shared with
+    /// this snapshot as it is. The same answers as [`Snapshot::update`] with the whole
+    /// resulting table, at a cost that grows with the changes, not with the table: for a
+    /// caller that knows what changed. A removal of a service that does not exist is ignored;
+    /// two upserts of one name are [`Error::DuplicateService`].
+    pub fn patch(
+        &self,
+        upserts: Vec<ServiceRecords>,
+        removals: &[(&str, &str)],
+    ) -> Result<Snapshot, Error> {
+        let prepared = build::prepare(&self.config)?;
+        let mut next = self.clone();
+        let mut keys_changed = false;
+        let forget = |next: &mut Snapshot, id: &str| {
+            if let Some(old) = next.services.remove(id) {
+                for (key, _) in &old.trees {
+                    next.trees.remove(key);
+                }
+                !old.trees.is_empty()
+            } else {
+                false
+            }
+        };
+        for (namespace, name) in removals {
+            keys_changed |= forget(&mut next, &service_id(namespace, name));
+        }
+        let mut upserted = std::collections::HashSet::new();
+        for records in upserts {
+            let id = service_id(&records.namespace, &records.name);
+            if !upserted.insert(id.clone()) {
+                return Err(Error::DuplicateService {
+                    namespace: records.namespace,
+                    name: records.name,
+                });
+            }
+            if next.services.get(&id).is_some_and(|s| s.records == records) {
+                continue;
+            }
+            let service = Service::build(&prepared, records)?;
+            let old_keys: Vec<Arc<[u8]>> = next
+                .services
+                .get(&id)
+                .map(|s| s.trees.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default();
+            forget(&mut next, &id);
+            keys_changed |= old_keys.len() != service.trees.len()
+                || service.trees.iter().any(|(k, _)| !old_keys.contains(k));
+            for (key, tree) in &service.trees {
+                next.trees.insert(key.clone(), tree.clone());
+            }
+            next.services.insert(id, Arc::new(service));
+        }
+        if keys_changed {
+            // Which namespaces have names changed: rebuild the (small) base.
+            let base_nodes = build::base_nodes(
+                &prepared,
+                next.trees.values().filter_map(|t| t.parent.as_ref()),
+            );
+            next.base = Arc::new(Tree {
+                wire: wire::names(&prepared.apexes, &base_nodes, None),
+                nodes: base_nodes,
+                parent: None,
+            });
+        }
+        next.set_serial(0);
+        Ok(next)
+    }
+
     fn build(
         config: &ZoneConfig,
         services: Vec<ServiceRecords>,
@@ -298,13 +367,9 @@ impl Snapshot {
     ) -> Result<Snapshot, Error> {
         let prepared = build::prepare(config)?;
         let previous = previous.filter(|p| p.config == *config);
-        let mut built: HashMap<(String, String), Arc<Service>> =
-            HashMap::with_capacity(services.len());
+        let mut built: HashMap<Arc<str>, Arc<Service>> = HashMap::with_capacity(services.len());
         for records in services {
-            let id = (
-                records.namespace.to_ascii_lowercase(),
-                records.name.to_ascii_lowercase(),
-            );
+            let id = service_id(&records.namespace, &records.name);
             let reused = previous
                 .and_then(|p| p.services.get(&id))
                 .filter(|s| s.records == records)
@@ -338,11 +403,11 @@ impl Snapshot {
         let mut snapshot = Snapshot {
             config: config.clone(),
             serial: 0,
-            base: Tree {
+            base: Arc::new(Tree {
                 wire: wire::names(&prepared.apexes, &base_nodes, None),
                 nodes: base_nodes,
                 parent: None,
-            },
+            }),
             wire: wire::Wire::new(&parents.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
             parents: parents
                 .into_iter()
@@ -451,7 +516,7 @@ impl Snapshot {
         let ttl = self.config.ttl;
         for (apex, negative_soa) in &mut self.apexes {
             let apex_name = Name::from(&*apex);
-            if let Some(node) = self.base.nodes.get_mut(apex)
+            if let Some(node) = Arc::make_mut(&mut self.base).nodes.get_mut(apex)
                 && let Some(soa) = node
                     .rrsets
                     .iter_mut()
@@ -464,9 +529,20 @@ impl Snapshot {
             let minimum = ttl;
             *negative_soa = [build::soa_record(&apex_name, ttl.min(minimum), serial)];
         }
-        self.wire
-            .stamp(&self.apexes, &self.base.nodes, &mut self.base.wire);
+        let base = Arc::make_mut(&mut self.base);
+        self.wire.stamp(&self.apexes, &base.nodes, &mut base.wire);
     }
+}
+
+/// The key of a service in [`Snapshot::services`]: lowercase `namespace/name` (neither may
+/// hold a `/`: both must be DNS labels).
+fn service_id(namespace: &str, name: &str) -> Arc<str> {
+    let mut id = String::with_capacity(namespace.len() + name.len() + 1);
+    id.push_str(namespace);
+    id.push('/');
+    id.push_str(name);
+    id.make_ascii_lowercase();
+    id.into()
 }
 
 impl Service {
@@ -492,24 +568,32 @@ impl RrSet {
     /// The records for one answer: each group rotated by `rotation`, then capped. Borrowed
     /// when that is the stored order.
     fn ordered(&self, rotation: u64) -> Cow<'_, [Record]> {
-        let shifts = self.groups.iter().map(|&len| shift(rotation, len));
-        let unrotated = self.groups.is_empty() || shifts.clone().all(|s| s == 0);
-        if unrotated {
-            let end = self.records.len().min(self.cap);
-            return Cow::Borrowed(&self.records[..end]);
+        let order = self.order(rotation);
+        if order.iter().enumerate().all(|(at, &i)| at == i) {
+            return Cow::Borrowed(&self.records[..order.len()]);
         }
-        let mut out = Vec::with_capacity(self.records.len().min(self.cap));
+        Cow::Owned(order.into_iter().map(|i| self.records[i].clone()).collect())
+    }
+
+    /// The indices into `records` of one answer, in order: each group rotated by `rotation`,
+    /// then capped. The fast path's precomputed answers use the same order.
+    fn order(&self, rotation: u64) -> Vec<usize> {
+        let end = self.records.len().min(self.cap);
+        if self.groups.is_empty() {
+            return (0..end).collect();
+        }
+        let mut out = Vec::with_capacity(end);
         let mut start = 0;
-        for (&len, shift) in self.groups.iter().zip(shifts) {
-            let group = &self.records[start..start + len];
-            out.extend(group[shift..].iter().chain(&group[..shift]).cloned());
+        for &len in &self.groups {
+            let shift = shift(rotation, len);
+            out.extend((start + shift..start + len).chain(start..start + shift));
             start += len;
             if out.len() >= self.cap {
                 out.truncate(self.cap);
                 break;
             }
         }
-        Cow::Owned(out)
+        out
     }
 }
 

@@ -336,13 +336,51 @@ fn wire_node(apex: usize, node: &Node) -> WireNode {
             .rrsets
             .iter()
             .map(|rrset| {
-                let bodies: Option<Vec<Body>> = (0..variants(rrset))
-                    .map(|r| body(&rrset.ordered(r as u64), &[], &rrset.additional))
-                    .collect();
-                (u16::from(rrset.record_type), bodies.unwrap_or_default())
+                (
+                    u16::from(rrset.record_type),
+                    rrset_bodies(rrset).unwrap_or_default(),
+                )
             })
             .collect(),
     }
+}
+
+/// One body per rotation of `rrset`, each record encoded once and the bodies assembled from
+/// the pieces in each rotation's order; `None` if a record does not encode.
+fn rrset_bodies(rrset: &RrSet) -> Option<Vec<Body>> {
+    // Answers: the owner is the question name, written as a pointer to it.
+    let answers: Vec<Vec<u8>> = rrset
+        .records
+        .iter()
+        .map(|record| {
+            let encoded = encode(record)?;
+            let mut bytes = QNAME_POINTER.to_vec();
+            bytes.extend_from_slice(encoded.get(owner_len(&record.name)..)?);
+            Some(bytes)
+        })
+        .collect::<Option<_>>()?;
+    let mut additional = Vec::new();
+    for record in &rrset.additional {
+        additional.extend_from_slice(&encode(record)?);
+    }
+    let additional_count = u16::try_from(rrset.additional.len()).ok()?;
+    (0..variants(rrset))
+        .map(|r| {
+            let order = rrset.order(r as u64);
+            let len = order.iter().map(|&i| answers[i].len()).sum::<usize>() + additional.len();
+            let mut bytes = Vec::with_capacity(len);
+            for &i in &order {
+                bytes.extend_from_slice(&answers[i]);
+            }
+            bytes.extend_from_slice(&additional);
+            Some(Body {
+                answers: u16::try_from(order.len()).ok()?,
+                authority: 0,
+                additional: additional_count,
+                bytes: bytes.into_boxed_slice(),
+            })
+        })
+        .collect()
 }
 
 /// How many rotations give every order a query can see: the least common multiple of the

@@ -109,7 +109,7 @@ fn an_update_reuses_unchanged_services_and_rebuilds_the_rest() {
     let before = Snapshot::new(&config, rich_services()).expect("valid snapshot");
     let updated = before.update(&config, changed()).expect("valid update");
     let tree = |snapshot: &Snapshot, service: &str| {
-        snapshot.services[&("shop".to_owned(), service.to_owned())].trees[0]
+        snapshot.services[format!("shop/{service}").as_str()].trees[0]
             .1
             .clone()
     };
@@ -199,6 +199,107 @@ proptest! {
             snapshot = snapshot.update(&config, table(step)).expect("valid update");
         }
         let fresh = Snapshot::new(&config, table(steps.last().expect("one step"))).expect("valid");
+        prop_assert_eq!(all_answers(&snapshot), all_answers(&fresh));
+    }
+}
+
+#[test]
+fn a_patch_answers_as_a_fresh_build_of_the_patched_table() {
+    let config = config("svc.global", TTL);
+    let before = Snapshot::new(&config, rich_services()).expect("valid snapshot");
+    let upserts: Vec<ServiceRecords> = changed()
+        .into_iter()
+        .filter(|s| s.name == "web" || s.name == "api" || s.name == "vip")
+        .collect();
+    let patched = before
+        .patch(upserts, &[("SHOP", "db"), ("shop", "never-there")])
+        .expect("valid patch");
+    let fresh = Snapshot::new(&config, changed()).expect("valid snapshot");
+    assert_eq!(all_answers(&patched), all_answers(&fresh));
+    assert_eq!(patched.names(), fresh.names());
+    // vip was upserted unchanged: its tree is shared, not rebuilt.
+    let vip = |s: &Snapshot| s.services["shop/vip"].trees[0].1.clone();
+    assert!(Arc::ptr_eq(&vip(&before), &vip(&patched)));
+    // Removing the last service of a namespace removes the namespace's name.
+    let emptied = patched
+        .patch(Vec::new(), &[("other", "api")])
+        .expect("valid patch");
+    let other = name("other.svc.global.");
+    assert_eq!(
+        emptied.answer(&other, RecordType::A, 0).rcode(),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        patched.answer(&other, RecordType::A, 0).rcode(),
+        ResponseCode::NoError,
+        "the patched snapshot itself is unchanged"
+    );
+}
+
+#[test]
+fn a_patch_rejects_a_name_twice_and_bad_names() {
+    let config = config("svc.global", TTL);
+    let before = Snapshot::new(&config, rich_services()).expect("valid snapshot");
+    let twice = vec![
+        service("shop", "new", &["10.0.0.1"]),
+        service("Shop", "NEW", &["10.0.0.2"]),
+    ];
+    assert!(matches!(
+        before.patch(twice, &[]),
+        Err(Error::DuplicateService { .. })
+    ));
+    assert!(matches!(
+        before.patch(vec![service("shop", "-bad", &[])], &[]),
+        Err(Error::BadServiceName { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any sequence of patches answers as a fresh build of the table they lead to.
+    #[test]
+    fn any_patch_sequence_answers_as_a_fresh_build(
+        steps in prop::collection::vec(
+            prop::collection::vec((0usize..4, prop::option::of((0u8..3, prop::bool::ANY))), 0..5),
+            1..5,
+        ),
+    ) {
+        let config = config("svc.global", TTL);
+        let names = ["web", "db", "vip", "api"];
+        let namespaces = ["shop", "shop", "shop", "other"];
+        let make = |which: usize, last: u8, headless: bool| {
+            let mut s = service(namespaces[which], names[which], &[&format!("10.0.0.{last}")]);
+            if headless {
+                s.kind = ServiceKind::Headless;
+            }
+            s
+        };
+        let mut table: std::collections::BTreeMap<usize, ServiceRecords> = Default::default();
+        let mut snapshot = Snapshot::new(&config, Vec::new()).expect("empty");
+        for step in &steps {
+            let mut upserts = Vec::new();
+            let mut removals = Vec::new();
+            let mut touched = std::collections::BTreeSet::new();
+            for &(which, change) in step {
+                if !touched.insert(which) {
+                    continue;
+                }
+                match change {
+                    Some((last, headless)) => {
+                        let s = make(which, last, headless);
+                        table.insert(which, s.clone());
+                        upserts.push(s);
+                    }
+                    None => {
+                        table.remove(&which);
+                        removals.push((namespaces[which], names[which]));
+                    }
+                }
+            }
+            snapshot = snapshot.patch(upserts, &removals).expect("valid patch");
+        }
+        let fresh = Snapshot::new(&config, table.into_values().collect()).expect("valid");
         prop_assert_eq!(all_answers(&snapshot), all_answers(&fresh));
     }
 }
