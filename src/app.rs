@@ -440,14 +440,14 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         gateway: gateway.clone(),
         dns: dns.clone(),
     };
-    // The failover branch's endpoint probers record into `probes` (see admin::metrics).
-    let probes = crate::admin::metrics::EndpointProbes::default();
+    // Endpoint probers record into `recorders.probes` (see admin::metrics).
+    let recorders = crate::admin::metrics::Recorders::default();
     let admin = crate::admin::serve(
         args.admin_listen,
         admin_info,
         admin_view_rx,
         std::sync::Arc::new(sources),
-        probes.clone(),
+        recorders.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -478,8 +478,12 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         admin_view.publish(&exports, &state, &health, crate::clock::now());
         for change in answer_changes.observe(&me, &exports, &state.view, &health) {
             crate::changes::log(&change);
+            recorders.changes.record(&change);
         }
         if was_connected != Some(state.connected) {
+            if state.connected || was_connected.is_some() {
+                recorders.changes.broker(state.connected);
+            }
             if state.connected {
                 info!(broker = ?state.broker, revision = state.view.revision, "Broker connected");
             } else if was_connected.is_some() {

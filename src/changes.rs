@@ -29,7 +29,7 @@ pub enum WithdrawnBecause {
 }
 
 impl WithdrawnBecause {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             WithdrawnBecause::NotReady => "not-ready",
             WithdrawnBecause::Unreachable => "unreachable",

@@ -334,3 +334,187 @@ pub fn render(report: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::api::{
+        BrokerStatus, ClusterStatus, DnsStatus, PeerStatus, ServiceHealth, ServiceStatus,
+    };
+
+    fn status() -> Status {
+        let cluster = |id: &str, cidrs: &[&str]| ClusterStatus {
+            id: id.into(),
+            cidrs: cidrs.iter().map(|c| (*c).to_owned()).collect(),
+            region: None,
+            zone: None,
+            withheld: false,
+        };
+        let peer = |c: &str, n: u8| PeerStatus {
+            cluster: Some(c.into()),
+            endpoint: SocketAddr::from(([10, 100, 0, n], 51820)),
+            state: PeerState::Up,
+            rtt_ms: Some(1.0),
+            last_handshake_seconds: Some(10.0),
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            tx_packets: 0,
+            probe_lost: 0,
+            probe_window: 10,
+            link_mtu: Some(1500),
+        };
+        Status {
+            cluster: "c1".into(),
+            ready: true,
+            ready_reason: "ready".into(),
+            broker: BrokerStatus {
+                connected: true,
+                address: Some("10.100.0.2:7443".parse().unwrap()),
+                configured: vec![],
+                revision: 3,
+                last_update_age_seconds: Some(1.0),
+                last_error: None,
+            },
+            dns: DnsStatus {
+                listen: "0.0.0.0:53".parse().unwrap(),
+                zone: "svc.global".into(),
+                clusterset_zone: None,
+                queries: 0,
+            },
+            tunnel_mtu: 1420,
+            peers: vec![peer("c2", 12), peer("c3", 13)],
+            exports: vec![ServiceStatus {
+                namespace: "shop".into(),
+                name: "web".into(),
+                clusters: vec!["c1".into()],
+                endpoints: 1,
+                ready_endpoints: 0,
+                answered: 0,
+                health: ServiceHealth::Down,
+            }],
+            imports: vec![],
+            clusters: vec![
+                cluster("c1", &["10.101.0.0/16"]),
+                cluster("c2", &["10.102.0.0/16"]),
+                cluster("c3", &["10.103.0.0/16", "fd00::/48"]),
+            ],
+        }
+    }
+
+    fn outcome<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}: {checks:?}"))
+    }
+
+    fn nodata(server: SocketAddr) -> DnsAnswer {
+        DnsAnswer {
+            server,
+            rcode: Some("NOERROR".into()),
+            records: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_failure_has_its_reason_and_hint() {
+        let admin: SocketAddr = "10.0.0.5:9990".parse().unwrap();
+        let mut s = status();
+        assert_eq!(dns_server(&s, admin), "10.0.0.5:53".parse().unwrap());
+        let questions = dns_questions(&s);
+        assert_eq!(questions[0].name, "web.shop.svc.global");
+        // An export with no ready endpoint is rightly answered with no records.
+        let answers = vec![(questions[0].clone(), nodata(dns_server(&s, admin)))];
+        let found = checks(&s, &answers);
+        assert!(found.iter().all(|c| c.pass), "{found:?}");
+
+        // c1's fd00:0:0:1::/64 lies inside c3's fd00::/48; the same cluster's ranges are not
+        // compared with each other.
+        s.clusters[0].cidrs.push("fd00:0:0:1::/64".into());
+        s.clusters[0].cidrs.push("10.101.1.0/24".into());
+        s.broker.connected = false;
+        s.broker.last_error = Some("timed out after 5s".into());
+        s.peers[0].state = PeerState::Degraded;
+        s.peers[0].probe_lost = 3;
+        s.peers[1].last_handshake_seconds = Some(400.0);
+        s.peers[1].link_mtu = Some(1400);
+        s.exports[0].answered = 1;
+        let found = checks(&s, &answers);
+        let failed: Vec<&str> = found
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                "broker",
+                "probe/c2",
+                "handshake/c3",
+                "dns/shop/web",
+                "cidr-overlap",
+                "mtu/c3"
+            ]
+        );
+        assert!(
+            outcome(&found, "broker")
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("UDP")
+        );
+        assert!(
+            outcome(&found, "probe/c2")
+                .reason
+                .contains("3 of the last 10")
+        );
+        assert_eq!(
+            outcome(&found, "cidr-overlap").reason,
+            "c1 fd00:0:0:1::/64 overlaps c3 fd00::/48"
+        );
+        assert_eq!(
+            outcome(&found, "mtu/c3").hint.as_deref(),
+            Some("set --mtu 1340 or lower")
+        );
+        assert!(found.iter().all(|c| c.pass == c.hint.is_none()));
+
+        let report = Report {
+            cluster: "c1".into(),
+            passed: false,
+            checks: found,
+        };
+        let text = render(&report);
+        assert!(text.contains("6 of 10 checks failed:"), "{text}");
+        assert!(text.contains("  mtu/c3: set --mtu 1340 or lower"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_peer_and_a_silent_dns_fail() {
+        let mut s = status();
+        s.peers.remove(1);
+        s.exports.clear();
+        let questions = dns_questions(&s);
+        assert_eq!(questions[0].check, "dns/zone");
+        let silent = DnsAnswer {
+            server: "10.0.0.5:53".parse().unwrap(),
+            rcode: None,
+            records: vec![],
+            error: Some("no answer within 1s".into()),
+        };
+        let found = checks(&s, &[(questions[0].clone(), silent)]);
+        assert!(!outcome(&found, "handshake/c3").pass);
+        assert!(
+            outcome(&found, "handshake/c3")
+                .reason
+                .contains("no tunnel peer")
+        );
+        assert!(!outcome(&found, "dns/zone").pass);
+        assert!(
+            outcome(&found, "dns/zone")
+                .reason
+                .contains("no answer within 1s")
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! `/metrics`: the Prometheus exposition (OpenMetrics text, as prometheus-client writes it).
 //!
 //! Most families are read fresh at every scrape from the status document and the data plane's
-//! and DNS server's counters ([`Scrape`]); the endpoint-probe families are kept between
-//! scrapes in [`EndpointProbes`], which the probers call. Every family:
+//! and DNS server's counters ([`Scrape`]); the endpoint-probe and state-change families are
+//! kept between scrapes in [`Recorders`] ([`EndpointProbes`], which the probers call, and
+//! [`StateChanges`], which the gateway loop calls). Every family:
 //!
 //! | family | type | labels |
 //! |---|---|---|
@@ -26,6 +27,9 @@
 //! | `causeway_endpoint_probe_duration_seconds` | histogram | namespace, service |
 //! | `causeway_endpoint_probe_success` | gauge (last probe) | namespace, service, endpoint |
 //! | `causeway_endpoint_probe_healthy` | gauge (after thresholds) | namespace, service, endpoint |
+//! | `causeway_endpoints_withdrawn_total` | counter | reason |
+//! | `causeway_endpoints_answered_total`, `causeway_export_conflicts_total` | counter | |
+//! | `causeway_broker_connection_changes_total` | counter | to |
 
 use std::fmt;
 use std::net::IpAddr;
@@ -162,6 +166,89 @@ impl EndpointProbes {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BrokerChangeLabels {
+    to: String,
+}
+
+/// Counters for the state changes the gateway logs (one per log line's subject), so that
+/// what the logs explain the metrics count. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct StateChanges {
+    withdrawn: Family<ReasonLabels, Counter>,
+    answered: Counter,
+    conflicts: Counter,
+    broker: Family<BrokerChangeLabels, Counter>,
+}
+
+impl StateChanges {
+    /// Counts one change of the answers (see `changes::ChangeTracker`).
+    pub fn record(&self, change: &crate::changes::Change) {
+        use crate::changes::Change;
+        match change {
+            Change::Withdrawn {
+                addresses, because, ..
+            } => {
+                self.withdrawn
+                    .get_or_create(&ReasonLabels {
+                        reason: because.as_str().to_owned(),
+                    })
+                    .inc_by(addresses.len() as u64);
+            }
+            Change::Restored { addresses, .. } => {
+                self.answered.inc_by(addresses.len() as u64);
+            }
+            Change::ExportConflict { .. } => {
+                self.conflicts.inc();
+            }
+            Change::ConflictResolved { .. } => {}
+        }
+    }
+
+    /// Counts the broker link going up (`true`) or down.
+    pub fn broker(&self, connected: bool) {
+        let to = if connected { "connected" } else { "lost" };
+        self.broker
+            .get_or_create(&BrokerChangeLabels { to: to.to_owned() })
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "causeway_endpoints_withdrawn",
+            "Endpoints that left this gateway's DNS answers, by reason",
+            self.withdrawn.clone(),
+        );
+        registry.register(
+            "causeway_endpoints_answered",
+            "Endpoints that entered (or re-entered) this gateway's DNS answers",
+            self.answered.clone(),
+        );
+        registry.register(
+            "causeway_export_conflicts",
+            "Exports found to be of the other kind (headless vs cluster IP) than the deciding one",
+            self.conflicts.clone(),
+        );
+        registry.register(
+            "causeway_broker_connection_changes",
+            "Times the broker link came up or was lost",
+            self.broker.clone(),
+        );
+    }
+}
+
+/// What the gateway records into between scrapes: endpoint probes and state changes.
+#[derive(Debug, Clone, Default)]
+pub struct Recorders {
+    pub probes: EndpointProbes,
+    pub changes: StateChanges,
+}
+
 fn endpoint_labels(service: &ServiceKey, endpoint: IpAddr) -> ProbeEndpointLabels {
     ProbeEndpointLabels {
         namespace: service.namespace.clone(),
@@ -179,10 +266,11 @@ pub struct Scrape {
 }
 
 /// The exposition text for one scrape.
-pub fn encode(scrape: Scrape, probes: &EndpointProbes) -> String {
+pub fn encode(scrape: Scrape, recorders: &Recorders) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
-    probes.register(&mut registry);
+    recorders.probes.register(&mut registry);
+    recorders.changes.register(&mut registry);
     let mut out = String::new();
     // Writing into a String cannot fail; an encoder error would be a bug in a label value.
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

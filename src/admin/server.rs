@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::api::{ApiError, Explanation, Status};
 use crate::admin::lookup::lookup;
-use crate::admin::metrics::{self, EndpointProbes, Scrape};
+use crate::admin::metrics::{self, Recorders, Scrape};
 use crate::admin::{GatewayInfo, GatewayView, Sources, link_mtu, readiness};
 use crate::explain::{ExplainError, explain, parse_name};
 use crate::status::{Live, build};
@@ -41,18 +41,19 @@ struct Ctx {
     info: GatewayInfo,
     view: watch::Receiver<GatewayView>,
     sources: Arc<dyn Sources>,
-    probes: EndpointProbes,
+    recorders: Recorders,
 }
 
 /// Binds `listen` and serves the admin API until `shutdown` is cancelled. `view` is the
-/// gateway loop's latest [`GatewayView`]; `probes` the families endpoint probers record into.
+/// gateway loop's latest [`GatewayView`]; `recorders` the families endpoint probers and the
+/// gateway loop record into.
 /// Fails only if the address cannot be bound.
 pub async fn serve(
     listen: SocketAddr,
     info: GatewayInfo,
     view: watch::Receiver<GatewayView>,
     sources: Arc<dyn Sources>,
-    probes: EndpointProbes,
+    recorders: Recorders,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -63,7 +64,7 @@ pub async fn serve(
         info,
         view,
         sources,
-        probes,
+        recorders,
     });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -147,7 +148,7 @@ async fn metrics_text(State(ctx): State<Arc<Ctx>>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::encode(scrape, &ctx.probes),
+        metrics::encode(scrape, &ctx.recorders),
     )
         .into_response()
 }

@@ -77,7 +77,7 @@ struct Fixture {
     local: Vec<Export>,
     sync: SyncState,
     health: Health,
-    probes: metrics::EndpointProbes,
+    recorders: metrics::Recorders,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
@@ -145,7 +145,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         dns: dns.clone(),
     };
     let (publisher, rx) = ViewPublisher::new(id("c1"));
-    let probes = metrics::EndpointProbes::default();
+    let recorders = metrics::Recorders::default();
     let admin = serve(
         "127.0.0.1:0".parse().unwrap(),
         GatewayInfo {
@@ -157,7 +157,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         },
         rx,
         Arc::new(sources),
-        probes.clone(),
+        recorders.clone(),
         shutdown.clone(),
     )
     .await
@@ -169,7 +169,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         local,
         sync,
         health,
-        probes,
+        recorders,
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -322,9 +322,23 @@ async fn metrics_parse_and_carry_every_family() {
     assert_eq!(nx.rcode.as_deref(), Some("NXDOMAIN"), "{nx:?}");
     let web = ServiceKey::new("shop", "web").unwrap();
     let ep = "10.101.0.10".parse().unwrap();
-    f.probes.record(&web, ep, true, Duration::from_millis(2));
-    f.probes.record(&web, ep, false, Duration::from_millis(500));
-    f.probes.set_healthy(&web, ep, true);
+    f.recorders
+        .probes
+        .record(&web, ep, true, Duration::from_millis(2));
+    f.recorders
+        .probes
+        .record(&web, ep, false, Duration::from_millis(500));
+    f.recorders.probes.set_healthy(&web, ep, true);
+
+    f.recorders.changes.broker(true);
+    f.recorders
+        .changes
+        .record(&crate::changes::Change::Withdrawn {
+            service: web.clone(),
+            cluster: id("c3"),
+            addresses: vec![ep, "10.101.0.11".parse().unwrap()],
+            because: crate::changes::WithdrawnBecause::Unreachable,
+        });
 
     let (code, text) = client::get(f.admin, "/metrics").await.unwrap();
     assert_eq!(code, 200);
@@ -476,6 +490,21 @@ async fn metrics_parse_and_carry_every_family() {
             &[("namespace", "shop"), ("service", "web")]
         ),
         2.0
+    );
+    assert_eq!(
+        v(
+            "causeway_endpoints_withdrawn_total",
+            &[("reason", "unreachable")]
+        ),
+        2.0
+    );
+    assert_eq!(v("causeway_endpoints_answered_total", &[]), 0.0);
+    assert_eq!(
+        v(
+            "causeway_broker_connection_changes_total",
+            &[("to", "connected")]
+        ),
+        1.0
     );
     assert!(
         parse_exposition("causeway_x 1\n# EOF\n").is_err(),
