@@ -26,6 +26,8 @@
 //! run it with `--max-txn-ops` ≥ `--max-services` + 3 and `--max-request-bytes` ≥ 16 MiB.
 
 mod layout;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::time::Duration;
