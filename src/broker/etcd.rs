@@ -53,6 +53,9 @@ use crate::sync::wire::Change;
 pub const REPLICA_LEASE_TTL: i64 = 5;
 /// How long one store call retries before it fails (an etcd leader election takes ~1 s).
 pub const RPC_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest answer accepted when loading everything (gRPC's default is 4 MiB, about 30k
+/// exports of a few endpoints).
+const MAX_LOAD_BYTES: usize = 256 * 1024 * 1024;
 /// Pause before restarting a broken watch or keep-alive stream.
 const RESTART_DELAY: Duration = Duration::from_millis(200);
 
@@ -190,7 +193,8 @@ impl Store for EtcdStore {
         let txn = Txn::new().and_then(read);
         let response = self.runtime.block_on(async {
             retry(&self.endpoints, || {
-                let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+                let kv = self.client.kv_client();
+                let (mut kv, txn) = (kv.max_decoding_message_size(MAX_LOAD_BYTES), txn.clone());
                 async move { kv.txn(txn).await }
             })
             .await
@@ -260,7 +264,9 @@ impl Store for EtcdStore {
         let to = layout::log_key(u64::MAX);
         let response = self.runtime.block_on(async {
             retry(&self.endpoints, || {
-                let (mut kv, from, to) = (self.client.kv_client(), from.clone(), to.clone());
+                let kv = self.client.kv_client();
+                let kv = kv.max_decoding_message_size(MAX_LOAD_BYTES);
+                let (mut kv, from, to) = (kv, from.clone(), to.clone());
                 async move { kv.get(from, Some(GetOptions::new().with_range(to))).await }
             })
             .await

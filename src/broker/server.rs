@@ -332,8 +332,14 @@ impl StateDriver {
                     let _ = reply.try_send(BrokerMessage::Rejected { reason });
                 }
                 Ok(_) => {
-                    // Before this session's presence is written, any deletion of it is done.
+                    // The other replicas learn of the session before its Hello's changes (they
+                    // read both in the store's order): one that sees the cluster restored
+                    // already counts its session, and does not withhold it again. Any pending
+                    // deletion of its presence goes first.
                     self.publish_absence()?;
+                    if self.local.handle_start(&cert) {
+                        self.store.set_presence(&cert, true)?;
+                    }
                     // Ownership is all that can refuse a Hello, and it does not depend on the
                     // state: recomputing after a conflict cannot turn it into a refusal.
                     let changes =
@@ -358,9 +364,6 @@ impl StateDriver {
                     if reply.try_send(message).is_ok() {
                         info!(session, cluster = %cert, resumed, "Cluster connected");
                         self.state.handle_session_start(&cert, clock::now());
-                        if self.local.handle_start(&cert) {
-                            self.store.set_presence(&cert, true)?;
-                        }
                         self.sessions.insert(
                             session,
                             SessionHandle {
@@ -368,6 +371,8 @@ impl StateDriver {
                                 reply,
                             },
                         );
+                    } else if self.local.handle_end(&cert) {
+                        self.absent.push(cert);
                     }
                 }
             },

@@ -168,11 +168,15 @@ struct Replica {
 
 impl Replica {
     async fn start(etcd: &EtcdCluster, tls: &Path) -> Self {
+        Self::start_with(etcd, tls, BrokerOptions::default()).await
+    }
+
+    async fn start_with(etcd: &EtcdCluster, tls: &Path, options: BrokerOptions) -> Self {
         let config = BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             store: etcd.location(),
             tls_dir: tls.to_owned(),
-            options: BrokerOptions::default(),
+            options,
         };
         let broker = Broker::open(&config).await.unwrap();
         let addr = broker.local_addr().unwrap();
@@ -443,5 +447,83 @@ async fn fail_over_between_replicas() {
             seen.len()
         );
     }
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_on_leases_and_withhold_a_gone_cluster_once() {
+    tokio::time::timeout(TEST_DEADLINE, agree_on_leases())
+        .await
+        .expect("the lease test finishes within its deadline");
+}
+
+/// The `WithholdCluster` / `RestoreCluster` changes of `name` in etcd's log, in order.
+async fn lease_changes(etcd: &EtcdCluster, name: &str) -> Vec<&'static str> {
+    let store = EtcdStore::connect(&etcd.client_urls).await.unwrap();
+    let batches = tokio::task::spawn_blocking(move || store.committed_since(0))
+        .await
+        .unwrap()
+        .unwrap();
+    batches
+        .into_iter()
+        .flat_map(|(_, changes)| changes)
+        .filter_map(|change| match change {
+            Change::WithholdCluster(c) if c == id(name) => Some("withhold"),
+            Change::RestoreCluster { cluster, .. } if cluster == id(name) => Some("restore"),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn agree_on_leases() {
+    const LEASE: Duration = Duration::from_millis(500);
+    let pki = pki();
+    let etcd = EtcdCluster::start();
+    etcd.wait_healthy().await;
+    let options = BrokerOptions {
+        rules: crate::broker::StateConfig {
+            lease: LEASE,
+            retention: Duration::from_secs(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tls = pki.path().join("broker");
+    let a = Replica::start_with(&etcd, &tls, options.clone()).await;
+    let b = Replica::start_with(&etcd, &tls, options).await;
+    let c1 = Gateway::start(pki.path(), "c1", vec![a.addr], step(1, 0));
+    let mut c2 = Gateway::start(pki.path(), "c2", vec![b.addr], step(2, 0));
+    c2.wait_for("c2 to see c1's exports", |s| {
+        s.connected && exports_of(s, "c1") == as_map(&step(1, 0))
+    })
+    .await;
+
+    // c1's session is at A only; B counts A's presence key, so neither withholds c1 however
+    // many leases pass. (Time must pass for this: nothing would signal it.)
+    tokio::time::sleep(LEASE * 4).await;
+    assert!(
+        lease_changes(&etcd, "c1").await.is_empty(),
+        "c1 was withheld while connected to A"
+    );
+    assert_eq!(exports_of(&c2.state.borrow(), "c1"), as_map(&step(1, 0)));
+
+    // c1 goes: withheld once, though both replicas' leases run out.
+    drop(c1);
+    c2.wait_for("c1 to be withheld", |s| {
+        s.view.withheld.contains(&id("c1")) && exports_of(s, "c1").is_empty()
+    })
+    .await;
+    // c1 comes back, at B this time: restored once.
+    let _c1 = Gateway::start(pki.path(), "c1", vec![b.addr], step(1, 0));
+    c2.wait_for("c1 to be restored", |s| {
+        !s.view.withheld.contains(&id("c1")) && exports_of(s, "c1") == as_map(&step(1, 0))
+    })
+    .await;
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        lease_changes(&etcd, "c1").await,
+        vec!["withhold", "restore"]
+    );
+    a.stop().await;
     b.stop().await;
 }
