@@ -132,6 +132,11 @@ pub struct BrokerArgs {
         env = "CAUSEWAY_BROKER_STATE"
     )]
     pub state: PathBuf,
+    /// Where to keep the records instead of --state: `redb:PATH`, or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` for an etcd cluster that several broker replicas
+    /// share (gateways list them all in --broker).
+    #[arg(long, value_name = "LOCATION", env = "CAUSEWAY_BROKER_STORE")]
+    pub store: Option<crate::broker::StoreLocation>,
     /// Directory with ca.crt, tls.crt, tls.key (from `certs issue --broker`).
     #[arg(long, value_name = "DIR", env = "CAUSEWAY_TLS_DIR")]
     pub tls_dir: PathBuf,

@@ -72,7 +72,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Broker(args) => daemon(|shutdown| async move {
             let config = causeway::broker::BrokerConfig {
                 listen: args.listen,
-                state_path: args.state,
+                store: args
+                    .store
+                    .unwrap_or(causeway::broker::StoreLocation::Redb(args.state)),
                 tls_dir: args.tls_dir,
                 options: causeway::broker::BrokerOptions {
                     rules: causeway::broker::StateConfig {

@@ -5,7 +5,9 @@
 //! refuses it), checks it against the deny list, decodes frames and forwards them as
 //! [`Command`]s to the one task that owns [`BrokerState`] and the [`Store`]. That task runs on
 //! a blocking thread, because every accepted change is committed (fsync) to the store before it
-//! is broadcast as a Delta to every session; a ticker wakes it for lease expiry. A watcher
+//! is broadcast as a Delta to every session; a ticker wakes it for lease expiry. A store shared
+//! with other replicas (etcd) also feeds it their commits and sessions, which it applies and
+//! broadcasts in the store's order (`broker::replica`). A watcher
 //! re-reads the deny list file when it changes; sessions it denies are closed at once.
 //! Decisions live in `broker::state` and `broker::deny`; this file only moves data.
 
@@ -22,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::broker::deny::{DenyList, PeerIdentity};
+use crate::broker::etcd::EtcdStore;
+use crate::broker::replica::{self, Follow, LocalPresence, RemotePresence};
 use crate::broker::state::{BrokerState, StateConfig};
-use crate::broker::store::{RedbStore, Store, StoreError};
+use crate::broker::store::{RedbStore, Store, StoreError, StoreEvent, StoreLocation};
 use crate::certs;
 use crate::clock;
 use crate::model::ClusterId;
@@ -37,8 +41,9 @@ use crate::sync::wire::{
 pub struct BrokerConfig {
     /// UDP address to listen on for QUIC.
     pub listen: SocketAddr,
-    /// The redb file holding clusters and exports; created if missing.
-    pub state_path: PathBuf,
+    /// Where clusters and exports are kept: a redb file (created if missing), or an etcd
+    /// cluster shared with other broker replicas.
+    pub store: StoreLocation,
     /// `ca.crt`, `tls.crt` (the broker's, `causeway certs issue --broker`) and `tls.key`.
     pub tls_dir: PathBuf,
     pub options: BrokerOptions,
@@ -71,7 +76,7 @@ impl Default for BrokerOptions {
 
 /// Runs the broker until `shutdown` is cancelled or its store fails.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Broker::bind(&config)?.run(shutdown).await
+    Broker::open(&config).await?.run(shutdown).await
 }
 
 /// Messages a session may have queued before it counts as too slow and is dropped (it then
@@ -84,8 +89,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the state task sleeps between lease checks; shorter leases check 4× per lease.
 const MAX_TICK: Duration = Duration::from_secs(1);
-/// Most changes stored in one group commit: bounds the Delta and the transaction.
-const MAX_GROUP_CHANGES: usize = 1024;
+/// Most exports in the publishes stored in one group commit: bounds the Delta and the
+/// transaction (a publish changes at most its exports plus the ones it withdraws).
+const MAX_GROUP_EXPORTS: usize = 1024;
 /// Most queued messages a session writes at once (merged where they are consecutive Deltas).
 const MAX_BATCH: usize = 256;
 /// QUIC close codes the broker uses.
@@ -100,13 +106,27 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the store and binds the QUIC endpoint. Must be called inside a tokio runtime.
+    /// Opens the store (connecting to etcd if it is there) and binds the QUIC endpoint.
+    pub async fn open(config: &BrokerConfig) -> anyhow::Result<Self> {
+        let store: Box<dyn Store> = match &config.store {
+            StoreLocation::Redb(path) => Box::new(RedbStore::open(path)?),
+            StoreLocation::Etcd(endpoints) => Box::new(EtcdStore::connect(endpoints).await?),
+        };
+        Self::with_store(bind_endpoint(config)?, store, config.options.clone())
+    }
+
+    /// [`open`](Self::open) for the embedded store, without waiting. Must be called inside a
+    /// tokio runtime.
     pub fn bind(config: &BrokerConfig) -> anyhow::Result<Self> {
-        let server_config = certs::server_config(&config.tls_dir)?;
-        let store = RedbStore::open(&config.state_path)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .with_context(|| format!("binding the broker's QUIC endpoint on {}", config.listen))?;
-        Self::with_store(endpoint, Box::new(store), config.options.clone())
+        let StoreLocation::Redb(path) = &config.store else {
+            anyhow::bail!("a broker on etcd is opened with Broker::open");
+        };
+        let store = RedbStore::open(path)?;
+        Self::with_store(
+            bind_endpoint(config)?,
+            Box::new(store),
+            config.options.clone(),
+        )
     }
 
     /// A broker over a caller-made endpoint and store. Fails if the deny list cannot be read.
@@ -141,33 +161,44 @@ impl Broker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             endpoint,
-            store,
+            mut store,
             options,
             deny,
         } = self;
-        let persisted = store.load()?;
         let tick = (options.rules.lease.min(options.rules.retention) / 4)
             .clamp(Duration::from_millis(10), MAX_TICK);
-        let state = BrokerState::new(persisted, options.rules, clock::now());
-        info!(
-            addr = %endpoint.local_addr()?,
-            epoch = state.epoch(),
-            revision = state.revision(),
-            "Broker listening"
-        );
         let (commands, command_rx) = mpsc::channel(SESSION_QUEUE);
+        let store_events = store.take_events();
+        let addr = endpoint.local_addr()?;
+        let rules = options.rules.clone();
         let mut driver = tokio::task::spawn_blocking(move || {
+            // Loading may block on the network (etcd): here, not on the runtime.
+            let persisted = store.load()?;
+            let state = BrokerState::new(persisted, rules.clone(), clock::now());
+            info!(%addr, epoch = state.epoch(), revision = state.revision(), replica = store.replica(), "Broker listening");
             StateDriver {
                 state,
+                remote: RemotePresence::new(store.replica()),
                 store,
+                rules,
                 sessions: BTreeMap::new(),
-                pending: vec![],
+                pending: BTreeMap::new(),
+                pending_exports: 0,
+                local: LocalPresence::default(),
+                absent: vec![],
             }
             .run(command_rx)
         });
         // Sessions stop on shutdown, and also when the broker stops for another reason.
         let stop_sessions = shutdown.child_token();
         tokio::spawn(tick_leases(tick, commands.clone(), stop_sessions.clone()));
+        if let Some(events) = store_events {
+            tokio::spawn(forward_store_events(
+                events,
+                commands.clone(),
+                stop_sessions.clone(),
+            ));
+        }
         let (deny_tx, deny_rx) = watch::channel(Arc::new(deny));
         if let Some(path) = options.deny_list {
             tokio::spawn(
@@ -235,6 +266,8 @@ enum Command {
     },
     /// Time passed: check leases.
     Tick,
+    /// From a store shared with other replicas.
+    Store(StoreEvent),
 }
 
 struct SessionHandle {
@@ -244,13 +277,21 @@ struct SessionHandle {
 
 /// Owns the state and the store; one per broker.
 struct StateDriver {
+    /// Holds exactly what the store committed, in the store's order.
     state: BrokerState,
     store: Box<dyn Store>,
+    rules: StateConfig,
     sessions: BTreeMap<u64, SessionHandle>,
-    /// Accepted publishes' changes, applied to `state` but not yet stored nor broadcast. Only
-    /// this task sees `state`, and a store failure stops the broker, so nobody ever observes
-    /// changes that were not stored.
-    pending: Vec<Change>,
+    /// Accepted publishes not stored yet, the latest per cluster (a publish is the full set, so
+    /// it supersedes an earlier one): diffed against the state when stored, so that a diff
+    /// recomputed after another replica's commit is still right.
+    pending: BTreeMap<ClusterId, Publish>,
+    /// Exports in `pending`, to bound a group commit.
+    pending_exports: usize,
+    local: LocalPresence,
+    /// Clusters whose last session here ended: their presence keys are to be deleted.
+    absent: Vec<ClusterId>,
+    remote: RemotePresence,
 }
 
 impl StateDriver {
@@ -259,19 +300,23 @@ impl StateDriver {
     fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), StoreError> {
         while let Some(command) = commands.blocking_recv() {
             self.handle(command)?;
-            while self.pending.len() < MAX_GROUP_CHANGES {
+            while self.pending_exports < MAX_GROUP_EXPORTS {
                 let Ok(command) = commands.try_recv() else {
                     break;
                 };
                 self.handle(command)?;
             }
             self.flush()?;
+            self.publish_absence()?;
         }
         Ok(())
     }
 
     fn handle(&mut self, command: Command) -> Result<(), StoreError> {
-        if !matches!(command, Command::Publish { .. } | Command::Ack { .. }) {
+        if !matches!(
+            command,
+            Command::Publish { .. } | Command::Ack { .. } | Command::Store(_)
+        ) {
             // A Hello's snapshot or catch-up, and lease changes, follow what was broadcast.
             self.flush()?;
         }
@@ -286,13 +331,24 @@ impl StateDriver {
                     warn!(session, cluster = %cert, %reason, "Hello rejected");
                     let _ = reply.try_send(BrokerMessage::Rejected { reason });
                 }
-                Ok(changes) => {
+                Ok(_) => {
+                    // The other replicas learn of the session before its Hello's changes (they
+                    // read both in the store's order): one that sees the cluster restored
+                    // already counts its session, and does not withhold it again. Any pending
+                    // deletion of its presence goes first.
+                    self.publish_absence()?;
+                    if self.local.handle_start(&cert) {
+                        self.store.set_presence(&cert, true)?;
+                    }
+                    // Ownership is all that can refuse a Hello, and it does not depend on the
+                    // state: recomputing after a conflict cannot turn it into a refusal.
+                    let changes =
+                        self.commit_with(|s| s.handle_hello(&cert, &hello).unwrap_or_default())?;
                     for change in &changes {
                         if let Change::RestoreCluster { cluster, exports } = change {
                             info!(%cluster, exports = exports.len(), "Cluster back; its exports are served again");
                         }
                     }
-                    self.commit(changes)?;
                     let catch_up = hello
                         .resume
                         .and_then(|r| self.state.changes_since(r.epoch, r.revision));
@@ -315,6 +371,8 @@ impl StateDriver {
                                 reply,
                             },
                         );
+                    } else if self.local.handle_end(&cert) {
+                        self.absent.push(cert);
                     }
                 }
             },
@@ -331,20 +389,9 @@ impl StateDriver {
                         warn!(session, cluster = %cert, %reason, "Publish rejected");
                         self.send(session, BrokerMessage::Rejected { reason });
                     }
-                    Ok(changes) => {
-                        for change in &changes {
-                            match change {
-                                Change::UpsertExport { cluster, export } => {
-                                    info!(%cluster, service = %export.service, "Export accepted")
-                                }
-                                Change::RemoveExport { cluster, service } => {
-                                    info!(%cluster, %service, "Export withdrawn")
-                                }
-                                _ => {}
-                            }
-                        }
-                        self.state.apply(&changes);
-                        self.pending.extend(changes);
+                    Ok(_) => {
+                        self.pending_exports += publish.exports.len().max(1);
+                        self.pending.insert(cert, publish);
                     }
                 }
             }
@@ -355,7 +402,8 @@ impl StateDriver {
                 }
             }
             Command::Tick => {
-                let changes = self.state.handle_timeout(clock::now());
+                let now = clock::now();
+                let changes = self.commit_with(|s| s.handle_timeout(now))?;
                 for change in &changes {
                     match change {
                         Change::WithholdCluster(cluster) => {
@@ -367,32 +415,149 @@ impl StateDriver {
                         _ => {}
                     }
                 }
-                self.commit(changes)?;
+            }
+            Command::Store(event) => self.handle_store_event(event)?,
+        }
+        Ok(())
+    }
+
+    /// Another replica's commit or session, from the shared store.
+    fn handle_store_event(&mut self, event: StoreEvent) -> Result<(), StoreError> {
+        match event {
+            StoreEvent::Committed { revision, changes } => {
+                match replica::follow(self.state.revision(), revision, changes.len()) {
+                    Follow::Skip => {}
+                    Follow::Apply => self.broadcast(changes),
+                    Follow::Gap => self.catch_up()?,
+                }
+            }
+            StoreEvent::Presence {
+                cluster,
+                replica,
+                present: true,
+            } => {
+                if self.remote.handle_put(&cluster, &replica) {
+                    debug!(%cluster, %replica, "Cluster has a session at another replica");
+                    self.state.handle_session_start(&cluster, clock::now());
+                }
+            }
+            StoreEvent::Presence {
+                cluster,
+                replica,
+                present: false,
+            } => {
+                if self.remote.handle_delete(&cluster, &replica) {
+                    debug!(%cluster, %replica, "Cluster's session at another replica ended");
+                    self.state.handle_session_end(&cluster, clock::now());
+                }
+            }
+            StoreEvent::Lagging => self.catch_up()?,
+            StoreEvent::Failed(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Computes changes against the state and stores them; after a conflict (another replica
+    /// committed first) catches up and computes again. Returns what was committed, already
+    /// applied and broadcast.
+    fn commit_with(
+        &mut self,
+        compute: impl Fn(&BrokerState) -> Vec<Change>,
+    ) -> Result<Vec<Change>, StoreError> {
+        loop {
+            let changes = compute(&self.state);
+            if changes.is_empty() {
+                return Ok(changes);
+            }
+            let revision = self.state.revision() + changes.len() as u64;
+            match self.store.apply(&changes, revision) {
+                Ok(()) => {
+                    self.broadcast(changes.clone());
+                    return Ok(changes);
+                }
+                Err(StoreError::Conflict { expected, stored }) => {
+                    debug!(
+                        expected,
+                        stored, "Another replica committed first; catching up"
+                    );
+                    self.catch_up()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Applies and broadcasts what the store committed after the state's revision; reloads
+    /// everything if the store no longer has all of it.
+    fn catch_up(&mut self) -> Result<(), StoreError> {
+        let batches = self.store.committed_since(self.state.revision())?;
+        match replica::chain(self.state.revision(), batches) {
+            Some(batches) => {
+                for (_, changes) in batches {
+                    self.broadcast(changes);
+                }
+                Ok(())
+            }
+            None => self.reload(),
+        }
+    }
+
+    /// Starts over from what the store holds, and sends every session a Snapshot.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let persisted = self.store.load()?;
+        warn!(
+            from = self.state.revision(),
+            to = persisted.revision,
+            "Fell behind the store's log; reloading everything"
+        );
+        let now = clock::now();
+        let mut state = BrokerState::new(persisted, self.rules.clone(), now);
+        for handle in self.sessions.values() {
+            state.handle_session_start(&handle.cluster, now);
+        }
+        for cluster in self.remote.sessions() {
+            state.handle_session_start(cluster, now);
+        }
+        self.state = state;
+        let snapshot = BrokerMessage::Snapshot(self.state.snapshot());
+        let sessions: Vec<u64> = self.sessions.keys().copied().collect();
+        for session in sessions {
+            self.send(session, snapshot.clone());
+        }
+        Ok(())
+    }
+
+    /// Stores the pending publishes' changes and broadcasts them.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_exports = 0;
+        // Each was accepted when it came, and acceptance does not depend on the state.
+        let changes = self.commit_with(|s| {
+            pending
+                .iter()
+                .flat_map(|(cert, publish)| s.handle_publish(cert, publish).unwrap_or_default())
+                .collect()
+        })?;
+        for change in &changes {
+            match change {
+                Change::UpsertExport { cluster, export } => {
+                    info!(%cluster, service = %export.service, "Export accepted")
+                }
+                Change::RemoveExport { cluster, service } => {
+                    info!(%cluster, %service, "Export withdrawn")
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
-    /// Durably stores `changes`, applies them, and broadcasts them as one Delta (after the
-    /// pending ones, so revisions stay in order).
-    fn commit(&mut self, changes: Vec<Change>) -> Result<(), StoreError> {
-        self.flush()?;
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.state.apply(&changes);
-        self.pending = changes;
-        self.flush()
-    }
-
-    /// Stores the pending changes (already applied to the state) and broadcasts them.
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let changes = std::mem::take(&mut self.pending);
-        let revision = self.state.revision();
-        self.store.apply(&changes, revision)?;
+    /// Applies committed changes to the state and sends them to every session as one Delta.
+    fn broadcast(&mut self, changes: Vec<Change>) {
+        let revision = self.state.apply(&changes);
         let delta = BrokerMessage::Delta(Delta {
             epoch: self.state.epoch(),
             revision,
@@ -402,7 +567,6 @@ impl StateDriver {
         for session in sessions {
             self.send(session, delta.clone());
         }
-        Ok(())
     }
 
     /// Queues `message` for `session`; a session whose queue is full is dropped (it will
@@ -423,12 +587,48 @@ impl StateDriver {
         }
     }
 
-    /// Forgets a session (dropping its reply channel ends it) and releases its lease.
+    /// Forgets a session (dropping its reply channel ends it) and releases its lease; when it
+    /// was the cluster's last here, the other replicas are told (by `publish_absence`).
     fn end_session(&mut self, session: u64) -> Option<ClusterId> {
         let handle = self.sessions.remove(&session)?;
         self.state.handle_session_end(&handle.cluster, clock::now());
+        if self.local.handle_end(&handle.cluster) {
+            self.absent.push(handle.cluster.clone());
+        }
         Some(handle.cluster)
     }
+
+    /// Deletes the presence keys of clusters whose last session here ended.
+    fn publish_absence(&mut self) -> Result<(), StoreError> {
+        for cluster in std::mem::take(&mut self.absent) {
+            self.store.set_presence(&cluster, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Passes a shared store's events to the state task, until `stop`.
+async fn forward_store_events(
+    mut events: mpsc::UnboundedReceiver<StoreEvent>,
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = stop.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        if commands.send(Command::Store(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn bind_endpoint(config: &BrokerConfig) -> anyhow::Result<quinn::Endpoint> {
+    let server_config = certs::server_config(&config.tls_dir)?;
+    quinn::Endpoint::server(server_config, config.listen)
+        .with_context(|| format!("binding the broker's QUIC endpoint on {}", config.listen))
 }
 
 /// Wakes the state task every `tick` to check leases, until `stop`.

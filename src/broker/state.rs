@@ -235,10 +235,21 @@ impl BrokerState {
     }
 
     /// Which leases ran out by `now`: a [`Change::WithholdCluster`] for each cluster gone for
-    /// `lease`, a [`Change::RemoveCluster`] for each gone for `retention`. Does not modify the
-    /// state: persist and [`apply`](Self::apply) them like any other change.
+    /// `lease`, a [`Change::RemoveCluster`] for each gone for `retention`; and a
+    /// [`Change::RestoreCluster`] for each withheld cluster that holds a session after all
+    /// (replicas sharing a store see a cluster's sessions come and go a little apart, and one
+    /// may withhold it just as it connects to another). Does not modify the state: persist and
+    /// [`apply`](Self::apply) them like any other change.
     pub fn handle_timeout(&self, now: Instant) -> Vec<Change> {
-        let mut changes = vec![];
+        let mut changes: Vec<Change> = self
+            .presence
+            .iter()
+            .filter(|(id, p)| p.sessions > 0 && self.records.withheld.contains(*id))
+            .map(|(id, _)| Change::RestoreCluster {
+                cluster: id.clone(),
+                exports: self.records.exports_of(id).cloned().collect(),
+            })
+            .collect();
         for (id, p) in self.absent() {
             let gone = now.saturating_duration_since(p.gone_since);
             if gone >= self.config.retention {
@@ -679,6 +690,30 @@ mod tests {
         assert_eq!(s.snapshot().exports.len(), 2, "served again");
         assert_eq!(s.poll_timeout(), None, "everyone holds a lease");
         assert!(step(&mut s, t0 + Duration::from_secs(1000)).is_empty());
+    }
+
+    #[test]
+    fn withheld_cluster_holding_a_session_is_restored_on_timeout() {
+        let t0 = crate::clock::now();
+        let mut s = state();
+        register(&mut s, "c1", "10.0.0.1", t0);
+        s.handle_session_end(&id("c1"), t0);
+        assert_eq!(
+            step(&mut s, t0 + Duration::from_secs(15)),
+            vec![Change::WithholdCluster(id("c1"))]
+        );
+        // Another replica's session of c1, seen here after the withhold went out.
+        s.handle_session_start(&id("c1"), t0 + Duration::from_secs(16));
+        let restore = vec![Change::RestoreCluster {
+            cluster: id("c1"),
+            exports: vec![export("web", "10.0.0.1")],
+        }];
+        assert_eq!(step(&mut s, t0 + Duration::from_secs(16)), restore);
+        assert!(
+            step(&mut s, t0 + Duration::from_secs(17)).is_empty(),
+            "restored once"
+        );
+        assert_eq!(s.snapshot().exports.len(), 1, "served again");
     }
 
     #[test]

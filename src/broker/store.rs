@@ -39,12 +39,54 @@ impl Persisted {
 }
 
 /// Durable storage of the broker's records.
+///
+/// A store may be shared by several brokers (replicas, `broker::etcd`): then `apply` can fail
+/// with [`StoreError::Conflict`], and the store reports other replicas' commits and sessions
+/// as [`StoreEvent`]s. The single-writer stores keep the defaults.
 pub trait Store: Send + 'static {
-    /// Everything stored; called once at start.
+    /// Everything stored, read afresh; called at start (and by a replica that fell too far
+    /// behind to catch up).
     fn load(&self) -> Result<Persisted, StoreError>;
     /// Durably applies `changes`, after which the revision is `revision`. On `Ok` the changes
-    /// survive a crash; on `Err` none of them were applied.
+    /// survive a crash; on `Err` none of them were applied. [`StoreError::Conflict`]: another
+    /// writer moved the revision first; catch up and recompute.
     fn apply(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError>;
+    /// The batches `(revision of their last change, changes)` committed after `revision`, in
+    /// order, as far as the store still has them (`broker::replica::chain` checks they follow
+    /// on). A single-writer store has nothing the broker did not commit itself: empty.
+    fn committed_since(&self, _revision: u64) -> Result<Vec<(u64, Vec<Change>)>, StoreError> {
+        Ok(vec![])
+    }
+    /// Other writers' commits and sessions, from when the store was opened; taken once.
+    fn take_events(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
+    /// This broker has (or no longer has) a session of `cluster`: tells the other replicas,
+    /// for their lease rules.
+    fn set_presence(&mut self, _cluster: &ClusterId, _present: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// This broker's name among the store's writers.
+    fn replica(&self) -> &str {
+        "local"
+    }
+}
+
+/// What a shared store reports about the other writers.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// A batch was committed (by anyone, this broker included); its changes end at `revision`.
+    Committed { revision: u64, changes: Vec<Change> },
+    /// Replica `replica` has (or no longer has) a session of `cluster`.
+    Presence {
+        cluster: ClusterId,
+        replica: String,
+        present: bool,
+    },
+    /// Commits may have been missed (the watch restarted past a compaction): catch up.
+    Lagging,
+    /// The store cannot go on (this replica's etcd lease was lost): the broker stops.
+    Failed(StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +121,76 @@ pub enum StoreError {
     },
     #[error("drawing a random epoch: {0}")]
     Random(getrandom::Error),
+    #[error("another replica committed first: revision {stored}, expected {expected}")]
+    Conflict { expected: u64, stored: u64 },
+    #[error("etcd {endpoints}")]
+    Etcd {
+        endpoints: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    #[error("etcd {endpoints}: the broker's records")]
+    EtcdLayout {
+        endpoints: String,
+        #[source]
+        source: crate::broker::etcd::LayoutError,
+    },
+    #[error("etcd {endpoints}: no answer within {after:?}")]
+    EtcdTimeout {
+        endpoints: String,
+        after: std::time::Duration,
+    },
+    #[error("etcd {endpoints}: this replica's lease {lease:x} expired")]
+    LeaseLost { endpoints: String, lease: i64 },
+}
+
+/// Where the broker keeps its records: `redb:PATH` (the embedded store, one broker) or
+/// `etcd://HOST:PORT[,HOST:PORT…]` (an etcd cluster, shared by any number of broker replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Redb(PathBuf),
+    /// etcd client endpoints, as URLs (`http://h1:2379`).
+    Etcd(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("{0:?} is neither redb:PATH nor etcd://HOST:PORT[,HOST:PORT...]")]
+    Scheme(String),
+    #[error("{0:?} names no etcd endpoint")]
+    NoEndpoints(String),
+    #[error("etcd endpoint {0:?} is not HOST:PORT")]
+    Endpoint(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = LocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("redb:") {
+            if path.is_empty() {
+                return Err(LocationError::Scheme(s.into()));
+            }
+            return Ok(Self::Redb(path.into()));
+        }
+        let hosts = s
+            .strip_prefix("etcd://")
+            .ok_or_else(|| LocationError::Scheme(s.into()))?;
+        let mut endpoints = vec![];
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let valid = host.rsplit_once(':').is_some_and(|(h, port)| {
+                !h.is_empty() && !h.contains('/') && port.parse::<u16>().is_ok()
+            });
+            if !valid {
+                return Err(LocationError::Endpoint(host.into()));
+            }
+            endpoints.push(format!("http://{host}"));
+        }
+        if endpoints.is_empty() {
+            return Err(LocationError::NoEndpoints(s.into()));
+        }
+        Ok(Self::Etcd(endpoints))
+    }
 }
 
 /// In-memory store: loses everything with the process.
@@ -369,6 +481,37 @@ mod tests {
                 exports: vec![export("web")],
             },
         ]
+    }
+
+    #[test]
+    fn store_locations_parse() {
+        let etcd = |hosts: &[&str]| {
+            Ok(StoreLocation::Etcd(
+                hosts.iter().map(|h| format!("http://{h}")).collect(),
+            ))
+        };
+        let table: Vec<(&str, Result<StoreLocation, LocationError>)> = vec![
+            (
+                "redb:/var/b.redb",
+                Ok(StoreLocation::Redb("/var/b.redb".into())),
+            ),
+            ("etcd://h1:2379", etcd(&["h1:2379"])),
+            (
+                "etcd://h1:2379,10.0.0.2:2379, [::1]:2379",
+                etcd(&["h1:2379", "10.0.0.2:2379", "[::1]:2379"]),
+            ),
+            ("etcd://", Err(LocationError::NoEndpoints("etcd://".into()))),
+            ("etcd://h1", Err(LocationError::Endpoint("h1".into()))),
+            ("etcd://h1:x", Err(LocationError::Endpoint("h1:x".into()))),
+            (
+                "/var/b.redb",
+                Err(LocationError::Scheme("/var/b.redb".into())),
+            ),
+            ("redb:", Err(LocationError::Scheme("redb:".into()))),
+        ];
+        for (input, expected) in table {
+            assert_eq!(input.parse::<StoreLocation>(), expected, "{input}");
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl RunningBroker {
     fn start_with(pki: &Pki, state: &Path, listen: SocketAddr, options: BrokerOptions) -> Self {
         let config = BrokerConfig {
             listen,
-            state_path: state.to_owned(),
+            store: StoreLocation::Redb(state.to_owned()),
             tls_dir: pki.path("broker"),
             options,
         };
@@ -544,7 +544,7 @@ async fn client_moves_on_to_the_next_broker_when_one_fails() {
     certs::issue_broker(&pki.path("rogue-ca"), &pki.path("rogue-broker")).unwrap();
     let rogue_config = BrokerConfig {
         listen: loopback(),
-        state_path: pki.path("rogue.redb"),
+        store: StoreLocation::Redb(pki.path("rogue.redb")),
         tls_dir: pki.path("rogue-broker"),
         options: BrokerOptions::default(),
     };
