@@ -461,8 +461,12 @@ mod tests {
             .map(str::trim)
             .filter(|l| l.starts_with("causeway "))
         {
+            // Up to a comment, or to a pipe into another command (`| kubectl apply -f -`).
             let words: Vec<&str> = line
                 .split('#')
+                .next()
+                .unwrap_or("")
+                .split(" | ")
                 .next()
                 .unwrap_or("")
                 .split_whitespace()

@@ -94,6 +94,19 @@ fn samples() -> String {
     to_yaml(&values)
 }
 
+/// The MCS objects README.md shows users (its ```yaml blocks with our API group).
+fn readme_mcs_examples() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("reading README.md");
+    let blocks: Vec<&str> = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("apiVersion: multicluster.x-k8s.io/"))
+        .collect();
+    assert!(!blocks.is_empty(), "README.md shows no ServiceExport");
+    blocks.iter().map(|b| format!("---\n{b}")).collect()
+}
+
 /// One invalid object per way of validating.
 const BAD: &str = r#"
 apiVersion: multicluster.x-k8s.io/v1beta1
@@ -159,6 +172,7 @@ fn every_shipped_manifest_validates_against_the_kubernetes_schemas() {
         write(dir.path(), "crds.yaml", &causeway(&["crds"])),
         write(dir.path(), "install.yaml", &install),
         write(dir.path(), "samples.yaml", &samples()),
+        write(dir.path(), "readme.yaml", &readme_mcs_examples()),
     ];
     let deploy = Disk(root().join("deploy"));
     for kustomization in [
@@ -181,9 +195,9 @@ fn every_shipped_manifest_validates_against_the_kubernetes_schemas() {
         .filter(|l| l.starts_with("skipped"))
         .collect();
     // The base has 14 objects (2 CRDs among them); install adds the Secret; `crds` prints 2;
-    // 3 samples; each overlay has the base's 14. The ServiceMonitor (in install, monitoring
+    // 3 samples; README's ServiceExport; each overlay has the base's 14. The ServiceMonitor (in install, monitoring
     // and example-c1) is skipped.
-    assert_eq!(valid, 15 + 2 + 3 + 14 + 14 + 14, "{output}");
+    assert_eq!(valid, 15 + 2 + 3 + 1 + 14 + 14 + 14, "{output}");
     assert_eq!(skipped.len(), 3, "{output}");
     assert!(
         skipped.iter().all(|l| l.contains("ServiceMonitor")),
@@ -194,6 +208,7 @@ fn every_shipped_manifest_validates_against_the_kubernetes_schemas() {
         "ok      Deployment/causeway-gateway",
         "ok      ServiceImport/web",
         "ok      ServiceExport/web",
+        "readme.yaml",
         "ok      CustomResourceDefinition/serviceimports.multicluster.x-k8s.io",
     ] {
         assert!(output.contains(needle), "{needle}:\n{output}");

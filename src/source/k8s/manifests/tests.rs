@@ -170,7 +170,7 @@ fn the_gateway_runs_as_the_issue_asks() {
     }
     assert_eq!(
         container["securityContext"]["capabilities"]["add"],
-        json!(["NET_ADMIN"])
+        json!(["NET_ADMIN", "NET_BIND_SERVICE"])
     );
     assert_eq!(
         container["securityContext"]["capabilities"]["drop"],
