@@ -267,10 +267,10 @@ pub fn resolve<'a>(
         }));
     }
     conflicts.extend(differ(ConflictKind::Annotations, &|e| {
-        format!("{:?}", e.props.exported_annotations)
+        map_text(&e.props.exported_annotations)
     }));
     conflicts.extend(differ(ConflictKind::Labels, &|e| {
-        format!("{:?}", e.props.exported_labels)
+        map_text(&e.props.exported_labels)
     }));
     conflicts.extend(differ(ConflictKind::InternalTrafficPolicy, &|e| {
         e.props
@@ -297,7 +297,7 @@ pub fn resolve<'a>(
     if !lacking.is_empty() {
         conflicts.push(conflict(
             ConflictKind::IpFamily,
-            &format!("{families:?}"),
+            &families_text(families),
             winner_id,
             lacking,
             total,
@@ -402,6 +402,27 @@ fn conflict(
         disagreeing,
         message,
     }
+}
+
+/// `a=1,b=2`, or `none`: how labels and annotations read in messages.
+fn map_text(map: &BTreeMap<String, String>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// `IPv4,IPv6`, as the API spells families.
+fn families_text(families: &[IpFamily]) -> String {
+    let names: Vec<&str> = families
+        .iter()
+        .map(|f| match f {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+        .collect();
+    names.join(",")
 }
 
 fn kind_name(kind: ServiceKind) -> &'static str {

@@ -185,6 +185,27 @@ fn each_conflict_kind_is_detected_and_the_oldest_export_wins() {
 }
 
 #[test]
+fn messages_name_the_winning_value_as_users_write_it() {
+    let mut c2 = hello(2);
+    c2.props.exported_labels = BTreeMap::from([("tier".into(), "web".into())]);
+    c2.props.ip_families = vec![IpFamily::V6];
+    let mut c1 = hello(1);
+    c1.props.exported_labels = BTreeMap::from([("tier".into(), "api".into())]);
+    c1.props.ip_families = vec![IpFamily::V4, IpFamily::V6];
+    let r = resolve_all(&[("c1", c1), ("c2", c2)]);
+    let message = |kind| r.conflict(kind).unwrap().message.clone();
+    assert_eq!(
+        message(ConflictKind::Labels),
+        "Conflicting exported labels. Using \"tier=api\" from oldest service export in \"c1\". 1/2 clusters disagree."
+    );
+    assert!(
+        message(ConflictKind::IpFamily).contains("Using \"IPv4,IPv6\""),
+        "{}",
+        message(ConflictKind::IpFamily)
+    );
+}
+
+#[test]
 fn session_affinity_timeouts_conflict_only_between_client_ip_exports() {
     let client_ip = |timeout: Option<i32>, at: i64| {
         let mut e = hello(at);

@@ -389,3 +389,78 @@ fn conflict_reasons_are_the_mcs_api_names() {
         "SessionAffinityConfigConflict"
     );
 }
+
+/// The API server only accepts structural schemas: every node typed, no `$ref`, no type in
+/// `anyOf`/`oneOf`/`allOf`/`not`, no `properties` beside `additionalProperties`, `nullable`
+/// only with a type. Lists of type map need their keys required.
+fn structural_problems(path: &str, node: &Value, out: &mut Vec<String>) {
+    let Some(map) = node.as_object() else {
+        out.push(format!("{path}: not a schema object"));
+        return;
+    };
+    let untyped_ok = map.contains_key("x-kubernetes-int-or-string")
+        || map.contains_key("x-kubernetes-preserve-unknown-fields");
+    if !map.contains_key("type") && !untyped_ok {
+        out.push(format!("{path}: no type"));
+    }
+    for forbidden in [
+        "$ref",
+        "definitions",
+        "$schema",
+        "oneOf",
+        "anyOf",
+        "allOf",
+        "not",
+    ] {
+        if map.contains_key(forbidden) {
+            out.push(format!("{path}: {forbidden}"));
+        }
+    }
+    if map.contains_key("properties") && map.contains_key("additionalProperties") {
+        out.push(format!("{path}: properties with additionalProperties"));
+    }
+    if map.get("x-kubernetes-list-type") == Some(&Value::from("map")) {
+        let keys = map["x-kubernetes-list-map-keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let required = node["items"]["required"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if keys.is_empty() || keys.iter().any(|k| !required.contains(k)) {
+            out.push(format!("{path}: map list keys {keys:?} not all required"));
+        }
+    }
+    if let Some(props) = map.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            structural_problems(&format!("{path}.{name}"), child, out);
+        }
+    }
+    for nested in ["items", "additionalProperties"] {
+        if let Some(child) = map.get(nested).filter(|c| c.is_object()) {
+            structural_problems(&format!("{path}.{nested}"), child, out);
+        }
+    }
+}
+
+#[test]
+fn crd_schemas_are_structural() {
+    for crd in crds().unwrap() {
+        let crd = serde_json::to_value(crd).unwrap();
+        for version in crd["spec"]["versions"].as_array().unwrap() {
+            let mut problems = Vec::new();
+            let path = format!("{}/{}", crd["metadata"]["name"], version["name"]);
+            structural_problems(&path, &version["schema"]["openAPIV3Schema"], &mut problems);
+            assert!(problems.is_empty(), "{problems:#?}");
+        }
+    }
+    // The check itself notices an untyped field.
+    let mut problems = Vec::new();
+    structural_problems(
+        "x",
+        &serde_json::json!({"type": "object", "properties": {"y": {}}}),
+        &mut problems,
+    );
+    assert_eq!(problems, ["x.y: no type"]);
+}
