@@ -350,7 +350,8 @@ fn age_key(exported_at: Option<i64>) -> (bool, i64) {
 }
 
 /// The union of the ports, oldest export first: a port joins unless its name, or its
-/// (protocol, port), is already taken by a different port.
+/// (protocol, port), is already taken by a different port. Kubernetes keeps both unique within
+/// one Service; should an export repeat one anyway, the repeat is left out the same way.
 fn merge_ports(exports: &[(&ClusterId, &Export)]) -> Vec<MergedPort> {
     let mut union: Vec<MergedPort> = Vec::new();
     for (cluster, export) in exports {

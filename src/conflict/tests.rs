@@ -499,3 +499,94 @@ fn reasons_fit_the_condition_reason_pattern() {
     }
     assert!(combined.len() <= 1024);
 }
+
+mod invariants {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Ports from a small domain, so that names and addresses collide often.
+    fn arb_port() -> impl Strategy<Value = PortSpec> {
+        (
+            prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+            prop::sample::select(vec![Protocol::Tcp, Protocol::Udp]),
+            80u16..83,
+        )
+            .prop_map(|(name, protocol, number)| port(name, protocol, number))
+    }
+
+    fn arb_export() -> impl Strategy<Value = Export> {
+        (
+            prop::collection::vec(arb_port(), 0..4),
+            any::<bool>(),
+            prop::option::of(0i64..3),
+            prop::option::of(prop::sample::select(vec!["Cluster", "Local"])),
+        )
+            .prop_map(|(ports, headless, at, policy)| {
+                let mut e = hello(0);
+                // As Kubernetes validates a Service: names and (protocol, port) unique.
+                let mut seen = BTreeSet::new();
+                e.ports = ports
+                    .into_iter()
+                    .filter(|p| {
+                        let name_new = p
+                            .name
+                            .as_ref()
+                            .is_none_or(|n| seen.insert(format!("name {n}")));
+                        name_new && seen.insert(format!("{:?}/{}", p.protocol, p.port))
+                    })
+                    .collect();
+                e.props.exported_at = at;
+                e.props.internal_traffic_policy = policy.map(str::to_owned);
+                if headless {
+                    e.props.kind = ServiceKind::Headless;
+                }
+                e
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn resolution_is_order_independent_and_the_union_is_consistent(
+            exports in prop::collection::vec(arb_export(), 1..5),
+            rotate in 0usize..5,
+        ) {
+            let named: Vec<(ClusterId, Export)> = exports
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| (id(&format!("c{i}")), e))
+                .collect();
+            let r = resolve(named.iter().map(|(c, e)| (c, e))).unwrap();
+            let mut rotated = named.clone();
+            rotated.rotate_left(rotate % named.len());
+            prop_assert_eq!(&r, &resolve(rotated.iter().map(|(c, e)| (c, e))).unwrap());
+
+            // No duplicate names, no duplicate (protocol, port).
+            let ports: Vec<&PortSpec> = r.import.ports.iter().map(|m| &m.port).collect();
+            let names: BTreeSet<&String> = ports.iter().filter_map(|p| p.name.as_ref()).collect();
+            prop_assert_eq!(names.len(), ports.iter().filter(|p| p.name.is_some()).count());
+            let addresses: BTreeSet<(Protocol, u16)> =
+                ports.iter().map(|p| (p.protocol, p.port)).collect();
+            prop_assert_eq!(addresses.len(), ports.len());
+
+            // The winner's ports are all in, and every merged port names exactly its exposers.
+            let winner = &named.iter().find(|(c, _)| *c == r.winner).unwrap().1;
+            for p in &winner.ports {
+                prop_assert!(ports.contains(&p));
+            }
+            for m in &r.import.ports {
+                for (c, e) in &named {
+                    prop_assert_eq!(m.clusters.contains(c), e.ports.contains(&m.port));
+                }
+            }
+
+            // A port conflict exactly when some export's port set differs from the winner's.
+            let differs = named.iter().any(|(_, e)| port_set(e) != port_set(winner));
+            prop_assert_eq!(r.conflict(ConflictKind::Port).is_some(), differs);
+            // Nobody disagrees with the winner about the winner's own values.
+            for c in &r.conflicts {
+                prop_assert!(!c.disagreeing.contains(&r.winner));
+            }
+        }
+    }
+}
