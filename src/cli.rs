@@ -65,6 +65,75 @@ pub enum Command {
     /// Check a running gateway end to end (broker, each peer's handshake and probe, DNS
     /// answering its own exports, CIDR overlaps, MTU); exits nonzero if any check fails.
     Diagnose(DiagnoseArgs),
+    /// Print the MCS CRDs (ServiceExport, ServiceImport; generated from causeway's types) as a
+    /// YAML stream, for `kubectl apply -f -`.
+    Crds,
+    /// Print everything one cluster runs (CRDs, namespace, RBAC, ConfigMap, the gateway, the DNS
+    /// Service), the same objects as deploy/, for `kubectl apply -f -`.
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// This cluster's id (a DNS label), as in its certificate.
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: ClusterId,
+    /// Broker address(es); repeat the flag or separate with commas.
+    #[arg(
+        long = "broker",
+        value_name = "ADDR",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub brokers: Vec<SocketAddr>,
+    /// This cluster's pod and service ranges.
+    #[arg(
+        long = "cidr",
+        value_name = "CIDR",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub cidrs: Vec<IpNet>,
+    /// The gateway's container image (default: the base's causeway:latest).
+    #[arg(long, value_name = "IMAGE", value_parser = parse_image)]
+    pub image: Option<String>,
+    /// Also print the causeway-tls Secret from this directory (ca.crt, tls.crt, tls.key, from
+    /// `certs issue --cluster ID`). Without it, create the Secret yourself.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Also print the ServiceMonitor (needs the Prometheus operator's CRD on the cluster).
+    #[arg(long)]
+    pub service_monitor: bool,
+}
+
+impl InstallArgs {
+    /// The validated installation, with the TLS files read.
+    pub fn to_install(&self) -> anyhow::Result<crate::source::k8s::manifests::Install> {
+        use anyhow::Context as _;
+        let tls = match &self.tls_dir {
+            Some(dir) => Some(
+                crate::source::k8s::manifests::read_tls(dir)
+                    .with_context(|| format!("reading the TLS files in {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        Ok(crate::source::k8s::manifests::Install {
+            cluster_id: self.cluster_id.clone(),
+            brokers: self.brokers.clone(),
+            cidrs: self.cidrs.clone(),
+            image: self.image.clone(),
+            service_monitor: self.service_monitor,
+            tls,
+        })
+    }
+}
+
+fn parse_image(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(format!("{s:?} is not an image reference"))
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -490,8 +559,12 @@ mod tests {
             .map(str::trim)
             .filter(|l| l.starts_with("causeway "))
         {
+            // Up to a comment, or to a pipe into another command (`| kubectl apply -f -`).
             let words: Vec<&str> = line
                 .split('#')
+                .next()
+                .unwrap_or("")
+                .split(" | ")
                 .next()
                 .unwrap_or("")
                 .split_whitespace()
@@ -551,6 +624,48 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn install_flags_parse_and_bad_values_are_refused() {
+        let parse = |extra: &[&str]| {
+            let base = [
+                "causeway",
+                "install",
+                "--cluster-id",
+                "c1",
+                "--cidr",
+                "10.1.0.0/16",
+            ];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Install(args) => args,
+                _ => panic!("not install"),
+            })
+        };
+        let args = parse(&[
+            "--broker",
+            "10.0.0.2:7443,10.0.0.3:7443",
+            "--service-monitor",
+        ])
+        .unwrap();
+        assert_eq!(args.brokers.len(), 2);
+        assert!(args.service_monitor);
+        assert_eq!(args.image, None);
+        let install = args.to_install().unwrap();
+        assert_eq!(install.cluster_id.as_str(), "c1");
+        assert!(install.tls.is_none());
+        assert!(parse(&[]).is_err(), "--broker is required");
+        assert!(parse(&["--broker", "x"]).is_err());
+        assert!(parse(&["--broker", "10.0.0.2:7443", "--image", "a b"]).is_err());
+        let missing = parse(&["--broker", "10.0.0.2:7443", "--tls-dir", "/nonexistent/tls"])
+            .unwrap()
+            .to_install()
+            .unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("/nonexistent/tls"),
+            "{missing:#}"
+        );
+        assert!(Cli::try_parse_from(["causeway", "crds"]).is_ok());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - `broker`: the broker's pure state, its persistent store and its QUIC server.
 //! - `select`: pure endpoint ranking for DNS answers.
 //! - `health`: active probes of this cluster's own endpoints (sans-IO prober, tokio driver).
+//! - `conflict`: the MCS conflict rules: every cluster's export of a service → the merged import
+//!   and the conflicts (pure).
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 //! - `changes`: the gateway's state-change log lines about its answers (pure diffs).
@@ -23,6 +25,7 @@ pub mod certs;
 pub mod changes;
 pub mod cli;
 pub mod clock;
+pub mod conflict;
 pub mod diagnose;
 pub mod explain;
 pub mod health;

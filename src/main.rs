@@ -106,7 +106,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Lab(LabCommand::HttpServe { listen, body }) => {
             causeway_netlab::http_serve(listen, body)
         }
+        Command::Crds => print(causeway::source::k8s::crd::crds_yaml().map_err(Into::into)),
+        Command::Install(args) => print(args.to_install().and_then(|install| {
+            let objects = causeway::source::k8s::manifests::install(&install)?;
+            Ok(causeway::source::k8s::manifests::to_yaml(&objects))
+        })),
     }
+}
+
+fn print(text: anyhow::Result<String>) -> anyhow::Result<()> {
+    print!("{}", text?);
+    Ok(())
 }
 
 fn current_exe() -> anyhow::Result<std::path::PathBuf> {

@@ -3,3 +3,4 @@
 //! a Kubernetes source (MCS ServiceExport) lives under `source/k8s/` when it lands.
 
 pub mod file;
+pub mod k8s;

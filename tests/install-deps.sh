@@ -28,3 +28,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# kubernetes-validate (PyPI) for tests/manifests.rs: validates every manifest offline against
+# the Kubernetes OpenAPI schemas. Debian has no package of it; pip installs it (Debian's own
+# python3 is "externally managed", hence the second try).
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "install-deps: installing python3 and python3-pip"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3 python3-pip
+  fi
+  echo "install-deps: installing kubernetes-validate"
+  python3 -m pip install -q kubernetes-validate 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate
+fi
