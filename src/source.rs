@@ -3,3 +3,8 @@
 //! a Kubernetes source (MCS ServiceExport) lives under `source/k8s/` when it lands.
 
 pub mod file;
+
+/// TEMPORARY until `k8s-api` lands `source/k8s/mod.rs`.
+pub mod k8s {
+    pub mod election;
+}
