@@ -7,4 +7,6 @@ pub mod file;
 /// TEMPORARY until `k8s-api` lands `source/k8s/mod.rs`.
 pub mod k8s {
     pub mod election;
+    #[cfg(test)]
+    pub mod fake_api;
 }
