@@ -6,7 +6,9 @@ pub mod file;
 
 /// TEMPORARY until `k8s-api` lands `source/k8s/mod.rs`.
 pub mod k8s {
+    pub mod alloc;
     pub mod election;
+    pub mod export;
     #[cfg(test)]
     pub mod fake_api;
 }
