@@ -11,4 +11,5 @@ pub mod k8s {
     pub mod export;
     #[cfg(test)]
     pub mod fake_api;
+    pub mod lease;
 }
