@@ -8,6 +8,8 @@
 //! - `sync`: the gateway↔broker protocol: wire messages, sans-IO sessions, the QUIC shell.
 //! - `broker`: the broker's pure state, its persistent store and its QUIC server.
 //! - `select`: pure endpoint ranking for DNS answers.
+//! - `conflict`: the MCS conflict rules: every cluster's export of a service → the merged import
+//!   and the conflicts (pure).
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 
@@ -16,6 +18,7 @@ pub mod broker;
 pub mod certs;
 pub mod cli;
 pub mod clock;
+pub mod conflict;
 pub mod model;
 pub mod select;
 pub mod source;

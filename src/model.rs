@@ -5,6 +5,7 @@
 //! types, no I/O: the file source and the Kubernetes source translate into these, the broker
 //! stores them, and `app` translates them into the gateway's and the DNS server's own inputs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -214,6 +215,11 @@ pub struct ServiceProps {
     /// When the export was created (the ServiceExport's creationTimestamp), in Unix seconds.
     /// The MCS conflict rule lets the oldest export win.
     pub exported_at: Option<i64>,
+    /// The ServiceExport's `spec.exportedLabels`: put on the ServiceImport (the oldest
+    /// export's win).
+    pub exported_labels: BTreeMap<String, String>,
+    /// The ServiceExport's `spec.exportedAnnotations`, likewise.
+    pub exported_annotations: BTreeMap<String, String>,
 }
 
 /// What one cluster exports of one service. The exporting cluster is the record's owner: only

@@ -3,13 +3,4 @@
 //! a Kubernetes source (MCS ServiceExport) lives under `source/k8s/` when it lands.
 
 pub mod file;
-
-/// TEMPORARY until `k8s-api` lands `source/k8s/mod.rs`.
-pub mod k8s {
-    pub mod alloc;
-    pub mod election;
-    pub mod export;
-    #[cfg(test)]
-    pub mod fake_api;
-    pub mod lease;
-}
+pub mod k8s;
