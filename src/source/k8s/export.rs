@@ -24,7 +24,8 @@ use crate::model::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The ClusterProperty holding this cluster's id in the clusterset (KEP-2149).
-pub const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
+pub use super::crd::CLUSTER_PROPERTY_ID as CLUSTER_ID_PROPERTY;
+use super::crd::LABEL_MANAGED_BY as MANAGED_BY_LABEL;
 
 /// `ClusterProperty` from kubernetes-sigs/about-api (cluster-scoped; the property's name is
 /// `metadata.name`). We read `v1alpha1`, which every release of the CRD serves (`v1beta1`
@@ -172,12 +173,10 @@ pub fn export_of<'a>(
             internal_traffic_policy: spec.internal_traffic_policy.clone(),
             traffic_distribution: spec.traffic_distribution.clone(),
             exported_at,
+            ..ServiceProps::default()
         },
     })
 }
-
-/// The well-known label saying which controller manages an EndpointSlice.
-pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 
 fn protocol(p: Option<&str>) -> Option<Protocol> {
     match p.unwrap_or("TCP") {
@@ -273,6 +272,7 @@ mod tests {
                 internal_traffic_policy: Some("Cluster".into()),
                 traffic_distribution: Some("PreferClose".into()),
                 exported_at: Some(1_700_000_000),
+                ..ServiceProps::default()
             }
         );
     }
