@@ -223,3 +223,6 @@ async fn run(
         tokio::time::sleep(SETTLE).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
