@@ -309,6 +309,10 @@ fn tunnel_source(args: &GatewayArgs) -> anyhow::Result<Option<IpAddr>> {
 /// Runs one cluster's gateway until `shutdown` is cancelled.
 pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let me = args.cluster_id.clone();
+    // `--source kube`: the API client, and with --leader-elect, wait to lead (a standby holds
+    // no tunnel or DNS socket); `shutdown` then also fires when leadership is lost.
+    let kube_prepared = crate::source::k8s::run::prepare(&args, shutdown).await?;
+    let shutdown = kube_prepared.shutdown.clone();
     let wg_endpoint = advertised(&args)?;
     let route_source = tunnel_source(&args)?;
     let private_key = load_or_create_key(&args.state_dir)?;
@@ -345,10 +349,18 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     .await
     .with_context(|| format!("serving DNS on {}", args.dns_listen))?;
 
-    let SourceSpec::File(dir) = &args.source;
-    let mut local = crate::source::file::watch(dir.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("reading the file source {}", dir.display()))?;
+    let mut kube_source = None;
+    let mut local = match &args.source {
+        SourceSpec::File(dir) => crate::source::file::watch(dir.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("reading the file source {}", dir.display()))?,
+        SourceSpec::Kube => {
+            let source = crate::source::k8s::run::start(&args, &kube_prepared).await?;
+            let exports = source.exports.clone();
+            kube_source = Some(source);
+            exports
+        }
+    };
 
     let info = ClusterInfo {
         id: me.clone(),
@@ -374,6 +386,9 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut services_published: Option<Vec<causeway_dns::ServiceRecords>> = None;
     loop {
         let state: SyncState = synced.borrow_and_update().clone();
+        if let Some(source) = &kube_source {
+            source.publish_view(&state);
+        }
         let exports = local.borrow_and_update().clone();
         let health = health_view(&me, &state.view, &tunnels.borrow_and_update());
         if let (Some(before), Some(now)) = (&was_reachable, &health.reachable) {
@@ -440,7 +455,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         }
     }
     info!("Gateway stopped");
-    Ok(())
+    kube_prepared.finish()
 }
 
 #[cfg(test)]

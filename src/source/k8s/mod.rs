@@ -9,7 +9,8 @@
 //!   `export` (Service + EndpointSlices → `model::Export`, the cluster id), `plan` (conditions,
 //!   the whole desired state) with `imports` (ServiceImports, MCS EndpointSlices, derived
 //!   Services) and `alloc` (clusterset IPs), `apply` (server-side apply), `controller` (the
-//!   reflectors and the loop), `election` + `lease` (leader election on a Lease), and
+//!   reflectors and the loop), `election` + `lease` (leader election on a Lease), `run` (the
+//!   gateway's entry: client, leadership, start), and
 //!   `fake_api` (tests: an in-process API server behind a real `kube::Client`). Which MCS
 //!   conformance checks which tests cover: `CONFORMANCE.md`.
 //!
@@ -27,3 +28,4 @@ pub mod fake_api;
 pub mod imports;
 pub mod lease;
 pub mod plan;
+pub mod run;
