@@ -370,6 +370,10 @@ fn tunnel_source(args: &GatewayArgs) -> anyhow::Result<Option<IpAddr>> {
 /// Runs one cluster's gateway until `shutdown` is cancelled.
 pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let me = args.cluster_id.clone();
+    // `--source kube`: the API client, and with --leader-elect, wait to lead (a standby holds
+    // no tunnel or DNS socket); `shutdown` then also fires when leadership is lost.
+    let kube_prepared = crate::source::k8s::run::prepare(&args, shutdown).await?;
+    let shutdown = kube_prepared.shutdown.clone();
     let wg_endpoint = advertised(&args)?;
     let route_source = tunnel_source(&args)?;
     let private_key = load_or_create_key(&args.state_dir)?;
@@ -406,12 +410,24 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     .await
     .with_context(|| format!("serving DNS on {}", args.dns_listen))?;
 
-    let SourceSpec::File(dir) = &args.source;
-    let services = crate::source::file::watch_probed(dir.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("reading the file source {}", dir.display()))?;
-    // Probe failures mark endpoints not ready here, so DNS and the broker see them at once.
-    let mut local = crate::health::driver::spawn(services, shutdown.clone());
+    let mut kube_source = None;
+    let mut local = match &args.source {
+        SourceSpec::File(dir) => {
+            let services = crate::source::file::watch_probed(dir.clone(), shutdown.clone())
+                .await
+                .with_context(|| format!("reading the file source {}", dir.display()))?;
+            // Probe failures mark endpoints not ready here, so DNS and the broker see them at
+            // once.
+            crate::health::driver::spawn(services, shutdown.clone())
+        }
+        // Readiness comes from the EndpointSlices, as kube-proxy sees it.
+        SourceSpec::Kube => {
+            let source = crate::source::k8s::run::start(&args, &kube_prepared).await?;
+            let exports = source.exports.clone();
+            kube_source = Some(source);
+            exports
+        }
+    };
 
     let info = ClusterInfo {
         id: me.clone(),
@@ -461,6 +477,9 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut answer_changes = crate::changes::ChangeTracker::default();
     loop {
         let state: SyncState = synced.borrow_and_update().clone();
+        if let Some(source) = &kube_source {
+            source.publish_view(&state);
+        }
         let exports = local.borrow_and_update().clone();
         let health = health_view(&me, &state.view, &tunnels.borrow_and_update());
         if let (Some(before), Some(now)) = (&was_reachable, &health.reachable) {
@@ -541,7 +560,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         }
     }
     info!("Gateway stopped");
-    Ok(())
+    kube_prepared.finish()
 }
 
 #[cfg(test)]

@@ -257,9 +257,38 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "DIR", env = "CAUSEWAY_TLS_DIR")]
     pub tls_dir: PathBuf,
     /// Where this cluster's services come from: `file:DIR`, a directory of YAML service files
-    /// (see README, "The file source").
+    /// (see README, "The file source"), or `kube`, the MCS API of the cluster the gateway runs
+    /// in (ServiceExports in, ServiceImports out; see README, "Kubernetes").
     #[arg(long, value_name = "SOURCE", env = "CAUSEWAY_SOURCE")]
     pub source: SourceSpec,
+    /// With `--source kube`: where ClusterSetIP ServiceImports get their clusterset IPs, at most
+    /// one range per IP family. They become the derived Services' cluster IPs, so they must lie
+    /// in the cluster's service CIDR (its static lower band, KEP-3070). Without a range the
+    /// API server assigns the derived Services' IPs and the imports take those.
+    #[arg(
+        long = "clusterset-ip-range",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub clusterset_ip_ranges: Vec<IpNet>,
+    /// With `--source kube`: run only while holding the coordination.k8s.io Lease
+    /// `--leader-elect-lease` (a standby replica takes over when the leader stops renewing).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value = "causeway-system",
+        env = "POD_NAMESPACE"
+    )]
+    pub leader_elect_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "causeway-gateway")]
+    pub leader_elect_lease: String,
+    /// This replica's identity in the Lease (default: the pod name, $POD_NAME, else $HOSTNAME).
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    pub leader_elect_identity: Option<String>,
     /// UDP address WireGuard listens on.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:51820")]
     pub wg_listen: SocketAddr,
@@ -330,17 +359,22 @@ pub struct GatewayArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     File(PathBuf),
+    /// The Kubernetes MCS API of the cluster the gateway runs in (in-cluster or kubeconfig).
+    Kube,
 }
 
 impl FromStr for SourceSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "kube" {
+            return Ok(SourceSpec::Kube);
+        }
         match s.split_once(':') {
             Some(("file", dir)) if !dir.is_empty() => Ok(SourceSpec::File(PathBuf::from(dir))),
             Some(("file", _)) => {
                 Err("`file:` needs a directory, e.g. file:/etc/causeway/services".into())
             }
-            _ => Err(format!("unknown source {s:?}: expected file:DIR")),
+            _ => Err(format!("unknown source {s:?}: expected file:DIR or kube")),
         }
     }
 }
@@ -509,6 +543,24 @@ mod tests {
     }
 
     #[test]
+    fn kube_source_flags_parse() {
+        let cli = gateway(&[
+            ("--source", "kube"),
+            ("--clusterset-ip-range", "10.96.255.0/24,fd00:96::/112"),
+            ("--leader-elect-identity", "gw-0"),
+        ])
+        .unwrap();
+        let Command::Gateway(args) = cli.command else {
+            panic!("not a gateway")
+        };
+        assert_eq!(args.source, SourceSpec::Kube);
+        assert_eq!(args.clusterset_ip_ranges.len(), 2);
+        assert!(!args.leader_elect);
+        assert_eq!(args.leader_elect_lease, "causeway-gateway");
+        assert_eq!(args.leader_elect_identity.as_deref(), Some("gw-0"));
+    }
+
+    #[test]
     fn clusterset_zone_defaults_to_clusterset_local_and_may_be_emptied() {
         for (given, expected) in [
             (None, "clusterset.local"),
@@ -532,7 +584,7 @@ mod tests {
             (("--cidr", "10.1.0.0/33"), "--cidr"),
             (("--cluster-id", "Bad_Id"), "not a DNS label"),
             (("--wg-listen", "nowhere"), "--wg-listen"),
-            (("--source", "kube"), "expected file:DIR"),
+            (("--source", "etcd"), "expected file:DIR or kube"),
             (("--tun-name", "a-name-that-is-too-long"), "interface name"),
             (("--mtu", "100"), "--mtu"),
             (("--dns-ttl", "-1"), "unexpected argument '-1'"),

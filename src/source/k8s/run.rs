@@ -1,0 +1,113 @@
+//! The gateway's entry into the Kubernetes source (an edge: `anyhow` errors with context):
+//! connecting to the API server, leader election, and starting the controller.
+//!
+//! `app::run_gateway` calls [`prepare`] first (before it opens WireGuard and DNS, so a
+//! standby replica holds nothing), then [`start`] where it would start the file source, and
+//! [`Prepared::finish`] when its loop ends.
+
+use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::controller::KubeSource;
+use super::election::ElectionConfig;
+use super::lease::{LeaseConfig, spawn};
+use crate::cli::{GatewayArgs, SourceSpec};
+
+/// What [`prepare`] set up.
+pub struct Prepared {
+    /// The client, with `--source kube`.
+    pub client: Option<kube::Client>,
+    /// The token the gateway runs under: cancelled on shutdown, and when leadership is lost.
+    pub shutdown: CancellationToken,
+    outer: CancellationToken,
+}
+
+impl Prepared {
+    /// Turns a loss of leadership into an error, so the process exits and its restart stands
+    /// by as a follower.
+    pub fn finish(&self) -> anyhow::Result<()> {
+        if self.shutdown.is_cancelled() && !self.outer.is_cancelled() {
+            bail!("lost the leader lease: stopping so that the new leader runs alone");
+        }
+        Ok(())
+    }
+}
+
+/// Connects to the API server (in-cluster config, else kubeconfig) for `--source kube`, and
+/// with `--leader-elect` waits until this replica holds the Lease.
+pub async fn prepare(args: &GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<Prepared> {
+    let outer = shutdown.clone();
+    let client = match args.source {
+        SourceSpec::Kube => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?,
+        ),
+        SourceSpec::File(_) => None,
+    };
+    if !args.leader_elect {
+        return Ok(Prepared {
+            client,
+            shutdown,
+            outer,
+        });
+    }
+    let Some(client) = client else {
+        bail!("--leader-elect needs --source kube (the Lease lives in the cluster)");
+    };
+    let identity = args
+        .leader_elect_identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|i| !i.is_empty())
+        .context("--leader-elect needs an identity: set --leader-elect-identity or $POD_NAME")?;
+    let config = LeaseConfig {
+        namespace: args.leader_elect_namespace.clone(),
+        name: args.leader_elect_lease.clone(),
+        election: ElectionConfig::new(identity.clone()),
+    };
+    let inner = shutdown.child_token();
+    let mut leading = spawn(client.clone(), config, inner.clone());
+    info!(%identity, lease = %args.leader_elect_lease, "Standing by for the leader lease");
+    tokio::select! {
+        r = leading.wait_for(|l| *l) => { r.context("the leader election stopped")?; }
+        _ = shutdown.cancelled() => {}
+    }
+    let lost = inner.clone();
+    tokio::spawn(async move {
+        let _ = leading.wait_for(|l| !*l).await;
+        lost.cancel();
+    });
+    Ok(Prepared {
+        client: Some(client),
+        shutdown: inner,
+        outer,
+    })
+}
+
+/// Starts the controller; its cluster id (from the ClusterProperty, else the flag) must be the
+/// flag's, since the TLS certificate the broker checks carries the flag's id.
+pub async fn start(args: &GatewayArgs, prepared: &Prepared) -> anyhow::Result<KubeSource> {
+    let client = prepared
+        .client
+        .clone()
+        .context("the Kubernetes source needs a client")?;
+    let source = super::controller::start(
+        client,
+        &args.cluster_id,
+        args.clusterset_ip_ranges.clone(),
+        prepared.shutdown.clone(),
+    )
+    .await
+    .context("starting the Kubernetes source")?;
+    if source.cluster != args.cluster_id {
+        bail!(
+            "the cluster.clusterset.k8s.io ClusterProperty says {} but --cluster-id is {}: the \
+             TLS certificate carries --cluster-id, so make them agree",
+            source.cluster,
+            args.cluster_id
+        );
+    }
+    Ok(source)
+}
