@@ -410,6 +410,8 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     .await
     .with_context(|| format!("serving DNS on {}", args.dns_listen))?;
 
+    // Endpoint probers record into `recorders.probes` (see admin::metrics).
+    let recorders = crate::admin::metrics::Recorders::default();
     let mut kube_source = None;
     let mut local = match &args.source {
         SourceSpec::File(dir) => {
@@ -418,7 +420,8 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
                 .with_context(|| format!("reading the file source {}", dir.display()))?;
             // Probe failures mark endpoints not ready here, so DNS and the broker see them at
             // once.
-            crate::health::driver::spawn(services, shutdown.clone())
+            let probes = std::sync::Arc::new(recorders.probes.clone());
+            crate::health::driver::spawn(services, probes, shutdown.clone())
         }
         // Readiness comes from the EndpointSlices, as kube-proxy sees it.
         SourceSpec::Kube => {
@@ -456,8 +459,6 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         gateway: gateway.clone(),
         dns: dns.clone(),
     };
-    // Endpoint probers record into `recorders.probes` (see admin::metrics).
-    let recorders = crate::admin::metrics::Recorders::default();
     let admin = crate::admin::serve(
         args.admin_listen,
         admin_info,

@@ -100,6 +100,19 @@ impl Default for EndpointProbes {
     }
 }
 
+/// The endpoint prober reports here.
+impl crate::health::driver::ProbeObserver for EndpointProbes {
+    fn probed(&self, service: &ServiceKey, endpoint: IpAddr, success: bool, took: Duration) {
+        self.record(service, endpoint, success, took);
+    }
+    fn verdict(&self, service: &ServiceKey, endpoint: IpAddr, healthy: bool) {
+        self.set_healthy(service, endpoint, healthy);
+    }
+    fn forgotten(&self, service: &ServiceKey, endpoint: IpAddr) {
+        self.forget(service, endpoint);
+    }
+}
+
 impl EndpointProbes {
     /// Records one probe of `endpoint` of `service`: whether it succeeded and how long it
     /// took. Call once per probe, when its outcome is known (a timeout is a failure that

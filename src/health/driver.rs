@@ -6,7 +6,10 @@
 //! Decisions (when to probe, what counts as down) are the core's; this file only moves data
 //! and speaks TCP/HTTP.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -17,13 +20,33 @@ use tracing::{debug, info};
 use super::LocalExport;
 use super::prober::{Check, EndpointState, ProbeConfig, ProbeId, Prober, TargetKey};
 use crate::clock;
-use crate::model::Export;
+use crate::model::{Export, ServiceKey};
+
+/// Where the driver reports what the probes find (in the gateway: the admin port's
+/// `causeway_endpoint_probe_*` metrics). `()` reports nowhere.
+pub trait ProbeObserver: Send + Sync + 'static {
+    /// One probe's outcome and how long it took (a timeout is a failure that took the timeout).
+    fn probed(&self, service: &ServiceKey, endpoint: IpAddr, success: bool, took: Duration);
+    /// The verdict after the thresholds changed: `healthy` endpoints are answered.
+    fn verdict(&self, service: &ServiceKey, endpoint: IpAddr, healthy: bool);
+    /// The endpoint is no longer probed.
+    fn forgotten(&self, service: &ServiceKey, endpoint: IpAddr);
+}
+
+impl ProbeObserver for () {
+    fn probed(&self, _: &ServiceKey, _: IpAddr, _: bool, _: Duration) {}
+    fn verdict(&self, _: &ServiceKey, _: IpAddr, _: bool) {}
+    fn forgotten(&self, _: &ServiceKey, _: IpAddr) {}
+}
+
+type Outcome = (ProbeId, Result<(), String>);
 
 /// Starts the driver; it runs until `shutdown` is cancelled or `services` closes. The returned
 /// watch holds `services`' exports with every probed endpoint that is not up marked not ready
 /// (so, at first, every probed endpoint until its first probe answers, within milliseconds).
 pub fn spawn(
     mut services: watch::Receiver<Vec<LocalExport>>,
+    observer: Arc<dyn ProbeObserver>,
     shutdown: CancellationToken,
 ) -> watch::Receiver<Vec<Export>> {
     let mut prober = Prober::new();
@@ -33,8 +56,9 @@ pub fn spawn(
     tokio::spawn(async move {
         let (results_tx, mut results) = mpsc::unbounded_channel();
         let mut current = current;
+        let mut probed = target_keys(&current);
         loop {
-            drain(&mut prober, &results_tx);
+            drain(&mut prober, &results_tx, &observer);
             tx.send_if_modified(|published| {
                 let next = prober.apply(&exports(&current));
                 let changed = *published != next;
@@ -52,6 +76,11 @@ pub fn spawn(
                     }
                     current = services.borrow_and_update().clone();
                     prober.set_targets(targets(&current), clock::now());
+                    let now_probed = target_keys(&current);
+                    for gone in probed.difference(&now_probed) {
+                        observer.forgotten(&gone.service, gone.address);
+                    }
+                    probed = now_probed;
                 }
             }
         }
@@ -60,21 +89,39 @@ pub fn spawn(
     rx
 }
 
-/// Sends every queued probe and logs every transition.
-fn drain(prober: &mut Prober, results: &mpsc::UnboundedSender<(ProbeId, Result<(), String>)>) {
+/// Sends every queued probe, and logs and reports every transition.
+fn drain(
+    prober: &mut Prober,
+    results: &mpsc::UnboundedSender<Outcome>,
+    observer: &Arc<dyn ProbeObserver>,
+) {
     while let Some(probe) = prober.poll_probe() {
         let results = results.clone();
+        let observer = observer.clone();
         tokio::spawn(async move {
+            let started = clock::now();
             let outcome =
                 match tokio::time::timeout(probe.timeout, run(probe.to, &probe.check)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(format!("no answer within {:?}", probe.timeout)),
                 };
+            let TargetKey { service, address } = &probe.target;
+            observer.probed(
+                service,
+                *address,
+                outcome.is_ok(),
+                clock::now().saturating_duration_since(started),
+            );
             let _ = results.send((probe.id, outcome));
         });
     }
     while let Some(event) = prober.poll_event() {
         let TargetKey { service, address } = &event.target;
+        match event.state {
+            EndpointState::Up => observer.verdict(service, *address, true),
+            EndpointState::Down => observer.verdict(service, *address, false),
+            EndpointState::Unknown => {}
+        }
         match event.state {
             EndpointState::Up => {
                 info!(service = %service, endpoint = %address, "Endpoint up: answered and published as ready")
@@ -88,6 +135,10 @@ fn drain(prober: &mut Prober, results: &mpsc::UnboundedSender<(ProbeId, Result<(
             EndpointState::Unknown => {}
         }
     }
+}
+
+fn target_keys(services: &[LocalExport]) -> BTreeSet<TargetKey> {
+    targets(services).into_iter().map(|(key, _)| key).collect()
 }
 
 /// Every ready endpoint of every service with a probe.
@@ -216,7 +267,7 @@ mod tests {
         let (services_tx, services) =
             watch::channel(vec![service(addr, Check::Tcp { port: addr.port() })]);
         let shutdown = CancellationToken::new();
-        let mut rx = spawn(services, shutdown.clone());
+        let mut rx = spawn(services, Arc::new(()), shutdown.clone());
         assert!(
             !rx.borrow()[0].endpoints[0].ready,
             "not ready before a probe answers"
@@ -232,6 +283,76 @@ mod tests {
         edited.export.endpoints[0].ready = false;
         services_tx.send_replace(vec![edited]);
         wait_ready(&mut rx, false).await;
+        shutdown.cancel();
+    }
+
+    /// Remembers what the driver reported.
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<String>>);
+
+    impl ProbeObserver for Seen {
+        fn probed(&self, service: &ServiceKey, endpoint: IpAddr, success: bool, _: Duration) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push(format!("probed {service} {endpoint} {success}"));
+        }
+        fn verdict(&self, service: &ServiceKey, endpoint: IpAddr, healthy: bool) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push(format!("verdict {service} {endpoint} {healthy}"));
+        }
+        fn forgotten(&self, service: &ServiceKey, endpoint: IpAddr) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push(format!("forgotten {service} {endpoint}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_verdicts_and_forgotten_endpoints_are_reported() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (services_tx, services) =
+            watch::channel(vec![service(addr, Check::Tcp { port: addr.port() })]);
+        let shutdown = CancellationToken::new();
+        let seen = Arc::new(Seen::default());
+        let mut rx = spawn(services, seen.clone(), shutdown.clone());
+        wait_ready(&mut rx, true).await;
+        let key = rx.borrow()[0].service.clone();
+        let line = |what: &str| format!("{what} {key} {}", addr.ip());
+        let has = |l: String| seen.0.lock().unwrap().contains(&l);
+        assert!(
+            has(line("probed") + " true"),
+            "{:?}",
+            seen.0.lock().unwrap()
+        );
+        assert!(
+            has(line("verdict") + " true"),
+            "{:?}",
+            seen.0.lock().unwrap()
+        );
+
+        drop(listener);
+        wait_ready(&mut rx, false).await;
+        assert!(
+            has(line("probed") + " false"),
+            "{:?}",
+            seen.0.lock().unwrap()
+        );
+        assert!(
+            has(line("verdict") + " false"),
+            "{:?}",
+            seen.0.lock().unwrap()
+        );
+
+        // The service goes away: its endpoint is no longer probed.
+        services_tx.send_replace(vec![]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !has(line("forgotten")) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                seen.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         shutdown.cancel();
     }
 
@@ -268,7 +389,7 @@ mod tests {
 
         let shutdown = CancellationToken::new();
         let (_tx, services) = watch::channel(vec![service(addr, check("/healthz"))]);
-        let mut rx = spawn(services, shutdown.clone());
+        let mut rx = spawn(services, Arc::new(()), shutdown.clone());
         wait_ready(&mut rx, true).await;
         shutdown.cancel();
     }
