@@ -168,7 +168,7 @@ pub fn plan(
     }
 
     if let Some(_view) = view {
-        super::imports::plan_imports(observed, &by_service, &resolutions, settings, &mut out);
+        super::imports::plan_imports(observed, &by_service, &resolutions, settings, now, &mut out);
     }
     out
 }
@@ -262,7 +262,8 @@ pub(super) fn condition(
     }
 }
 
-fn sentence(e: &impl std::fmt::Display) -> String {
+/// An error's message as a condition message: capitalised, with a full stop.
+pub(super) fn sentence(e: &impl std::fmt::Display) -> String {
     let text = e.to_string();
     let mut chars = text.chars();
     match chars.next() {
