@@ -170,7 +170,9 @@ where
                 _ = shutdown.cancelled() => break,
                 event = stream.next() => match event {
                     Some(Ok(_)) => { tick.send_modify(|n| *n += 1); }
-                    Some(Err(e)) => debug!(error = %e, "Watch failed; retrying with backoff"),
+                    // The API server's answer, not a peer's: a missing CRD or RBAC rule
+                    // shows here, and the backoff (up to 30 s) bounds the repeats.
+                    Some(Err(e)) => warn!(error = %e, "Watch failed; retrying with backoff"),
                     None => break,
                 },
             }
