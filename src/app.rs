@@ -256,6 +256,24 @@ fn dns_service(
     }
 }
 
+/// Puts each ClusterSetIP service's allocated clusterset IPs (from the ServiceImports of the
+/// Kubernetes source) into its DNS records, so that `S.N.svc.clusterset.local` answers them
+/// (MCS DNS spec; conformance check 22). Services without one keep the ranked cluster IPs.
+pub fn with_clusterset_ips(
+    services: &mut [causeway_dns::ServiceRecords],
+    ips: &BTreeMap<ServiceKey, Vec<IpAddr>>,
+) {
+    for service in services {
+        let key = ServiceKey {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+        };
+        if let causeway_dns::ServiceKind::ClusterSetIp { clusterset_ips } = &mut service.kind {
+            clusterset_ips.clone_from(ips.get(&key).unwrap_or(&Vec::new()));
+        }
+    }
+}
+
 /// An endpoint's `H` label: its hostname when that is a DNS label, else its address with
 /// `.`/`:` as `-` (the MCS conformance suite's fallback); empty when neither is a label.
 fn host_label(endpoint: &Endpoint) -> String {
@@ -413,6 +431,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     // Endpoint probers record into `recorders.probes` (see admin::metrics).
     let recorders = crate::admin::metrics::Recorders::default();
     let mut kube_source = None;
+    let mut kube_ips = None;
     let mut local = match &args.source {
         SourceSpec::File(dir) => {
             let services = crate::source::file::watch_probed(dir.clone(), shutdown.clone())
@@ -427,6 +446,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         SourceSpec::Kube => {
             let source = crate::source::k8s::run::start(&args, &kube_prepared).await?;
             let exports = source.exports.clone();
+            kube_ips = Some(source.clusterset_ips.clone());
             kube_source = Some(source);
             exports
         }
@@ -530,7 +550,10 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         // the answers as they are; skip the build then. Otherwise only the changed services
         // are re-encoded (`Snapshot::update`), off the runtime; changes arriving meanwhile
         // wait in the watches and are coalesced into the next build.
-        let services = dns_services(&me, &exports, &state.view, &health);
+        let mut services = dns_services(&me, &exports, &state.view, &health);
+        if let Some(ips) = &mut kube_ips {
+            with_clusterset_ips(&mut services, &ips.borrow_and_update());
+        }
         if services_published.as_ref() != Some(&services) {
             let (base, zones, table) = (dns.current(), dns_zones.clone(), services.clone());
             match tokio::task::spawn_blocking(move || base.update(&zones, table)).await {
@@ -557,6 +580,8 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             r = synced.changed() => if r.is_err() { break },
             r = local.changed() => if r.is_err() { break },
             r = tunnels.changed() => if r.is_err() { break },
+            // Without the Kubernetes source this branch yields None, which disables it.
+            Some(r) = async { Some(kube_ips.as_mut()?.changed().await) } => if r.is_err() { break },
             _ = tokio::time::sleep(retry_after) => {}
         }
     }
@@ -935,6 +960,37 @@ mod tests {
             answered,
             ["10.103.0.10"],
             "c2's endpoint is left out while its tunnel is down"
+        );
+    }
+
+    #[test]
+    fn clusterset_ips_from_imports_are_answered_in_the_mcs_zone() {
+        let v = view(
+            &[cluster("c1", 1), cluster("c2", 2)],
+            &[(
+                "c2",
+                with_cluster_ip(export("shop", "web", &["10.102.0.10"]), "10.96.2.1"),
+            )],
+        );
+        let mut services = dns_services(&id("c1"), &[], &v, &Health::default());
+        let ips = BTreeMap::from([(
+            ServiceKey::new("shop", "web").unwrap(),
+            vec!["10.255.0.1".parse().unwrap()],
+        )]);
+        with_clusterset_ips(&mut services, &ips);
+        let snapshot = causeway_dns::Snapshot::new(&causeway_dns::ZoneConfig::default(), services)
+            .expect("a valid snapshot");
+        let name = "web.shop.svc.clusterset.local.".parse().unwrap();
+        let answer = snapshot.answer(&name, causeway_dns::proto::rr::RecordType::A, 0);
+        let got: Vec<String> = answer
+            .answers()
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["10.255.0.1"],
+            "the ServiceImport's IP, not c2's cluster IP"
         );
     }
 

@@ -8,7 +8,8 @@
 //! broker's first full view (`publish_view`). Publishes this cluster's exports on a watch
 //! channel, like the file source.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -26,7 +27,7 @@ use super::apply::Applied;
 use super::crd::{ServiceExport, ServiceImport};
 use super::export::{CLUSTER_ID_PROPERTY, ClusterProperty, cluster_id};
 use super::plan::{Observed, Settings, plan};
-use crate::model::{ClusterId, Export, IdError};
+use crate::model::{ClusterId, Export, IdError, ServiceKey};
 use crate::sync::proto::ClusterSetView;
 use crate::sync::quic::SyncState;
 
@@ -45,6 +46,9 @@ pub struct KubeSource {
     pub cluster: ClusterId,
     /// This cluster's valid exports, for the broker.
     pub exports: watch::Receiver<Vec<Export>>,
+    /// The clusterset IPs of this cluster's ClusterSetIP imports, for the MCS DNS zone's
+    /// `S.N.svc.clusterset.local` answers.
+    pub clusterset_ips: watch::Receiver<BTreeMap<ServiceKey, Vec<IpAddr>>>,
     view: watch::Sender<Option<ClusterSetView>>,
 }
 
@@ -84,17 +88,29 @@ pub async fn start(
         info!(cluster = %cluster, "Cluster id from the {CLUSTER_ID_PROPERTY} ClusterProperty");
     }
     let (exports_tx, exports) = watch::channel(Vec::new());
+    let (ips_tx, clusterset_ips) = watch::channel(BTreeMap::new());
     let (view, view_rx) = watch::channel(None);
     let settings = Settings {
         cluster: cluster.clone(),
         clusterset_ranges,
     };
-    tokio::spawn(run(client, settings, exports_tx, view_rx, shutdown));
+    let outputs = Outputs {
+        exports: exports_tx,
+        clusterset_ips: ips_tx,
+    };
+    tokio::spawn(run(client, settings, outputs, view_rx, shutdown));
     Ok(KubeSource {
         cluster,
         exports,
+        clusterset_ips,
         view,
     })
+}
+
+/// What the loop publishes.
+struct Outputs {
+    exports: watch::Sender<Vec<Export>>,
+    clusterset_ips: watch::Sender<BTreeMap<ServiceKey, Vec<IpAddr>>>,
 }
 
 /// The reflectors' stores.
@@ -154,7 +170,9 @@ where
                 _ = shutdown.cancelled() => break,
                 event = stream.next() => match event {
                     Some(Ok(_)) => { tick.send_modify(|n| *n += 1); }
-                    Some(Err(e)) => debug!(error = %e, "Watch failed; retrying with backoff"),
+                    // The API server's answer, not a peer's: a missing CRD or RBAC rule
+                    // shows here, and the backoff (up to 30 s) bounds the repeats.
+                    Some(Err(e)) => warn!(error = %e, "Watch failed; retrying with backoff"),
                     None => break,
                 },
             }
@@ -171,7 +189,7 @@ const RETRY: Duration = Duration::from_secs(2);
 async fn run(
     client: kube::Client,
     settings: Settings,
-    exports: watch::Sender<Vec<Export>>,
+    outputs: Outputs,
     mut view: watch::Receiver<Option<ClusterSetView>>,
     shutdown: CancellationToken,
 ) {
@@ -195,10 +213,18 @@ async fn run(
         let now =
             k8s_openapi::jiff::Timestamp::try_from(crate::clock::wall_now()).unwrap_or_default();
         let plan = plan(&observed, current_view.as_ref(), &settings, now);
-        exports.send_if_modified(|e| {
+        outputs.exports.send_if_modified(|e| {
             let changed = *e != plan.exports;
             if changed {
                 e.clone_from(&plan.exports);
+            }
+            changed
+        });
+        let ips = plan.clusterset_ips();
+        outputs.clusterset_ips.send_if_modified(|old| {
+            let changed = *old != ips;
+            if changed {
+                *old = ips;
             }
             changed
         });

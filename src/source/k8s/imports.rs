@@ -28,15 +28,17 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 
-use super::alloc::{allocate, family_of};
+use super::alloc::{AllocError, allocate, family_of};
+use super::crd::condition as cond;
 use super::crd::{
     ClientIpConfig, ClusterStatus, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
     MANAGED_BY, ServiceImport, ServiceImportSpec, ServiceImportStatus, ServiceImportType,
     ServicePort, SessionAffinityConfig as McsAffinityConfig,
 };
 use super::export::SERVICE_NAME_LABEL;
-use super::plan::{Observed, Plan, Settings};
+use super::plan::{Observed, Plan, Settings, condition, sentence};
 use crate::conflict::{ImportView, Resolution};
 use crate::model::{ClusterId, Export, IpFamily, ServiceKey, ServiceKind, SessionAffinity};
 
@@ -81,6 +83,7 @@ pub(super) fn plan_imports(
     by_service: &BTreeMap<ServiceKey, Vec<(ClusterId, Export)>>,
     resolutions: &BTreeMap<ServiceKey, Resolution>,
     settings: &Settings,
+    now: Timestamp,
     out: &mut Plan,
 ) {
     let imported: Vec<(&ServiceKey, &Resolution)> = resolutions
@@ -125,6 +128,8 @@ pub(super) fn plan_imports(
         let view = &resolution.import;
         let derived = derived_name(key);
         let cluster_set_ip = view.kind == ServiceKind::ClusterSetIp;
+        // Why the import is not ready yet, if it is not (`Ready=False`, with this reason).
+        let mut pending: Option<(&str, String)> = None;
         let ips: Vec<IpAddr> = if !cluster_set_ip {
             vec![]
         } else if settings.clusterset_ranges.is_empty() {
@@ -146,6 +151,11 @@ pub(super) fn plan_imports(
                 Some(Ok(ips)) => ips.clone(),
                 Some(Err(e)) => {
                     out.problems.push(format!("{key}: {e}"));
+                    let reason = match e {
+                        AllocError::NoRange { .. } => cond::REASON_IP_FAMILY_NOT_SUPPORTED,
+                        AllocError::Exhausted { .. } => cond::REASON_PENDING,
+                    };
+                    pending = Some((reason, sentence(e)));
                     vec![]
                 }
                 None => vec![],
@@ -155,6 +165,37 @@ pub(super) fn plan_imports(
             ips.iter().map(family_of).collect()
         } else {
             view.ip_families.clone()
+        };
+
+        if cluster_set_ip && ips.is_empty() && pending.is_none() {
+            pending = Some((
+                cond::REASON_PENDING,
+                "Waiting for the derived Service's cluster IPs.".into(),
+            ));
+        }
+        let old = observed
+            .service_imports
+            .iter()
+            .find(|si| {
+                si.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+                    && si.metadata.name.as_deref() == Some(key.name.as_str())
+            })
+            .and_then(|si| si.status.as_ref())
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let ready = match pending {
+            None => condition(
+                &old,
+                None,
+                now,
+                cond::READY,
+                "True",
+                cond::REASON_READY,
+                format!("Imported from {} cluster(s).", view.clusters.len()),
+            ),
+            Some((reason, message)) => {
+                condition(&old, None, now, cond::READY, "False", reason, message)
+            }
         };
 
         out.imports
@@ -170,7 +211,7 @@ pub(super) fn plan_imports(
                         cluster: c.to_string(),
                     })
                     .collect(),
-                conditions: vec![],
+                conditions: vec![ready],
             }),
         });
         desired_imports.insert((key.namespace.clone(), key.name.clone()));

@@ -19,6 +19,8 @@
 
 pub mod alloc;
 pub mod apply;
+#[cfg(test)]
+mod conformance;
 pub mod controller;
 pub mod crd;
 pub mod election;

@@ -70,6 +70,30 @@ pub struct Plan {
     pub problems: Vec<String>,
 }
 
+impl Plan {
+    /// The clusterset IPs of the planned ClusterSetIP imports, by service.
+    pub fn clusterset_ips(&self) -> BTreeMap<ServiceKey, Vec<std::net::IpAddr>> {
+        self.imports
+            .iter()
+            .filter_map(|si| {
+                let key = ServiceKey::new(
+                    si.metadata.namespace.as_deref()?,
+                    si.metadata.name.as_deref()?,
+                )
+                .ok()?;
+                let ips: Vec<std::net::IpAddr> = si
+                    .spec
+                    .ips
+                    .iter()
+                    .flatten()
+                    .filter_map(|ip| ip.parse().ok())
+                    .collect();
+                (!ips.is_empty()).then_some((key, ips))
+            })
+            .collect()
+    }
+}
+
 /// Computes the plan. `view` is the broker's clusterset view, or `None` until the first full
 /// sync: then nothing is imported and nothing of ours is deleted (no garbage collection
 /// before the first full sync), and no `Conflict` condition is decided yet.
@@ -168,7 +192,7 @@ pub fn plan(
     }
 
     if let Some(_view) = view {
-        super::imports::plan_imports(observed, &by_service, &resolutions, settings, &mut out);
+        super::imports::plan_imports(observed, &by_service, &resolutions, settings, now, &mut out);
     }
     out
 }
@@ -262,7 +286,8 @@ pub(super) fn condition(
     }
 }
 
-fn sentence(e: &impl std::fmt::Display) -> String {
+/// An error's message as a condition message: capitalised, with a full stop.
+pub(super) fn sentence(e: &impl std::fmt::Display) -> String {
     let text = e.to_string();
     let mut chars = text.chars();
     match chars.next() {

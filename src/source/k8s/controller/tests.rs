@@ -171,6 +171,11 @@ async fn controller_replays_an_export_through_its_lifecycle() {
         (ready && si["status"]["clusters"][0]["cluster"] == "c1").then_some(())
     })
     .await;
+    assert_eq!(
+        source.clusterset_ips.borrow().get(&export.service),
+        Some(&vec!["10.255.0.1".parse::<std::net::IpAddr>().unwrap()]),
+        "published for the MCS DNS zone"
+    );
     let writes = fake.take_writes();
     for w in &writes {
         if w.method == http::Method::PATCH {

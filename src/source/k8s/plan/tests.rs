@@ -679,3 +679,63 @@ fn plan_is_deterministic_and_idempotent() {
         assert_eq!(again, c.last, "a converged plan is a fixed point");
     }
 }
+
+#[test]
+fn service_import_ready_condition_table() {
+    let ready = |c: &Cluster, name: &str| -> (String, String) {
+        let si = c.import(name).expect("imported");
+        let cond = &si.status.as_ref().unwrap().conditions[0];
+        assert_eq!(cond.type_, "Ready");
+        (cond.status.clone(), cond.reason.clone())
+    };
+    let mut v6_only = hello("fd00::10", false);
+    v6_only["clusterIPs"] = json!(["fd00::10"]);
+    v6_only["ipFamilies"] = json!(["IPv6"]);
+    let mut c1 = Cluster::new("c1")
+        .with(
+            service_export("hello", 100, json!({})),
+            Some(service("hello", hello("10.96.0.10", false))),
+            None,
+        )
+        .with(
+            service_export("six", 100, json!({})),
+            Some(service("six", v6_only)),
+            None,
+        )
+        .with(
+            service_export("db", 100, json!({})),
+            Some(service("db", json!({"clusterIP": "None"}))),
+            None,
+        );
+    c1.settings.clusterset_ranges = vec!["10.255.0.0/24".parse().unwrap()];
+    let mut world = [c1];
+    converge(&mut world, &[], 200);
+    assert_eq!(ready(&world[0], "hello"), ("True".into(), "Ready".into()));
+    assert_eq!(
+        ready(&world[0], "db"),
+        ("True".into(), "Ready".into()),
+        "headless"
+    );
+    assert_eq!(
+        ready(&world[0], "six"),
+        ("False".into(), "IPFamilyNotSupported".into()),
+        "no IPv6 range here"
+    );
+
+    let mut no_range = world[0].clone();
+    no_range.settings.clusterset_ranges.clear();
+    no_range.observed.service_imports.clear();
+    no_range.observed.services.retain(|s| {
+        !s.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("derived-"))
+    });
+    let mut world = [no_range];
+    converge(&mut world, &[], 300);
+    assert_eq!(
+        ready(&world[0], "hello"),
+        ("False".into(), "Pending".into()),
+        "until the API server assigns the derived Service's IPs"
+    );
+}
