@@ -12,10 +12,11 @@
 //! rotated copy when a preference group holds more than one address.
 
 mod build;
+mod sharded;
 mod wire;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -162,10 +163,10 @@ pub struct Snapshot {
     /// the trees. Keys are lowercase (`LowerName`), so lookups are case-insensitive.
     base: Arc<Tree>,
     /// Every service tree, by the lowercase wire form of its root `S.N.<parent>`.
-    trees: HashMap<Arc<[u8]>, Arc<Tree>, BuildHasherDefault<wire::NameHasher>>,
+    trees: sharded::Sharded<Arc<[u8]>, Arc<Tree>>,
     /// Every service as published, with its trees, by lowercase `namespace/name`: what
     /// [`Snapshot::update`] compares and reuses.
-    services: HashMap<Arc<str>, Arc<Service>>,
+    services: sharded::Sharded<Arc<str>, Arc<Service>>,
     /// The negative answers and tree parents for [`Snapshot::answer_wire`].
     wire: wire::Wire,
 }
@@ -318,7 +319,8 @@ impl Snapshot {
         for (namespace, name) in removals {
             keys_changed |= forget(&mut next, &service_id(namespace, name));
         }
-        let mut upserted = std::collections::HashSet::new();
+        let mut upserted: HashSet<Arc<str>, BuildHasherDefault<wire::NameHasher>> =
+            HashSet::default();
         for records in upserts {
             let id = service_id(&records.namespace, &records.name);
             if !upserted.insert(id.clone()) {
@@ -367,7 +369,7 @@ impl Snapshot {
     ) -> Result<Snapshot, Error> {
         let prepared = build::prepare(config)?;
         let previous = previous.filter(|p| p.config == *config);
-        let mut built: HashMap<Arc<str>, Arc<Service>> = HashMap::with_capacity(services.len());
+        let mut built: sharded::Sharded<Arc<str>, Arc<Service>> = Default::default();
         for records in services {
             let id = service_id(&records.namespace, &records.name);
             let reused = previous
@@ -378,20 +380,15 @@ impl Snapshot {
                 Some(service) => service,
                 None => Arc::new(Service::build(&prepared, records)?),
             };
-            match built.entry(id) {
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(service);
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    return Err(Error::DuplicateService {
-                        namespace: service.records.namespace.clone(),
-                        name: service.records.name.clone(),
-                    });
-                }
+            if built.get(&id).is_some() {
+                return Err(Error::DuplicateService {
+                    namespace: service.records.namespace.clone(),
+                    name: service.records.name.clone(),
+                });
             }
+            built.insert(id, service);
         }
-        let mut trees: HashMap<Arc<[u8]>, Arc<Tree>, _> =
-            HashMap::with_capacity_and_hasher(built.len() * 2, Default::default());
+        let mut trees: sharded::Sharded<Arc<[u8]>, Arc<Tree>> = Default::default();
         for service in built.values() {
             for (key, tree) in &service.trees {
                 trees.insert(key.clone(), tree.clone());

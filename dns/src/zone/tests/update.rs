@@ -109,7 +109,11 @@ fn an_update_reuses_unchanged_services_and_rebuilds_the_rest() {
     let before = Snapshot::new(&config, rich_services()).expect("valid snapshot");
     let updated = before.update(&config, changed()).expect("valid update");
     let tree = |snapshot: &Snapshot, service: &str| {
-        snapshot.services[format!("shop/{service}").as_str()].trees[0]
+        snapshot
+            .services
+            .get(format!("shop/{service}").as_str())
+            .expect("service")
+            .trees[0]
             .1
             .clone()
     };
@@ -218,7 +222,7 @@ fn a_patch_answers_as_a_fresh_build_of_the_patched_table() {
     assert_eq!(all_answers(&patched), all_answers(&fresh));
     assert_eq!(patched.names(), fresh.names());
     // vip was upserted unchanged: its tree is shared, not rebuilt.
-    let vip = |s: &Snapshot| s.services["shop/vip"].trees[0].1.clone();
+    let vip = |s: &Snapshot| s.services.get("shop/vip").expect("vip").trees[0].1.clone();
     assert!(Arc::ptr_eq(&vip(&before), &vip(&patched)));
     // Removing the last service of a namespace removes the namespace's name.
     let emptied = patched
