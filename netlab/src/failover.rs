@@ -640,6 +640,7 @@ pub fn report(runs: &[Measurement]) -> String {
             .collect();
         stats::p99(&values)
     };
+    out += "per scenario: p99 of the times over all rounds; failed and elsewhere summed\n";
     for s in Scenario::ALL {
         out += &format!(
             "{:<32} {:>5} {:>11} {:>11} {:>6} {:>9} {:>9}\n",
@@ -789,6 +790,6 @@ mod tests {
             report.lines().last().unwrap(),
             "failover withdraw_p99_ms=900 client_recovery_p99_ms=1400 failed_requests_broker_down=0 return_to_nearest_ms=1200"
         );
-        assert_eq!(report.lines().count(), 1 + 4 + 4 + 1);
+        assert_eq!(report.lines().count(), 1 + 4 + 1 + 4 + 1);
     }
 }
