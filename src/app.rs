@@ -452,9 +452,11 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         clusterset_zone: dns_zones.clusterset_zone.clone(),
         tunnel_mtu: args.mtu,
     };
+    let (mut records, records_feed) = crate::replica::http::RecordsPublisher::new();
     let sources = crate::admin::GatewaySources {
         gateway: gateway.clone(),
         dns: dns.clone(),
+        records: records_feed,
     };
     // Endpoint probers record into `recorders.probes` (see admin::metrics).
     let recorders = crate::admin::metrics::Recorders::default();
@@ -535,6 +537,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             match tokio::task::spawn_blocking(move || base.update(&zones, table)).await {
                 Ok(Ok(snapshot)) => {
                     dns.publish(snapshot);
+                    records.publish(&dns_zones, &services);
                     services_published = Some(services);
                 }
                 Ok(Err(e)) => {
