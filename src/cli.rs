@@ -69,7 +69,7 @@ pub enum Command {
     /// YAML stream, for `kubectl apply -f -`.
     Crds,
     /// Print everything one cluster runs (CRDs, namespace, RBAC, ConfigMap, the gateway, the DNS
-    /// Service), the same objects as deploy/, for `kubectl apply -f -`.
+    /// replicas and their Service), the same objects as deploy/, for `kubectl apply -f -`.
     Install(InstallArgs),
     /// Run a DNS replica: serve the same zones as a gateway, from the records the gateway
     /// publishes on its admin port (followed by long poll; the last good records stay served
