@@ -120,7 +120,11 @@ async fn follow(
                         follower.handle_applied(&doc, crate::clock::now());
                         status.send_modify(|s| s.services = doc.services.len());
                     }
-                    Err(e) => follower.handle_failure(e, crate::clock::now()),
+                    Err(e) => {
+                        debug!(error = %e, "the gateway's records were refused");
+                        status.send_modify(|s| s.failures += 1);
+                        follower.handle_failure(e, crate::clock::now());
+                    }
                 },
                 Err(e) => {
                     debug!(error = %e, "poll of the gateway failed");
