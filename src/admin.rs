@@ -5,7 +5,9 @@
 //! - `GET /healthz`: 200 while the process serves HTTP at all;
 //! - `GET /readyz`: 200 once ready, 503 before, by the rule of [`readiness`];
 //! - `GET /api/v1/status`: the [`api::Status`] document `causeway status` and `diagnose` read;
-//! - `GET /api/v1/explain?name=NAME&type=A|AAAA|SRV`: the [`api::Explanation`] of `explain`.
+//! - `GET /api/v1/explain?name=NAME&type=A|AAAA|SRV`: the [`api::Explanation`] of `explain`;
+//! - `GET /api/v1/dns/records?instance=I&after=G&wait_ms=W`: the long poll DNS replicas
+//!   follow (`crate::replica`).
 //!
 //! The gateway loop publishes a [`GatewayView`] on every change; the server reads the latest
 //! one, and asks the data plane and the DNS server for their live counters per request
@@ -88,6 +90,11 @@ pub trait Sources: Send + Sync + 'static {
     fn device_stats(&self) -> BoxFuture<'_, causeway_gateway::DeviceStats>;
     /// The DNS server's query counters now.
     fn dns_stats(&self) -> causeway_dns::StatsSnapshot;
+    /// The records the DNS serves, for `GET /api/v1/dns/records` (DNS replicas); `None`
+    /// answers that route 404.
+    fn dns_records(&self) -> Option<crate::replica::http::RecordsFeed> {
+        None
+    }
 }
 
 /// The running gateway's handles as [`Sources`].
@@ -95,6 +102,7 @@ pub trait Sources: Send + Sync + 'static {
 pub struct GatewaySources {
     pub gateway: causeway_gateway::Handle,
     pub dns: causeway_dns::Handle,
+    pub records: crate::replica::http::RecordsFeed,
 }
 
 impl Sources for GatewaySources {
@@ -106,6 +114,9 @@ impl Sources for GatewaySources {
     }
     fn dns_stats(&self) -> causeway_dns::StatsSnapshot {
         self.dns.stats()
+    }
+    fn dns_records(&self) -> Option<crate::replica::http::RecordsFeed> {
+        Some(self.records.clone())
     }
 }
 

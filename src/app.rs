@@ -475,9 +475,11 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         clusterset_zone: dns_zones.clusterset_zone.clone(),
         tunnel_mtu: args.mtu,
     };
+    let (mut records, records_feed) = crate::replica::http::RecordsPublisher::new();
     let sources = crate::admin::GatewaySources {
         gateway: gateway.clone(),
         dns: dns.clone(),
+        records: records_feed,
     };
     let admin = crate::admin::serve(
         args.admin_listen,
@@ -559,6 +561,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             match tokio::task::spawn_blocking(move || base.update(&zones, table)).await {
                 Ok(Ok(snapshot)) => {
                     dns.publish(snapshot);
+                    records.publish(&dns_zones, &services);
                     services_published = Some(services);
                 }
                 Ok(Err(e)) => {

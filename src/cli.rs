@@ -69,8 +69,31 @@ pub enum Command {
     /// YAML stream, for `kubectl apply -f -`.
     Crds,
     /// Print everything one cluster runs (CRDs, namespace, RBAC, ConfigMap, the gateway, the DNS
-    /// Service), the same objects as deploy/, for `kubectl apply -f -`.
+    /// replicas and their Service), the same objects as deploy/, for `kubectl apply -f -`.
     Install(InstallArgs),
+    /// Run a DNS replica: serve the same zones as a gateway, from the records the gateway
+    /// publishes on its admin port (followed by long poll; the last good records stay served
+    /// while the gateway is unreachable).
+    Dns(DnsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// The gateway's admin port to follow, `http://HOST:PORT` (in Kubernetes, the
+    /// causeway-gateway-admin Service, which only the ready leader backs).
+    #[arg(long, value_name = "URL", env = "CAUSEWAY_DNS_FROM")]
+    pub from: crate::replica::proto::AdminUrl,
+    /// Address (UDP and TCP) to serve DNS on, bound once the first records have loaded.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:53")]
+    pub listen: SocketAddr,
+    /// Address of the replica's admin port: /healthz, /readyz (ready once records have
+    /// loaded), /metrics.
+    #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_LISTEN, env = "CAUSEWAY_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+    /// A resolver to forward queries outside the served zones to. Without it such queries
+    /// are REFUSED.
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@
 //! - `admin`: the gateway's admin port: /metrics, /healthz, /readyz, the JSON API.
 //! - `status`, `explain`, `diagnose`: what the operator commands compute and print (pure).
 //! - `inspect`: the CLI shell of `status`, `explain`, `diagnose` (reads the admin port).
+//! - `replica`: `causeway dns`, a DNS-only replica fed by a gateway's records long poll.
 
 pub mod admin;
 pub mod app;
@@ -31,6 +32,7 @@ pub mod explain;
 pub mod health;
 pub mod inspect;
 pub mod model;
+pub mod replica;
 pub mod select;
 pub mod source;
 pub mod status;

@@ -92,6 +92,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             causeway::broker::run(config, shutdown).await
         }),
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
+        Command::Dns(args) => daemon(|shutdown| causeway::replica::run(args, shutdown)),
         Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),
         Command::Lab(LabCommand::Up) => causeway_netlab::demo::up(&current_exe()?),
         Command::Lab(LabCommand::Down) => {

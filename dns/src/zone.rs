@@ -31,7 +31,7 @@ use crate::Error;
 pub const MCS_DNS_VERSION: &str = "1.0.0";
 
 /// What the snapshot serves: the zones, the TTL and the answer size cap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ZoneConfig {
     /// causeway's own zone apex, e.g. `svc.global` (a trailing dot is accepted). Services are
     /// `S.N.<zone>`, cluster-pinned `C.S.N.<zone>`, endpoints `H.C.S.N.<zone>`.
@@ -64,7 +64,7 @@ impl Default for ZoneConfig {
 /// Published as `S.N.<zone>` (and `S.N.svc.<clusterset zone>`), with A records for IPv4 and
 /// AAAA for IPv6 addresses. A service with no addresses still exists as a name in `zone`
 /// (NOERROR, no records: "fail closed"); the caller decides what is healthy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceRecords {
     /// The namespace: a single RFC 1123 label, matched case-insensitively.
     pub namespace: String,
@@ -83,7 +83,7 @@ pub struct ServiceRecords {
 }
 
 /// How a service is addressed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ServiceKind {
     /// A service with a virtual IP per cluster. `clusterset_ips` is the MCS ClusterSetIP,
     /// answered for `S.N.svc.<clusterset zone>` instead of `tiers` when one is allocated.
@@ -93,7 +93,7 @@ pub enum ServiceKind {
 }
 
 /// What one cluster contributes to a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterRecords {
     /// The cluster id: a single RFC 1123 label.
     pub cluster: String,
@@ -107,7 +107,7 @@ pub struct ClusterRecords {
 }
 
 /// One headless endpoint's name and address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostRecord {
     /// A single RFC 1123 label.
     pub hostname: String,
@@ -115,7 +115,7 @@ pub struct HostRecord {
 }
 
 /// A named service port, published as `_<name>._<protocol>.S.N` SRV.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NamedPort {
     /// The port name: a single RFC 1123 label (the SRV label is `_` + name).
     pub name: String,
@@ -123,7 +123,7 @@ pub struct NamedPort {
     pub protocol: PortProtocol,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PortProtocol {
     Tcp,
     Udp,

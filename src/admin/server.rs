@@ -72,6 +72,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/api/v1/status", get(status_json))
         .route("/api/v1/explain", get(explain_json))
+        .route(crate::replica::proto::PATH, get(dns_records))
         .with_state(ctx);
     info!(addr = %local_addr, "Admin port serving /metrics, /healthz, /readyz, /api/v1");
     tokio::spawn(async move {
@@ -155,6 +156,16 @@ async fn metrics_text(State(ctx): State<Arc<Ctx>>) -> Response {
 
 async fn status_json(State(ctx): State<Arc<Ctx>>) -> Response {
     axum::Json(status_of(&ctx).await).into_response()
+}
+
+async fn dns_records(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
+    match ctx.sources.dns_records() {
+        Some(feed) => crate::replica::http::answer_poll(&feed, uri.query().unwrap_or("")).await,
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "this server publishes no DNS records".into(),
+        ),
+    }
 }
 
 fn api_error(code: StatusCode, error: String) -> Response {

@@ -231,7 +231,7 @@ pub struct Install {
     pub cluster_id: ClusterId,
     pub brokers: Vec<SocketAddr>,
     pub cidrs: Vec<IpNet>,
-    /// The gateway's image; `None` keeps the base's `causeway:latest`.
+    /// The gateway's and the DNS replicas' image; `None` keeps the base's `causeway:latest`.
     pub image: Option<String>,
     /// Adds `deploy/monitoring` (the ServiceMonitor; needs the Prometheus operator's CRD).
     pub service_monitor: bool,
@@ -276,15 +276,18 @@ pub fn install(opts: &Install) -> Result<Vec<Value>, RenderError> {
         "patch": Value::Array(config_ops).to_string(),
     })];
     if let Some(image) = &opts.image {
-        patches.push(json!({
-            "target": {"kind": "Deployment", "name": "causeway-gateway"},
-            "patch": json!([{
-                "op": "replace",
-                "path": "/spec/template/spec/containers/0/image",
-                "value": image,
-            }])
-            .to_string(),
-        }));
+        // The gateway and the DNS replicas run the same binary.
+        for deployment in ["causeway-gateway", "causeway-dns"] {
+            patches.push(json!({
+                "target": {"kind": "Deployment", "name": deployment},
+                "patch": json!([{
+                    "op": "replace",
+                    "path": "/spec/template/spec/containers/0/image",
+                    "value": image,
+                }])
+                .to_string(),
+            }));
+        }
     }
     let mut files = Embedded::default();
     if let Some(tls) = &opts.tls {

@@ -118,6 +118,11 @@ fn install_fills_in_the_cluster_and_optional_parts() {
         gateway["spec"]["template"]["spec"]["containers"][0]["image"],
         "example/causeway:1"
     );
+    let dns = find(&objects, "Deployment", "causeway-dns");
+    assert_eq!(
+        dns["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example/causeway:1"
+    );
 }
 
 /// The CRDs in deploy/base are exactly what the Rust types generate.
@@ -191,13 +196,51 @@ fn the_gateway_runs_as_the_issue_asks() {
         .find(|v| v["name"] == "tls")
         .unwrap();
     assert_eq!(tls["secret"]["secretName"], "causeway-tls");
-    // The DNS Service reaches the pods' DNS port.
+    // The DNS Service reaches the DNS replicas' DNS port; the replicas follow the gateway's
+    // admin port through a Service over the gateway pods (only the Ready leader backs it).
     let dns = find(&objects, "Service", "causeway-dns");
+    let replicas = find(&objects, "Deployment", "causeway-dns");
     assert_eq!(
         dns["spec"]["selector"],
-        gateway["spec"]["selector"]["matchLabels"]
+        replicas["spec"]["selector"]["matchLabels"]
     );
     assert_eq!(dns["spec"]["ports"][0]["port"], 53);
+    assert_eq!(replicas["spec"]["replicas"], 2);
+    let container = &replicas["spec"]["template"]["spec"]["containers"][0];
+    let dns_port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == dns["spec"]["ports"][0]["targetPort"])
+        .expect("the DNS Service's target port is a named port of the replicas");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&format!("--listen=0.0.0.0:{}", dns_port["containerPort"]).as_str()),
+        "{args:?}"
+    );
+    let admin = find(&objects, "Service", "causeway-gateway-admin");
+    assert_eq!(
+        admin["spec"]["selector"],
+        gateway["spec"]["selector"]["matchLabels"]
+    );
+    let from = args.iter().find_map(|a| a.strip_prefix("--from=")).unwrap();
+    assert_eq!(
+        from,
+        format!(
+            "http://causeway-gateway-admin.causeway-system.svc:{}",
+            admin["spec"]["ports"][0]["port"]
+        )
+    );
+    // The admin Service must not be scraped twice by the ServiceMonitor's selector.
+    assert_ne!(
+        admin["metadata"]["labels"]["app.kubernetes.io/name"],
+        "causeway-gateway"
+    );
 }
 
 /// Every verb of every rule, as `group/resource verb` (resourceNames appended).
