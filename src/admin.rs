@@ -31,7 +31,7 @@ use crate::model::{ClusterId, Export};
 use crate::select::Health;
 use crate::sync::quic::SyncState;
 
-pub use server::{AdminServer, serve};
+pub use server::{AdminServer, serve, serve_standby};
 
 /// The admin address unless `--admin-listen` says otherwise: loopback only, since the API
 /// shows the whole clusterset's topology.

@@ -86,6 +86,38 @@ pub async fn serve(
     Ok(AdminServer { local_addr })
 }
 
+/// What a standby replica (waiting for the leader lease) serves on the admin port: alive
+/// (`/healthz` 200, so the kubelet does not restart it), not ready (`/readyz` 503, so the
+/// `causeway-gateway-admin` Service and DNS replicas never pick it), and nothing else. It stops
+/// and releases the port when `stop` is cancelled; await the returned task before binding the
+/// real admin port.
+pub async fn serve_standby(
+    listen: SocketAddr,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the admin port on {listen}"))?;
+    let local_addr = listener.local_addr()?;
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok: standby\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "standby: waiting for the leader lease\n",
+            )
+        });
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            warn!(addr = %local_addr, %error, "Standby admin port failed");
+        }
+    });
+    Ok((local_addr, task))
+}
+
 async fn dns_answers(info: &GatewayInfo) -> Result<(), String> {
     let answer = lookup(info.dns_listen, &info.dns_zone, RecordType::SOA).await;
     match (answer.rcode.as_deref(), answer.error) {

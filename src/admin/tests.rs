@@ -312,6 +312,25 @@ async fn health_and_readiness_follow_the_rule() {
 }
 
 #[tokio::test]
+async fn a_standby_is_alive_but_never_ready_and_frees_the_port() {
+    let stop = CancellationToken::new();
+    let (addr, task) = crate::admin::serve_standby("127.0.0.1:0".parse().unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let (code, body) = client::get(addr, "/healthz").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    for path in ["/readyz", "/api/v1/status", crate::replica::proto::PATH] {
+        let (code, body) = client::get(addr, path).await.unwrap();
+        assert_eq!(code, 503, "{path}: {body}");
+        assert!(body.contains("standby"), "{path}: {body}");
+    }
+    stop.cancel();
+    task.await.unwrap();
+    // The leader's admin server binds the same address next.
+    tokio::net::TcpListener::bind(addr).await.unwrap();
+}
+
+#[tokio::test]
 async fn metrics_parse_and_carry_every_family() {
     let mut f = fixture("10.103.0.0/16", 1420).await;
     f.publish();

@@ -70,10 +70,16 @@ pub async fn prepare(args: &GatewayArgs, shutdown: CancellationToken) -> anyhow:
     let inner = shutdown.child_token();
     let mut leading = spawn(client.clone(), config, inner.clone());
     info!(%identity, lease = %args.leader_elect_lease, "Standing by for the leader lease");
-    tokio::select! {
-        r = leading.wait_for(|l| *l) => { r.context("the leader election stopped")?; }
-        _ = shutdown.cancelled() => {}
-    }
+    // Alive but not ready while standing by, so the kubelet's liveness probe keeps the pod.
+    let stop_standby = CancellationToken::new();
+    let (_, standby) = crate::admin::serve_standby(args.admin_listen, stop_standby.clone()).await?;
+    let waited = tokio::select! {
+        r = leading.wait_for(|l| *l) => r.map(|_| ()).context("the leader election stopped"),
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    stop_standby.cancel();
+    let _ = standby.await;
+    waited?;
     let lost = inner.clone();
     tokio::spawn(async move {
         let _ = leading.wait_for(|l| !*l).await;
