@@ -480,7 +480,13 @@ impl StateDriver {
                         expected,
                         stored, "Another replica committed first; catching up"
                     );
+                    let before = self.state.revision();
                     self.catch_up()?;
+                    if self.state.revision() == before {
+                        // The store moved but holds nothing newer (wiped under us): stop
+                        // rather than retry forever.
+                        return Err(StoreError::Conflict { expected, stored });
+                    }
                 }
                 Err(e) => return Err(e),
             }
