@@ -316,8 +316,11 @@ async fn main() -> anyhow::Result<()> {
         .port();
     let broker_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     let store = match &args.store {
-        Some(location) => location.clone(),
-        None => format!("redb:{}", root.join("broker.redb").display()),
+        Some(location) => ["--store".to_owned(), location.clone()],
+        None => [
+            "--state".to_owned(),
+            root.join("broker.redb").display().to_string(),
+        ],
     };
     let child = Command::new(&args.binary)
         .args([
@@ -326,9 +329,8 @@ async fn main() -> anyhow::Result<()> {
             "broker",
             "--listen",
             &broker_addr.to_string(),
-            "--store",
-            &store,
         ])
+        .args(store)
         .arg("--tls-dir")
         .arg(root.join("broker"))
         .stdin(Stdio::null())
