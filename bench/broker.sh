@@ -12,7 +12,17 @@
 # Loopback only, no root. Not part of CI: it measures, it does not assert.
 #
 # Usage: bench/broker.sh      (SECONDS_=10 CLUSTERS=20 bench/broker.sh for a quick look)
+#        bench/broker.sh --store etcd   (or STORE=etcd): the broker on a local one-member etcd
+#        (Debian's etcd-server) instead of redb; etcd's own CPU and peak RSS are printed too.
 set -euo pipefail
+
+STORE=${STORE:-redb}
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--store) STORE=$2; shift 2 ;;
+	*) echo "unknown argument $1 (usage: bench/broker.sh [--store redb|etcd])" >&2; exit 2 ;;
+	esac
+done
 
 CLUSTERS=${CLUSTERS:-100}
 SERVICES=${SERVICES:-10000}
@@ -24,6 +34,40 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 cd "$ROOT"
 cargo build --release --quiet --bin causeway --example broker_bench
-exec "$TARGET/release/examples/broker_bench" "$TARGET/release/causeway" \
+STORE_ARGS=()
+case "$STORE" in
+redb) ;;
+etcd)
+	ETCD_DIR=$(mktemp -d)
+	ETCD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	PEER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	# A publish is one transaction: allow the broker's largest (see src/broker/etcd.rs).
+	etcd --name bench --data-dir "$ETCD_DIR/data" \
+		--listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+		--listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+		--initial-cluster "bench=http://127.0.0.1:$PEER_PORT" \
+		--max-txn-ops 32768 --max-request-bytes 16777216 --quota-backend-bytes 4294967296 \
+		>"$ETCD_DIR/etcd.log" 2>&1 &
+	ETCD_PID=$!
+	trap 'kill $ETCD_PID 2>/dev/null; wait $ETCD_PID 2>/dev/null; rm -rf "$ETCD_DIR"' EXIT
+	for _ in $(seq 100); do
+		curl -fs "http://127.0.0.1:$ETCD_PORT/health" >/dev/null && break
+		sleep 0.1
+	done
+	curl -fs "http://127.0.0.1:$ETCD_PORT/health" >/dev/null || { cat "$ETCD_DIR/etcd.log" >&2; exit 1; }
+	STORE_ARGS=(--store "etcd://127.0.0.1:$ETCD_PORT")
+	;;
+*) echo "unknown store $STORE (redb or etcd)" >&2; exit 2 ;;
+esac
+"$TARGET/release/examples/broker_bench" "$TARGET/release/causeway" \
 	--clusters "$CLUSTERS" --services "$SERVICES" --endpoints "$ENDPOINTS" \
-	--churn-percent "$CHURN" --seconds "$DURATION"
+	--churn-percent "$CHURN" --seconds "$DURATION" "${STORE_ARGS[@]}" | tee "${TMPDIR:-/tmp}/broker-bench.$$.out"
+if [ "$STORE" = etcd ]; then
+	ticks=$(getconf CLK_TCK)
+	cpu=$(awk -v t="$ticks" '{ printf "%.1f", ($14 + $15) / t }' "/proc/$ETCD_PID/stat")
+	rss=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$ETCD_PID/status")
+	echo "etcd cpu_s=$cpu (whole run) peak_rss_mib=$rss"
+	# The bench's last line stays last.
+	tail -n 1 "${TMPDIR:-/tmp}/broker-bench.$$.out"
+fi
+rm -f "${TMPDIR:-/tmp}/broker-bench.$$.out"

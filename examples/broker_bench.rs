@@ -14,7 +14,8 @@
 //! themselves.
 //!
 //! Usage: `broker_bench CAUSEWAY_BINARY [--clusters N] [--services N] [--endpoints N]
-//! [--churn-percent P] [--seconds S]`.
+//! [--churn-percent P] [--seconds S] [--store LOCATION]` (`--store` is passed to the broker,
+//! e.g. `etcd://127.0.0.1:2379`; without it the broker uses a redb file).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,6 +39,7 @@ struct Args {
     endpoints: usize,
     churn_percent: f64,
     seconds: u64,
+    store: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -53,6 +55,7 @@ fn parse_args() -> anyhow::Result<Args> {
         endpoints: 3,
         churn_percent: 1.0,
         seconds: 60,
+        store: None,
     };
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -62,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--endpoints" => args.endpoints = value.parse()?,
             "--churn-percent" => args.churn_percent = value.parse()?,
             "--seconds" => args.seconds = value.parse()?,
+            "--store" => args.store = Some(value),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -311,6 +315,13 @@ async fn main() -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let broker_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let store = match &args.store {
+        Some(location) => ["--store".to_owned(), location.clone()],
+        None => [
+            "--state".to_owned(),
+            root.join("broker.redb").display().to_string(),
+        ],
+    };
     let child = Command::new(&args.binary)
         .args([
             "--log",
@@ -319,8 +330,7 @@ async fn main() -> anyhow::Result<()> {
             "--listen",
             &broker_addr.to_string(),
         ])
-        .arg("--state")
-        .arg(root.join("broker.redb"))
+        .args(store)
         .arg("--tls-dir")
         .arg(root.join("broker"))
         .stdin(Stdio::null())

@@ -89,9 +89,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the state task sleeps between lease checks; shorter leases check 4× per lease.
 const MAX_TICK: Duration = Duration::from_secs(1);
-/// Most exports in the publishes stored in one group commit: bounds the Delta and the
-/// transaction (a publish changes at most its exports plus the ones it withdraws).
-const MAX_GROUP_EXPORTS: usize = 1024;
+/// Most changes stored in one group commit: bounds the Delta and the transaction.
+const MAX_GROUP_CHANGES: usize = 1024;
 /// Most queued messages a session writes at once (merged where they are consecutive Deltas).
 const MAX_BATCH: usize = 256;
 /// QUIC close codes the broker uses.
@@ -183,7 +182,7 @@ impl Broker {
                 rules,
                 sessions: BTreeMap::new(),
                 pending: BTreeMap::new(),
-                pending_exports: 0,
+                pending_changes: 0,
                 local: LocalPresence::default(),
                 absent: vec![],
             }
@@ -286,8 +285,9 @@ struct StateDriver {
     /// it supersedes an earlier one): diffed against the state when stored, so that a diff
     /// recomputed after another replica's commit is still right.
     pending: BTreeMap<ClusterId, Publish>,
-    /// Exports in `pending`, to bound a group commit.
-    pending_exports: usize,
+    /// The changes `pending` made when each was accepted (an estimate: diffs are computed
+    /// again when stored), to bound a group commit.
+    pending_changes: usize,
     local: LocalPresence,
     /// Clusters whose last session here ended: their presence keys are to be deleted.
     absent: Vec<ClusterId>,
@@ -300,7 +300,7 @@ impl StateDriver {
     fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), StoreError> {
         while let Some(command) = commands.blocking_recv() {
             self.handle(command)?;
-            while self.pending_exports < MAX_GROUP_EXPORTS {
+            while self.pending_changes < MAX_GROUP_CHANGES {
                 let Ok(command) = commands.try_recv() else {
                     break;
                 };
@@ -389,8 +389,8 @@ impl StateDriver {
                         warn!(session, cluster = %cert, %reason, "Publish rejected");
                         self.send(session, BrokerMessage::Rejected { reason });
                     }
-                    Ok(_) => {
-                        self.pending_exports += publish.exports.len().max(1);
+                    Ok(changes) => {
+                        self.pending_changes += changes.len();
                         self.pending.insert(cert, publish);
                     }
                 }
@@ -480,7 +480,13 @@ impl StateDriver {
                         expected,
                         stored, "Another replica committed first; catching up"
                     );
+                    let before = self.state.revision();
                     self.catch_up()?;
+                    if self.state.revision() == before {
+                        // The store moved but holds nothing newer (wiped under us): stop
+                        // rather than retry forever.
+                        return Err(StoreError::Conflict { expected, stored });
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -533,7 +539,7 @@ impl StateDriver {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        self.pending_exports = 0;
+        self.pending_changes = 0;
         // Each was accepted when it came, and acceptance does not depend on the state.
         let changes = self.commit_with(|s| {
             pending
