@@ -79,6 +79,9 @@ pub(crate) async fn spawn(
         }
     };
     udp::size_buffers(udp.as_raw_fd());
+    if !udp::enable_gro(udp.as_raw_fd()) {
+        debug!(error = %io::Error::last_os_error(), "UDP GRO refused; datagrams arrive singly");
+    }
     let local_addr = udp.local_addr().map_err(|source| Error::BindUdp {
         addr: config.listen,
         source,
@@ -97,6 +100,7 @@ pub(crate) async fn spawn(
         udp,
         routes,
         send_drops: 0,
+        gro_datagrams: 0,
         tun_buf: vec![0; VNET_HDR_LEN + BUF_LEN].into_boxed_slice(),
         segment_buf: vec![0; BUF_LEN].into_boxed_slice(),
         coalescer: Coalescer::new(),
@@ -124,6 +128,8 @@ struct Driver {
     udp: UdpSocket,
     routes: Routes,
     send_drops: u64,
+    /// Datagrams that arrived inside a UDP GRO run.
+    gro_datagrams: u64,
     tun_buf: Box<[u8]>,
     /// Where TCP super-packets from the TUN are cut into segments.
     segment_buf: Box<[u8]>,
@@ -188,8 +194,12 @@ impl Driver {
                         match self.udp.try_io(Interest::READABLE, || self.recv.recv(fd)) {
                             Ok(n) => {
                                 for i in 0..n {
-                                    if let Some((from, datagram)) = self.recv.get(i) {
+                                    let Some((from, buf, segment)) = self.recv.get(i) else {
+                                        continue;
+                                    };
+                                    for datagram in udp::segments(buf, segment) {
                                         self.plane.handle_datagram(from, datagram, &mut io);
+                                        self.gro_datagrams += u64::from(segment.is_some());
                                     }
                                 }
                                 if n < udp::BATCH {
@@ -273,6 +283,7 @@ impl Driver {
             Command::DeviceStats(reply) => {
                 let _ = reply.send(DeviceStats {
                     send_drops: self.send_drops,
+                    gro_datagrams: self.gro_datagrams,
                     health_transitions: self.health_transitions,
                     ..self.plane.counters()
                 });

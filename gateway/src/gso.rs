@@ -350,18 +350,32 @@ fn pseudo(packet: &[u8], ipv6: bool, protocol: u8, len: usize) -> u32 {
     sum(addrs, 0) + u32::from(protocol) + (len as u32 >> 16) + (len as u32 & 0xffff)
 }
 
-fn sum(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-        if acc > 0xffff_0000 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
+/// The Internet checksum's one's-complement sum of `data` (big-endian 16-bit words, an odd
+/// last byte padded with zero) added to `acc`, folded to at most 16 bits.
+///
+/// It adds 32-bit words into a 64-bit accumulator (which the compiler vectorises) rather
+/// than 16-bit words with a carry check each: 2^16 ≡ 1 modulo 0xffff, so a 32-bit word
+/// counts as its two halves, and folding the carries back at the end gives the same sum.
+/// This runs over every byte of every segment cut from a TSO super-packet, where it cost as
+/// much as the encryption when done 16 bits at a time.
+fn sum(data: &[u8], acc: u32) -> u32 {
+    let mut wide = u64::from(acc);
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        wide += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
+    match *words.remainder() {
+        [a, b, c] => wide += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
+        [a, b] => wide += u64::from(u16::from_be_bytes([a, b])),
+        [a] => wide += u64::from(a) << 8,
+        _ => {}
     }
-    acc
+    // At most 2^16 words of 2^32 each plus acc: well inside 64 bits. Fold to 16 bits (a
+    // non-zero sum stays non-zero, as with end-around carries).
+    while wide > 0xffff {
+        wide = (wide & 0xffff) + (wide >> 16);
+    }
+    wide as u32
 }
 
 fn fold(mut acc: u32) -> u16 {

@@ -130,6 +130,9 @@ pub struct DeviceStats {
     pub endpoint_roams: u64,
     /// Peer health state changes (see [`Handle::health`]).
     pub health_transitions: u64,
+    /// Datagrams that arrived coalesced with others in one UDP GRO receive (a sending peer's
+    /// GSO run kept whole by the kernel); split again before decryption.
+    pub gro_datagrams: u64,
 }
 
 /// Errors from [`start`] and [`Handle`].

@@ -1,6 +1,7 @@
-//! Batched UDP for the device shell: `recvmmsg` fills many datagrams per system call, and
-//! outgoing datagrams queue until the end of a batch and leave in one `sendmmsg`, plus sized
-//! socket buffers.
+//! Batched UDP for the device shell: `recvmmsg` fills many datagrams per system call (and,
+//! with UDP GRO, each slot may hold a whole run of equal-size datagrams that the kernel kept
+//! together), outgoing datagrams queue until the end of a batch and leave in one `sendmmsg`,
+//! plus sized socket buffers.
 //!
 //! Per-packet system calls are what limits a userspace tunnel on this machine (about 100k
 //! packets per second per core, see `bench/RESULTS.md`), so this halves the calls on both the
@@ -60,11 +61,77 @@ fn setsockopt_int(fd: RawFd, name: i32, value: usize) -> io::Result<()> {
     }
 }
 
+/// `UDP_GRO` from linux/udp.h (not in the libc crate for glibc targets): as a socket option,
+/// lets the kernel hand us a run of same-flow datagrams as one buffer; as a cmsg on receive,
+/// the size of each datagram in it (the last may be shorter).
+const UDP_GRO: i32 = 104;
+
+/// Asks the kernel to keep UDP GSO/GRO runs whole up to this socket (one receive slot then
+/// holds up to 64 KiB of datagrams, split again by [`segments`]). Best effort: `false` if the
+/// kernel does not know the option (datagrams then arrive one by one, as before).
+pub fn enable_gro(fd: RawFd) -> bool {
+    let on: i32 = 1;
+    // SAFETY: passes a pointer to an i32 and its size, as SOL_UDP int options expect.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&raw const on).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// Room for one cmsg carrying an int (the `UDP_GRO` segment size), in `u64`s so that the
+/// buffer is aligned for `cmsghdr`.
+const CONTROL_WORDS: usize = 4;
+
+/// The `UDP_GRO` segment size in a received message's control data, if the kernel put one
+/// there (a run of datagrams coalesced into one buffer). `control` is the control buffer,
+/// `len` the `msg_controllen` the kernel left.
+fn gro_segment_size(control: &mut [u64], len: usize) -> Option<usize> {
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut hdr: libc::msghdr = unsafe { zeroed() };
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = len.min(size_of_val(control));
+    // SAFETY: the CMSG_* macros walk `hdr.msg_control` within `msg_controllen` bytes (both
+    // describe `control`), and return null past the end; `cmsg_len` is checked to cover an
+    // int before CMSG_DATA is read (unaligned, as cmsg data may be).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP
+                && (*cmsg).cmsg_type == UDP_GRO
+                && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(size_of::<i32>() as u32) as usize
+            {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+                return usize::try_from(size).ok().filter(|&s| s > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// The datagrams in one received buffer: `segment` bytes each (the last may be shorter) when
+/// the kernel coalesced a run, else the buffer is one datagram. An empty buffer is one empty
+/// datagram (UDP allows them; the data plane drops it as malformed).
+pub fn segments(buf: &[u8], segment: Option<usize>) -> impl Iterator<Item = &[u8]> {
+    let size = segment.unwrap_or(buf.len()).max(1);
+    let empty = buf.is_empty().then_some(buf);
+    buf.chunks(size).chain(empty)
+}
+
 /// Receive slots for `recvmmsg`.
 pub struct RecvBatch {
     slots: Vec<Box<[u8]>>,
     names: Vec<libc::sockaddr_storage>,
     lens: Vec<usize>,
+    controls: Vec<[u64; CONTROL_WORDS]>,
+    /// Per slot, the `UDP_GRO` segment size if the slot holds a coalesced run.
+    segment_sizes: Vec<Option<usize>>,
     count: usize,
 }
 
@@ -77,6 +144,8 @@ impl RecvBatch {
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
             names: vec![unsafe { zeroed() }; BATCH],
             lens: vec![0; BATCH],
+            controls: vec![[0; CONTROL_WORDS]; BATCH],
+            segment_sizes: vec![None; BATCH],
             count: 0,
         }
     }
@@ -94,14 +163,22 @@ impl RecvBatch {
             .collect();
         // SAFETY: mmsghdr is plain old data; all-zero is valid.
         let mut headers: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
-        for ((h, iov), name) in headers.iter_mut().zip(&mut iovecs).zip(&mut self.names) {
+        for (((h, iov), name), control) in headers
+            .iter_mut()
+            .zip(&mut iovecs)
+            .zip(&mut self.names)
+            .zip(&mut self.controls)
+        {
             h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
         }
-        // SAFETY: every header points at a live iovec over a live slot and a live
-        // sockaddr_storage, all sized as declared, for the duration of the call.
+        // SAFETY: every header points at a live iovec over a live slot, a live
+        // sockaddr_storage and a live control buffer, all sized as declared, for the duration
+        // of the call.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -112,21 +189,25 @@ impl RecvBatch {
             )
         };
         let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        for (len, h) in self.lens.iter_mut().zip(&headers).take(n) {
-            *len = h.msg_len as usize;
+        for (i, h) in headers.iter().enumerate().take(n) {
+            self.lens[i] = h.msg_len as usize;
+            self.segment_sizes[i] =
+                gro_segment_size(&mut self.controls[i], h.msg_hdr.msg_controllen);
         }
         self.count = n;
         Ok(n)
     }
 
-    /// The `i`th datagram of the last [`Self::recv`] and its sender (`None` if the kernel
-    /// reported an address family we do not speak).
-    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+    /// The `i`th buffer of the last [`Self::recv`], its sender and its `UDP_GRO` segment
+    /// size (`None`: one datagram; see [`segments`]). `None` if the kernel reported an
+    /// address family we do not speak.
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8], Option<usize>)> {
         if i >= self.count {
             return None;
         }
         let from = from_storage(&self.names[i])?;
-        Some((from, &self.slots[i][..self.lens[i].min(RECV_SLOT)]))
+        let buf = &self.slots[i][..self.lens[i].min(RECV_SLOT)];
+        Some((from, buf, self.segment_sizes[i]))
     }
 }
 
@@ -385,6 +466,129 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_buffer_splits_into_its_gro_segments() {
+        let buf: Vec<u8> = (0..10).collect();
+        let split = |segment| segments(&buf, segment).collect::<Vec<_>>();
+        assert_eq!(split(None), vec![&buf[..]]);
+        assert_eq!(split(Some(4)), vec![&buf[..4], &buf[4..8], &buf[8..]]);
+        assert_eq!(split(Some(5)), vec![&buf[..5], &buf[5..]]);
+        assert_eq!(split(Some(10)), vec![&buf[..]]);
+        assert_eq!(split(Some(64)), vec![&buf[..]]);
+        let empty: &[u8] = &[];
+        assert_eq!(segments(empty, None).collect::<Vec<_>>(), vec![empty]);
+        assert_eq!(segments(empty, Some(4)).collect::<Vec<_>>(), vec![empty]);
+    }
+
+    /// Writes cmsgs `(level, type, data)` into `control` the way the kernel lays them out;
+    /// returns the control length.
+    fn write_cmsgs(control: &mut [u64], cmsgs: &[(i32, i32, &[u8])]) -> usize {
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut hdr: libc::msghdr = unsafe { zeroed() };
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = size_of_val(control);
+        let mut total = 0;
+        // SAFETY: the buffer is large enough for the cmsgs the tests write (checked by
+        // asserting each header is non-null); data is written within CMSG_LEN.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            for (level, kind, data) in cmsgs {
+                assert!(!cmsg.is_null());
+                (*cmsg).cmsg_level = *level;
+                (*cmsg).cmsg_type = *kind;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+                std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(cmsg), data.len());
+                total += libc::CMSG_SPACE(data.len() as u32) as usize;
+                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn the_gro_segment_size_is_read_from_control_data_and_nothing_else() {
+        let size = 1452i32.to_ne_bytes();
+        let mut control = [0u64; 16];
+        let len = write_cmsgs(&mut control, &[(libc::SOL_UDP, UDP_GRO, &size)]);
+        assert_eq!(gro_segment_size(&mut control, len), Some(1452));
+        // Behind another cmsg.
+        let mut control = [0u64; 16];
+        let tos = 0i32.to_ne_bytes();
+        let len = write_cmsgs(
+            &mut control,
+            &[
+                (libc::SOL_IP, libc::IP_TOS, &tos[..1]),
+                (libc::SOL_UDP, UDP_GRO, &size),
+            ],
+        );
+        assert_eq!(gro_segment_size(&mut control, len), Some(1452));
+        // No control data, another option only, a cmsg too short for an int, a zero or
+        // negative size: no segment size.
+        assert_eq!(gro_segment_size(&mut control, 0), None);
+        let mut control = [0u64; 16];
+        let len = write_cmsgs(&mut control, &[(libc::SOL_IP, libc::IP_TOS, &tos[..1])]);
+        assert_eq!(gro_segment_size(&mut control, len), None);
+        let mut control = [0u64; 16];
+        let len = write_cmsgs(&mut control, &[(libc::SOL_UDP, UDP_GRO, &size[..2])]);
+        assert_eq!(gro_segment_size(&mut control, len), None);
+        for bad in [0i32, -1] {
+            let mut control = [0u64; 16];
+            let len = write_cmsgs(
+                &mut control,
+                &[(libc::SOL_UDP, UDP_GRO, &bad.to_ne_bytes())],
+            );
+            assert_eq!(gro_segment_size(&mut control, len), None);
+        }
+        // A control length longer than the buffer is capped, not trusted.
+        let mut control = [0u64; CONTROL_WORDS];
+        let len = write_cmsgs(&mut control, &[(libc::SOL_UDP, UDP_GRO, &size)]);
+        assert!(len <= size_of_val(&control));
+        assert_eq!(gro_segment_size(&mut control, 1 << 20), Some(1452));
+    }
+
+    #[test]
+    fn a_gso_run_arrives_whole_on_a_gro_socket_and_splits_back_into_its_datagrams() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        size_buffers(b.as_raw_fd());
+        assert!(enable_gro(b.as_raw_fd()), "kernel without UDP_GRO");
+        let to = b.local_addr().unwrap();
+        // One run: 20 datagrams of 300 bytes and a shorter last one.
+        let mut sent: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 300]).collect();
+        sent.push(vec![0xee; 120]);
+        let mut queue = SendQueue::new(1500);
+        for d in &sent {
+            assert!(matches!(queue.push(to, d), Queued::Queued));
+        }
+        assert_eq!(queue.flush(a.as_raw_fd()), 0);
+        assert!(queue.gso);
+
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        let mut coalesced = 0;
+        b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        while got.len() < sent.len() {
+            let mut peek = [0u8; 1];
+            b.peek(&mut peek).unwrap();
+            let n = batch.recv(b.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let (from, buf, segment) = batch.get(i).unwrap();
+                assert_eq!(from, a.local_addr().unwrap());
+                if let Some(size) = segment {
+                    assert_eq!(size, 300);
+                    coalesced += 1;
+                }
+                got.extend(segments(buf, segment).map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(
+            coalesced > 0,
+            "loopback kept the GSO run whole up to the socket"
+        );
+    }
+
+    #[test]
     fn socket_addresses_round_trip_through_sockaddr_storage() {
         for addr in ["10.1.2.3:51820", "[fd00::1]:443", "[fe80::1%7]:9"] {
             let addr: SocketAddr = addr.parse().unwrap();
@@ -424,8 +628,9 @@ mod tests {
             b.peek(&mut peek).unwrap();
             let n = batch.recv(b.as_raw_fd()).unwrap();
             for i in 0..n {
-                let (from, d) = batch.get(i).unwrap();
+                let (from, d, segment) = batch.get(i).unwrap();
                 assert_eq!(from, a.local_addr().unwrap());
+                assert_eq!(segment, None, "no UDP_GRO asked for");
                 got.push(d.to_vec());
             }
         }
