@@ -255,6 +255,30 @@ pub struct BrokerArgs {
     pub deny_list: Option<PathBuf>,
 }
 
+impl BrokerArgs {
+    /// The broker's configuration: `--store` if given, else the redb file at `--state`.
+    pub fn into_config(self) -> crate::broker::BrokerConfig {
+        use crate::broker::{BrokerConfig, BrokerOptions, StateConfig, StoreLocation};
+        BrokerConfig {
+            listen: self.listen,
+            store: self.store.unwrap_or(StoreLocation::Redb(self.state)),
+            tls_dir: self.tls_dir,
+            options: BrokerOptions {
+                rules: StateConfig {
+                    lease: self.lease,
+                    retention: self.retention,
+                    max_services: self.max_services,
+                    max_endpoints: self.max_endpoints,
+                    ..Default::default()
+                },
+                max_message_bytes: self.max_message_bytes as usize,
+                deny_list: self.deny_list,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),

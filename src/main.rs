@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
-use causeway::cli::{CertsCommand, Cli, Command, LabCommand, LogFormat};
+use causeway::cli::{Cli, Command, LabCommand, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,75 +22,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Certs(CertsCommand::Init { out }) => {
-            causeway::certs::init_ca(&out)?;
-            println!("Created the clusterset CA in {}", out.display());
-            Ok(())
-        }
-        Command::Certs(CertsCommand::Issue {
-            cluster: Some(id),
-            ca_dir,
-            out,
-            ..
-        }) => {
-            causeway::certs::issue_cluster(&ca_dir, &id, &out)?;
-            println!(
-                "Issued the certificate of cluster {id} into {}",
-                out.display()
-            );
-            Ok(())
-        }
-        Command::Certs(CertsCommand::Issue {
-            cluster: None,
-            ca_dir,
-            out,
-            ..
-        }) => {
-            causeway::certs::issue_broker(&ca_dir, &out)?;
-            println!("Issued the broker's certificate into {}", out.display());
-            Ok(())
-        }
-        Command::Certs(CertsCommand::Rotate {
-            cluster,
-            ca_dir,
-            out,
-        }) => {
-            let rotated = causeway::certs::rotate_cluster(&ca_dir, &cluster, &out)?;
-            println!(
-                "Rotated the certificate of cluster {cluster} in {}: serial {} replaces {} \
-                 (deny serial:{} on the broker once the gateway has moved)",
-                out.display(),
-                rotated.new_serial,
-                rotated.old_serial,
-                rotated.old_serial
-            );
-            Ok(())
-        }
+        Command::Certs(c) => print(Ok(format!("{}\n", causeway::certs::run(c)?))),
         c @ (Command::Status(_) | Command::Explain(_) | Command::Diagnose(_)) => {
             causeway::inspect::run(c)
         }
-        Command::Broker(args) => daemon(|shutdown| async move {
-            let config = causeway::broker::BrokerConfig {
-                listen: args.listen,
-                store: args
-                    .store
-                    .unwrap_or(causeway::broker::StoreLocation::Redb(args.state)),
-                tls_dir: args.tls_dir,
-                options: causeway::broker::BrokerOptions {
-                    rules: causeway::broker::StateConfig {
-                        lease: args.lease,
-                        retention: args.retention,
-                        max_services: args.max_services,
-                        max_endpoints: args.max_endpoints,
-                        ..Default::default()
-                    },
-                    max_message_bytes: args.max_message_bytes as usize,
-                    deny_list: args.deny_list,
-                    ..Default::default()
-                },
-            };
-            causeway::broker::run(config, shutdown).await
-        }),
+        Command::Broker(args) => {
+            daemon(
+                |shutdown| async move { causeway::broker::run(args.into_config(), shutdown).await },
+            )
+        }
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
         Command::Dns(args) => daemon(|shutdown| causeway::replica::run(args, shutdown)),
         Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),
