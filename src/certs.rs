@@ -44,10 +44,11 @@ const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Backdating tolerates clocks a little behind the issuer's.
 const BACKDATE: Duration = Duration::from_secs(3600);
-/// Keeps idle sessions open through NATs and the idle timeout; a dead broker is noticed within
-/// `IDLE_TIMEOUT`.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Keeps idle sessions open through NATs and the idle timeout. A broker whose host died (no
+/// close, no reset) is noticed within `IDLE_TIMEOUT`, and the gateway moves to its next
+/// `--broker`; a keepalive a second costs each session one small datagram per second.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A certificate or TLS file could not be made, read or used.
 #[derive(Debug, thiserror::Error)]
@@ -408,7 +409,7 @@ fn transport() -> quinn::TransportConfig {
     transport.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
-            .expect("20 s is a valid idle timeout"),
+            .expect("6 s is a valid idle timeout"),
     ));
     transport
 }

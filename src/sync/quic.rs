@@ -29,7 +29,7 @@ use crate::sync::wire::{self, BrokerMessage, Decoder};
 /// The first reconnect delay; doubles up to `SyncConfig::reconnect_backoff_max`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// A broker that does not complete the handshake in this time counts as down, and the next
-/// one is tried (without it, a silent address would hold us for the 20 s idle timeout).
+/// one is tried (without it, a silent address would hold us for the 6 s idle timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the TLS files are checked for changes while connected: a rotated certificate is
 /// in use within this time (plus a reconnect).
