@@ -70,6 +70,19 @@ struct State {
     version: u64,
     events: Vec<WatchEvent>,
     requests: Vec<Recorded>,
+    /// Faults for the next watch requests, first in first out.
+    watch_faults: std::collections::VecDeque<WatchFault>,
+}
+
+/// How [`FakeApi::break_watches`] breaks a watch request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFault {
+    /// HTTP 500, as from an API server that is restarting: the client should re-watch from
+    /// the version it has, without listing again.
+    Error,
+    /// A watch `ERROR` event with a 410 `Expired` status, as a server sends when the asked
+    /// resourceVersion was compacted away: the client must list again.
+    Expired,
 }
 
 /// The fake server; clones share one state.
@@ -169,6 +182,17 @@ impl FakeApi {
                 }
             })
             .collect()
+    }
+
+    /// Breaks the next `n` watch requests (whichever collections they are for) with `fault`.
+    pub fn break_watches(&self, n: usize, fault: WatchFault) {
+        let mut state = self.state.lock().expect("fake api lock");
+        state.watch_faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// How many faults [`FakeApi::break_watches`] queued are still to be served.
+    pub fn pending_watch_faults(&self) -> usize {
+        self.state.lock().expect("fake api lock").watch_faults.len()
     }
 
     /// Every request so far.
@@ -291,6 +315,36 @@ impl FakeApi {
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let fault = self
+            .state
+            .lock()
+            .expect("fake api lock")
+            .watch_faults
+            .pop_front();
+        match fault {
+            Some(WatchFault::Error) => {
+                return status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "the watch was broken by the test",
+                );
+            }
+            Some(WatchFault::Expired) => {
+                let line = json!({"type": "ERROR", "object": {
+                    "apiVersion": "v1", "kind": "Status", "metadata": {},
+                    "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": format!("too old resource version: {since}"),
+                }});
+                let mut body = serde_json::to_vec(&line).unwrap_or_default();
+                body.push(b'\n');
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body))
+                    .expect("a valid response");
+            }
+            None => {}
+        }
         let mut changed = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + WATCH_HOLD;
         loop {

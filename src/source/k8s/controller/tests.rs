@@ -379,3 +379,84 @@ async fn applying_the_same_plan_twice_sends_nothing_the_second_time() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(fake.take_writes().len(), 0, "nothing changed, nothing sent");
 }
+
+/// Lists (GETs of a collection without `watch=true`) per path: what a relist costs the server.
+fn lists(fake: &FakeApi) -> std::collections::BTreeMap<String, usize> {
+    let mut lists = std::collections::BTreeMap::new();
+    for r in fake.requests() {
+        if r.method == http::Method::GET && !r.query.contains_key("watch") {
+            *lists.entry(r.path).or_insert(0) += 1;
+        }
+    }
+    lists
+}
+
+/// The watch paths, each once.
+fn watched(fake: &FakeApi) -> std::collections::BTreeSet<String> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.query.get("watch").is_some_and(|w| w == "true"))
+        .map(|r| r.path)
+        .collect()
+}
+
+#[tokio::test]
+async fn broken_watches_resume_without_relisting_and_an_expired_one_relists_once() {
+    use crate::source::k8s::fake_api::WatchFault;
+    let fake = FakeApi::default();
+    seed(&fake);
+    let shutdown = CancellationToken::new();
+    let source = start(fake.client(), &id("c1"), vec![], shutdown.clone())
+        .await
+        .unwrap();
+    let mut exports = source.exports.clone();
+    within(
+        "the export is published",
+        exports.wait_for(|e| !e.is_empty()),
+    )
+    .await
+    .expect("the source runs");
+    // Every watcher has listed once and is watching.
+    let paths = eventually("every watcher watches", || {
+        let w = watched(&fake);
+        (w.len() >= 3).then_some(w)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let listed = lists(&fake);
+    assert!(
+        listed.values().all(|n| *n == 1),
+        "one initial list per collection: {listed:?}"
+    );
+
+    // The API server breaks every watch (HTTP 500) twice over; the watchers back off and
+    // re-watch from the versions they have.
+    fake.break_watches(2 * paths.len(), WatchFault::Error);
+    eventually("every broken watch is answered", || {
+        (fake.pending_watch_faults() == 0).then_some(())
+    })
+    .await;
+    // A change made after the breaks still arrives, through a watch, not a list.
+    fake.put("services", service_json(&[("tcp", 42), ("metrics", 9090)]));
+    within(
+        "the new port is published",
+        exports.wait_for(|e| e.first().is_some_and(|e| e.ports.len() == 2)),
+    )
+    .await
+    .expect("the source runs");
+    assert_eq!(lists(&fake), listed, "no relist after broken watches");
+
+    // One watch is told its version expired (410): that watcher lists again, once.
+    fake.break_watches(1, WatchFault::Expired);
+    let relisted = eventually("the expired watcher lists again", || {
+        let now = lists(&fake);
+        (now != listed).then_some(now)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = lists(&fake);
+    assert_eq!(after, relisted, "the relist happens once");
+    let extra: usize = after.values().sum::<usize>() - listed.values().sum::<usize>();
+    assert_eq!(extra, 1, "one collection relisted: {listed:?} -> {after:?}");
+    shutdown.cancel();
+}
