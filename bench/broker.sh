@@ -49,7 +49,7 @@ etcd)
 		--max-txn-ops 32768 --max-request-bytes 16777216 --quota-backend-bytes 4294967296 \
 		>"$ETCD_DIR/etcd.log" 2>&1 &
 	ETCD_PID=$!
-	trap 'kill $ETCD_PID 2>/dev/null; wait $ETCD_PID 2>/dev/null; rm -rf "$ETCD_DIR"' EXIT
+	trap 'status=$?; kill $ETCD_PID 2>/dev/null; wait $ETCD_PID 2>/dev/null; rm -rf "$ETCD_DIR"; exit $status' EXIT
 	for _ in $(seq 100); do
 		curl -fs "http://127.0.0.1:$ETCD_PORT/health" >/dev/null && break
 		sleep 0.1
