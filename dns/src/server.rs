@@ -41,7 +41,7 @@ use tracing::{debug, error, info};
 
 use crate::handler::Handler;
 use crate::stats::{QueryStats, StatsSnapshot};
-use crate::udp::{Batch, Stop, Wakeup};
+use crate::udp::{self, Batch, Stop, Wakeup};
 use crate::zone::Snapshot;
 use crate::{Config, Error};
 
@@ -468,6 +468,7 @@ fn bind_udp(addr: SocketAddr, group: Group) -> io::Result<Socket> {
     if group == Group::Start {
         socket.set_reuse_port(true)?;
     }
+    udp::size_receive_buffer(socket.as_fd());
     Ok(socket)
 }
 
