@@ -422,6 +422,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             listen: args.dns_listen,
             zones: dns_zones.clone(),
             upstream: args.dns_upstream,
+            udp_sockets: None,
         },
         shutdown.clone(),
     )

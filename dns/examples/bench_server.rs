@@ -190,6 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             listen: args.listen,
             zones: zones.clone(),
             upstream: None,
+            udp_sockets: None,
         },
         shutdown.clone(),
     )

@@ -53,10 +53,10 @@ impl Handler {
         }
     }
 
-    /// The rotation for the next query answered outside this handler (the fast path), from
-    /// the same counter.
-    pub(crate) fn next_rotation(&self) -> u64 {
-        self.queries.fetch_add(1, Ordering::Relaxed)
+    /// The rotations for the next `n` queries answered outside this handler (a batch on the
+    /// fast path), from the same counter: the first is returned, the others follow it.
+    pub(crate) fn next_rotations(&self, n: u64) -> u64 {
+        self.queries.fetch_add(n, Ordering::Relaxed)
     }
 }
 

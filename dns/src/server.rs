@@ -1,9 +1,14 @@
-//! The tokio shell: binds UDP and TCP on one address, runs until the shutdown token is
-//! cancelled, and publishes snapshots through a [`Handle`].
+//! The shell: binds UDP and TCP on one address, runs until the shutdown token is cancelled,
+//! and publishes snapshots through a [`Handle`].
 //!
-//! UDP runs our own receive loops (one per available CPU, sharing the socket): each datagram
-//! goes to the snapshot's precomputed wire answers first ([`Snapshot::answer_wire`]), and only
-//! when that declines is it parsed by hickory and handed to our `Handler` on a task of its own.
+//! UDP is served by one socket per available CPU ([`Config::udp_sockets`]), all bound to the
+//! address with SO_REUSEPORT so that the kernel spreads clients over them, each drained by a
+//! thread of its own: a batch of datagrams arrives with one `recvmmsg` (`udp.rs`), each goes
+//! to the snapshot's precomputed wire answers ([`Snapshot::answer_wire`]: a lookup keyed by
+//! the question, with id and flags patched in), and the batch's answers leave with one
+//! `sendmmsg`, all in buffers allocated once per thread. Only what that declines (EDNS options
+//! beyond the buffer size, odd opcodes, names needing the upstream…) is parsed by hickory and
+//! handed to our `Handler` on a task of the tokio runtime, which answers on the same socket.
 //! TCP runs hickory's [`Server`] with the same `Handler` (RFC 7766 framing, pipelining, idle
 //! timeouts).
 //!
@@ -12,6 +17,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,12 +34,14 @@ use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
-use tokio::net::{TcpListener, UdpSocket};
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::handler::Handler;
 use crate::stats::{QueryStats, StatsSnapshot};
+use crate::udp::{self, Batch, Stop, Wakeup};
 use crate::zone::Snapshot;
 use crate::{Config, Error};
 
@@ -46,11 +54,6 @@ const TCP_RESPONSE_BUFFER: usize = 32;
 /// How long one forwarded query may wait for the upstream; stub resolvers give up after 5 s
 /// (glibc's default), so an answer later than that helps nobody.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest UDP datagram read: queries are small, but a hostile one may not be, and it must be
-/// read whole to be judged (anything longer is cut and then fails to parse).
-const UDP_RECEIVE_BUFFER: usize = 4096;
-/// Largest fast-path answer: the EDNS payload we offer.
-const MAX_FAST_ANSWER: u16 = 1232;
 /// How many times to look for a port free on both UDP and TCP when asked for port 0.
 const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 
@@ -80,10 +83,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
     let mut initial = Snapshot::empty(&config.zones)?;
     // Serial 1 for the first zone we answer from, so every published snapshot is greater.
     initial.set_serial(1);
-    let (udp, tcp) = bind(config.listen).await?;
-    let local_addr = udp.local_addr().map_err(|source| Error::Bind {
+    let sockets = config
+        .udp_sockets
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let (udp, tcp) = bind(config.listen, sockets).await?;
+    let local_addr = tcp.local_addr().map_err(|source| Error::Bind {
         addr: config.listen,
-        transport: Transport::Udp,
+        transport: Transport::Tcp,
         source,
     })?;
 
@@ -105,22 +112,31 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
         upstream.clone(),
         stats.clone(),
     ));
-    let udp = Arc::new(udp);
-    let loops = std::thread::available_parallelism().map_or(1, usize::from);
-    for _ in 0..loops {
-        tokio::spawn(serve_udp(
-            udp.clone(),
-            current.clone(),
-            udp_handler.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        ));
+    let stop = Arc::new(Stop::new().map_err(|source| Error::Threads { source })?);
+    // Stops the UDP threads when shutdown is cancelled, and also when the runtime drops this
+    // task without it (a runtime shut down first): the threads must not outlive the server.
+    let stop_guard = StopOnDrop(stop.clone());
+    let runtime = tokio::runtime::Handle::current();
+    for (i, socket) in udp.into_iter().enumerate() {
+        let udp_loop = UdpLoop {
+            socket: Arc::new(socket),
+            current: current.clone(),
+            handler: udp_handler.clone(),
+            stats: stats.clone(),
+            runtime: runtime.clone(),
+            stop: stop.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || udp_loop.run())
+            .map_err(|source| Error::Threads { source })?;
     }
     let mut server = Server::new(Handler::new(current, upstream, stats));
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-    let stop = server.shutdown_token().clone();
+    let stop_tcp = server.shutdown_token().clone();
     info!(
         addr = %local_addr,
+        udp_sockets = sockets,
         zone = %config.zones.zone,
         clusterset_zone = ?config.zones.clusterset_zone,
         upstream = ?config.upstream,
@@ -129,8 +145,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
 
     tokio::spawn(async move {
         tokio::spawn(async move {
+            let _stop_udp = stop_guard;
             shutdown.cancelled().await;
-            stop.cancel();
+            stop_tcp.cancel();
         });
         match server.block_until_done().await {
             Ok(()) => info!(addr = %local_addr, "DNS stopped"),
@@ -141,59 +158,105 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<Handle
     Ok(handle)
 }
 
-/// One UDP receive loop. Datagrams the fast path answers are answered in line; the rest are
-/// parsed by hickory and handled on their own task (they may wait on the upstream).
-async fn serve_udp(
-    socket: Arc<UdpSocket>,
+/// Stops the UDP threads when dropped.
+struct StopOnDrop(Arc<Stop>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// One UDP socket's receive thread: batches in with `recvmmsg`, fast-path answers out with
+/// one `sendmmsg` per batch; the rest are parsed by hickory and handled on a task of the
+/// runtime (they may wait on the upstream), which answers on the same socket.
+struct UdpLoop {
+    socket: Arc<Socket>,
     current: Arc<ArcSwap<Snapshot>>,
     handler: Arc<Handler>,
     stats: Arc<QueryStats>,
-    shutdown: CancellationToken,
-) {
-    let mut buf = vec![0u8; UDP_RECEIVE_BUFFER];
-    let mut out = Vec::with_capacity(usize::from(MAX_FAST_ANSWER));
-    loop {
-        let (len, src) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<Stop>,
+}
+
+impl UdpLoop {
+    /// Serves until [`Stop::stop`]; the socket closes when the last in-flight hickory answer
+    /// on it is sent.
+    fn run(self) {
+        let mut batch = Batch::new();
+        while !self.stop.is_stopped() {
+            match batch.recv(self.socket.as_fd()) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    match self.stop.wait_readable(self.socket.as_fd()) {
+                        Ok(Wakeup::Readable) => continue,
+                        Ok(Wakeup::Stopped) => return,
+                        Err(error) => {
+                            // poll(2) fails only for bad arguments or no memory: nothing to
+                            // retry, and DNS over UDP on this socket is down.
+                            error!(%error, "dns udp wait failed");
+                            return;
+                        }
+                    }
+                }
                 Err(error) => {
                     // ICMP errors from earlier sends surface here on Linux; the socket lives on.
                     debug!(%error, "dns udp receive failed");
                     continue;
                 }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let query = &buf[..len];
-        let started = tokio::time::Instant::now();
-        let rotation = handler.next_rotation();
-        if current.load().answer_wire(query, rotation, &mut out) {
-            if let Err(error) = socket.send_to(&out, src).await {
-                debug!(%error, %src, "dns udp send failed");
             }
-            stats.record_wire(query, &out, started.elapsed());
-            continue;
+            let received = tokio::time::Instant::now();
+            self.answer(&mut batch);
+            let (skipped, error) = batch.send(self.socket.as_fd());
+            if let Some(error) = error {
+                debug!(%error, skipped, "dns udp send failed");
+            }
+            let took = received.elapsed();
+            for (query, reply) in batch.answered() {
+                self.stats.record_wire(query, reply, took);
+            }
         }
-        match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
-            Ok(request) => {
-                let handler = handler.clone();
-                let responder = UdpResponder {
-                    socket: socket.clone(),
-                    dst: src,
-                };
-                tokio::spawn(async move {
-                    handler
-                        .handle_request::<_, TokioTime>(&request, responder)
-                        .await;
-                });
+    }
+
+    /// Answers what the fast path can (and FORMERR for what hickory cannot parse) into the
+    /// batch; hands the rest to hickory on the runtime.
+    fn answer(&self, batch: &mut Batch) {
+        let snapshot = self.current.load();
+        let first = self
+            .handler
+            .next_rotations(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        for i in 0..batch.len() {
+            let rotation = first.wrapping_add(u64::try_from(i).unwrap_or(0));
+            if batch.answer(i, |query, out| snapshot.answer_wire(query, rotation, out)) {
+                continue;
             }
-            Err(error) => {
-                debug!(%error, %src, "malformed dns query");
-                if let Some(reply) = format_error(query) {
-                    if let Err(error) = socket.send_to(&reply, src).await {
-                        debug!(%error, %src, "dns udp send failed");
-                    }
-                    stats.record_wire(query, &reply, started.elapsed());
+            let Some(src) = batch.source(i) else {
+                continue;
+            };
+            let query = batch.query(i);
+            match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
+                Ok(request) => {
+                    let handler = self.handler.clone();
+                    let responder = UdpResponder {
+                        socket: self.socket.clone(),
+                        dst: src,
+                    };
+                    self.runtime.spawn(async move {
+                        handler
+                            .handle_request::<_, TokioTime>(&request, responder)
+                            .await;
+                    });
+                }
+                Err(error) => {
+                    debug!(%error, %src, "malformed dns query");
+                    batch.answer(i, |query, out| match format_error(query) {
+                        Some(reply) => {
+                            out.clear();
+                            out.extend_from_slice(&reply);
+                            true
+                        }
+                        None => false,
+                    });
                 }
             }
         }
@@ -217,9 +280,11 @@ fn format_error(query: &[u8]) -> Option<[u8; 12]> {
 
 /// Sends a hickory response to one UDP client, within the size its EDNS allows (512 without),
 /// truncating with TC set as hickory's own UDP path does.
+/// Sends without blocking (the caller is a runtime task): with the socket's send buffer full
+/// the answer is dropped, as the network might have, and the client asks again.
 #[derive(Clone)]
 struct UdpResponder {
-    socket: Arc<UdpSocket>,
+    socket: Arc<Socket>,
     dst: SocketAddr,
 }
 
@@ -241,7 +306,8 @@ impl ResponseHandler for UdpResponder {
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(max_size);
         let info = response.destructive_emit(&mut encoder)?;
-        self.socket.send_to(&bytes, self.dst).await?;
+        self.socket
+            .send_to_with_flags(&bytes, &SockAddr::from(self.dst), libc::MSG_DONTWAIT)?;
         Ok(info)
     }
 }
@@ -324,30 +390,38 @@ fn upstream_resolver(upstream: SocketAddr) -> Result<TokioResolver, Error> {
     })
 }
 
-/// Binds UDP then TCP on the same address. For port 0 the UDP port the OS picked may be taken
-/// on TCP, so try again with a fresh one a few times.
-async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+/// Binds `sockets` UDP sockets and one TCP listener on the same address: the first UDP socket,
+/// then TCP on its port, then the other UDP sockets on that port with SO_REUSEPORT (the kernel
+/// spreads datagrams over them by flow hash). For port 0 the UDP port the OS picked may be
+/// taken on TCP, so try again with a fresh one a few times.
+async fn bind(listen: SocketAddr, sockets: usize) -> Result<(Vec<Socket>, TcpListener), Error> {
     let attempts = if listen.port() == 0 {
         EPHEMERAL_BIND_ATTEMPTS
     } else {
         1
     };
+    let udp_error = |source| Error::Bind {
+        addr: listen,
+        transport: Transport::Udp,
+        source,
+    };
     let mut last_error = None;
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: listen,
-                transport: Transport::Udp,
-                source,
-            })?;
-        let udp_addr = udp.local_addr().map_err(|source| Error::Bind {
-            addr: listen,
-            transport: Transport::Udp,
-            source,
-        })?;
+        let first = bind_udp(listen, Group::Start).map_err(udp_error)?;
+        let udp_addr = first
+            .local_addr()
+            .ok()
+            .and_then(|addr| addr.as_socket())
+            .ok_or_else(|| udp_error(io::Error::from(io::ErrorKind::AddrNotAvailable)))?;
         match TcpListener::bind(udp_addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+            Ok(tcp) => {
+                let mut udp = Vec::with_capacity(sockets);
+                udp.push(first);
+                for _ in 1..sockets {
+                    udp.push(bind_udp(udp_addr, Group::Join).map_err(udp_error)?);
+                }
+                return Ok((udp, tcp));
+            }
             Err(source) if source.kind() == io::ErrorKind::AddrInUse && attempts > 1 => {
                 last_error = Some(source);
             }
@@ -365,4 +439,98 @@ async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
         transport: Transport::Tcp,
         source: last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
     })
+}
+
+/// How a UDP socket enters its SO_REUSEPORT group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Bound first, then marked SO_REUSEPORT. Binding unmarked fails if anything already
+    /// holds the port (another server's group included), and for port 0 makes the kernel
+    /// pick a port nobody holds: a marked socket asking for port 0 may be handed a port
+    /// another SO_REUSEPORT group of the same user is bound to. Linux lets sockets marked
+    /// before their bind join a socket marked after its own.
+    Start,
+    /// Marked, then bound to the group's address.
+    Join,
+}
+
+/// One blocking UDP socket on `addr`, marked SO_REUSEPORT as `group` says.
+fn bind_udp(addr: SocketAddr, group: Group) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec(),
+        Some(socket2::Protocol::UDP),
+    )?;
+    if group == Group::Join {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    if group == Group::Start {
+        socket.set_reuse_port(true)?;
+    }
+    udp::size_receive_buffer(socket.as_fd());
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reads whatever is waiting on `socket` within a short while: how many datagrams.
+    fn drain(socket: &Socket) -> usize {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut count = 0;
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+        while socket.recv_from(&mut buf).is_ok() {
+            count += 1;
+        }
+        count
+    }
+
+    #[tokio::test]
+    async fn a_port_0_group_shares_one_port_and_the_kernel_spreads_flows_over_it() {
+        let (udp, tcp) = bind("127.0.0.1:0".parse().expect("literal"), 2)
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        for socket in &udp {
+            assert_eq!(
+                socket.local_addr().expect("addr").as_socket(),
+                Some(addr),
+                "every socket on the TCP port"
+            );
+        }
+        // 64 flows all hashing to one of two sockets: a 2^-63 chance.
+        let clients: Vec<std::net::UdpSocket> = (0..64)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("client"))
+            .collect();
+        for client in &clients {
+            client.send_to(b"x", addr).expect("send");
+        }
+        let counts: Vec<usize> = udp.iter().map(drain).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 64, "{counts:?}");
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_another_reuseport_group_is_busy() {
+        let other =
+            bind_udp("127.0.0.1:0".parse().expect("literal"), Group::Start).expect("other group");
+        let port = other.local_addr().expect("addr").as_socket().expect("inet");
+        let ours = bind(port, 2).await;
+        assert!(
+            matches!(
+                ours,
+                Err(Error::Bind {
+                    transport: Transport::Udp,
+                    ..
+                })
+            ),
+            "got {ours:?}"
+        );
+    }
 }

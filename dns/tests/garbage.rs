@@ -113,6 +113,7 @@ async fn hostile_packets_never_stop_the_server() {
             listen: "127.0.0.1:0".parse().expect("literal"),
             zones: zones.clone(),
             upstream: None,
+            udp_sockets: None,
         },
         shutdown.clone(),
     )

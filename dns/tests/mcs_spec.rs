@@ -123,6 +123,7 @@ async fn start(shutdown: &CancellationToken) -> Handle {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         zones: zones.clone(),
         upstream: None,
+        udp_sockets: None,
     };
     let handle = causeway_dns::serve(config, shutdown.clone())
         .await

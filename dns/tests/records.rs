@@ -116,6 +116,7 @@ fn loopback_config(zones: ZoneConfig, upstream: Option<SocketAddr>) -> Config {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         zones,
         upstream,
+        udp_sockets: None,
     }
 }
 

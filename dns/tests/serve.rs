@@ -59,6 +59,7 @@ fn config(listen: SocketAddr) -> Config {
         listen,
         zones: zones(),
         upstream: None,
+        udp_sockets: None,
     }
 }
 
@@ -493,6 +494,56 @@ async fn hickory_client_send_reaches_the_handler() {
         .await
         .expect("answer over tcp");
     assert_eq!(rdata(&response), ["fd00::10"]);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn four_reuseport_sockets_answer_every_client_on_both_paths() {
+    // Four sockets share the port; the kernel picks one per client flow, so 32 clients reach
+    // all of them (short of a 4^-31 chance). Each answer must come back from the server's
+    // address to the client that asked, on both the fast path and hickory's.
+    let shutdown = CancellationToken::new();
+    let handle = causeway_dns::serve(
+        Config {
+            udp_sockets: Some(4),
+            ..config("127.0.0.1:0".parse().expect("literal address"))
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("serve binds on loopback");
+    handle.publish(
+        Snapshot::new(&zones(), vec![service("shop", "db", &["10.101.0.20"])])
+            .expect("valid snapshot"),
+    );
+    let addr = handle.local_addr();
+    let fast = message(OpCode::Query, &[("db.shop.svc.global.", RecordType::A)])
+        .to_vec()
+        .expect("encode");
+    // An opcode the fast path declines: hickory answers NOTIMP.
+    let slow = message(OpCode::Status, &[("db.shop.svc.global.", RecordType::A)])
+        .to_vec()
+        .expect("encode");
+    let exchanges: Vec<_> = (0..64)
+        .map(|k| {
+            let packet = if k % 2 == 0 {
+                fast.clone()
+            } else {
+                slow.clone()
+            };
+            tokio::spawn(async move { udp_exchange(addr, &packet).await })
+        })
+        .collect();
+    for (k, exchange) in exchanges.into_iter().enumerate() {
+        let reply = exchange.await.expect("exchange");
+        let reply = Message::from_vec(&reply).expect("parse reply");
+        if k % 2 == 0 {
+            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(reply.answers.len(), 1);
+        } else {
+            assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+        }
+    }
     shutdown.cancel();
 }
 

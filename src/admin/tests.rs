@@ -89,6 +89,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
             listen: "127.0.0.1:0".parse().unwrap(),
             zones: zones.clone(),
             upstream: None,
+            udp_sockets: None,
         },
         shutdown.clone(),
     )

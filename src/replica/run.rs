@@ -181,6 +181,7 @@ async fn apply(
                     listen: config.listen,
                     zones: doc.zones.clone(),
                     upstream: config.upstream,
+                    udp_sockets: None,
                 },
                 shutdown.clone(),
             )

@@ -115,6 +115,7 @@ impl Gateway {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 zones: zones.clone(),
                 upstream: None,
+                udp_sockets: None,
             },
             shutdown.clone(),
         )
