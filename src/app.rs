@@ -422,7 +422,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             listen: args.dns_listen,
             zones: dns_zones.clone(),
             upstream: args.dns_upstream,
-            udp_sockets: None,
+            udp_sockets: args.dns_udp_sockets.map(usize::from),
         },
         shutdown.clone(),
     )

@@ -94,6 +94,10 @@ pub struct DnsArgs {
     /// are REFUSED.
     #[arg(long, value_name = "ADDR")]
     pub upstream: Option<SocketAddr>,
+    /// UDP sockets to serve DNS with, each on a thread of its own (SO_REUSEPORT: the kernel
+    /// spreads clients over them). Default: one per CPU this process may run on.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub udp_sockets: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -372,6 +376,10 @@ pub struct GatewayArgs {
     /// queries). 0 = no cap.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub dns_max_addresses: usize,
+    /// UDP sockets to serve DNS with, each on a thread of its own (SO_REUSEPORT: the kernel
+    /// spreads clients over them). Default: one per CPU this process may run on.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_udp_sockets: Option<u16>,
     /// A resolver to forward queries outside the served zones to (e.g. the cluster's CoreDNS).
     /// Without it such queries are REFUSED.
     #[arg(long, value_name = "ADDR")]
@@ -587,6 +595,7 @@ mod tests {
         assert_eq!(args.dns_ttl, 5);
         assert_eq!(args.dns_max_addresses, 8);
         assert_eq!(args.dns_upstream, None);
+        assert_eq!(args.dns_udp_sockets, None, "one per CPU unless asked");
     }
 
     #[test]
@@ -636,6 +645,7 @@ mod tests {
             (("--mtu", "100"), "--mtu"),
             (("--dns-ttl", "-1"), "unexpected argument '-1'"),
             (("--dns-ttl", "five"), "--dns-ttl"),
+            (("--dns-udp-sockets", "0"), "--dns-udp-sockets"),
         ];
         for (over, needle) in cases {
             let err = gateway(&[over]).unwrap_err().to_string();

@@ -40,6 +40,8 @@ pub struct ReplicaConfig {
     pub upstream: Option<SocketAddr>,
     /// How long each poll may be held by the gateway.
     pub wait: Duration,
+    /// UDP sockets (threads) serving DNS; `None` = one per CPU.
+    pub udp_sockets: Option<usize>,
 }
 
 impl From<&DnsArgs> for ReplicaConfig {
@@ -50,6 +52,7 @@ impl From<&DnsArgs> for ReplicaConfig {
             admin_listen: args.admin_listen,
             upstream: args.upstream,
             wait: super::proto::DEFAULT_WAIT,
+            udp_sockets: args.udp_sockets.map(usize::from),
         }
     }
 }
@@ -181,7 +184,7 @@ async fn apply(
                     listen: config.listen,
                     zones: doc.zones.clone(),
                     upstream: config.upstream,
-                    udp_sockets: None,
+                    udp_sockets: config.udp_sockets,
                 },
                 shutdown.clone(),
             )

@@ -183,6 +183,7 @@ fn replica_config(from: SocketAddr) -> ReplicaConfig {
         upstream: None,
         // Short holds, so that a stopped gateway's admin port shuts down quickly.
         wait: Duration::from_millis(300),
+        udp_sockets: Some(2),
     }
 }
 
