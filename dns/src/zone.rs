@@ -7,11 +7,14 @@
 //! `server.rs` binds the sockets and swaps snapshots. Which names exist and what they hold is
 //! built in `zone/build.rs`.
 //!
-//! Everything a query needs is precomputed when the snapshot is built (lowercase keys, ready
-//! `Record`s grouped per name and type), so answering is one hash lookup and a slice, plus a
-//! rotated copy when a preference group holds more than one address.
+//! The fast path's answers are precomputed in wire format when the snapshot is built
+//! (`zone/wire.rs`, written straight from the services by `zone/encode.rs`). The slow path's
+//! hickory `Record`s (lowercase keys, grouped per name and type) are built per service tree
+//! when a query first needs them and kept with the tree; answering is then one hash lookup and
+//! a slice, plus a rotated copy when a preference group holds more than one address.
 
 mod build;
+mod encode;
 mod sharded;
 mod wire;
 
@@ -19,7 +22,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
@@ -159,6 +162,9 @@ pub struct Snapshot {
     apexes: Vec<(LowerName, [Record; 1])>,
     /// Where service trees hang (`<zone>`, `svc.<clusterset zone>`) and their label counts.
     parents: Vec<(LowerName, usize)>,
+    /// The zones' fixed names, for building a service tree's records when the slow path
+    /// first needs them.
+    prepared: Arc<build::Prepared>,
     /// The names outside every service tree: apexes, `dns-version`, empty non-terminals above
     /// the trees. Keys are lowercase (`LowerName`), so lookups are case-insensitive.
     base: Arc<Tree>,
@@ -172,20 +178,59 @@ pub struct Snapshot {
 }
 
 /// Names and their answers: one service's tree in one zone, or the base.
+///
+/// The fast path's wire answers are built with the tree; the slow path's hickory records
+/// (every name that exists here, including empty non-terminals as empty nodes, keyed
+/// lowercase) only when a query first needs them, from the service's records, and then kept
+/// for as long as the tree lives. The base holds its records from the start.
 #[derive(Debug, Clone, Default)]
 struct Tree {
-    /// Every name that exists here, including empty non-terminals (an empty node).
-    nodes: HashMap<LowerName, Node>,
     /// Every answer precomputed in wire format.
-    wire: wire::WireNames,
-    /// The tree root's parent (`N.<zone>`), an empty non-terminal of the base.
-    parent: Option<LowerName>,
+    wire: wire::WireTree,
+    /// The records per name, once built.
+    nodes: OnceLock<HashMap<LowerName, Node>>,
+    /// What a service tree's records are built from: the service and which of its trees
+    /// (the index of the apex it belongs to). `None` for the base.
+    source: Option<(Arc<ServiceRecords>, usize)>,
+}
+
+impl Tree {
+    /// The records per name, built on first use.
+    fn nodes(&self, prepared: &build::Prepared) -> &HashMap<LowerName, Node> {
+        self.nodes.get_or_init(|| {
+            let Some((records, apex)) = &self.source else {
+                return HashMap::new();
+            };
+            // The service built when the tree did, with the same prepared zones.
+            build::service_trees(prepared, records)
+                .ok()
+                .and_then(|trees| trees.into_iter().find(|t| t.apex == *apex))
+                .map(|tree| tree.nodes)
+                .unwrap_or_default()
+        })
+    }
+
+    /// The base: every name's records and their wire answers.
+    fn base(prepared: &build::Prepared, nodes: HashMap<LowerName, Node>) -> Tree {
+        Tree {
+            wire: wire::tree(&prepared.apexes, &nodes, None),
+            nodes: OnceLock::from(nodes),
+            source: None,
+        }
+    }
+}
+
+/// A service tree's parent (`N.<zone>`, an empty non-terminal of the base) from the tree's
+/// key (`S.N.<zone>` in lowercase wire form).
+fn parent_key(root: &[u8]) -> &[u8] {
+    let first = root.first().map_or(0, |&len| usize::from(len) + 1);
+    root.get(first..).unwrap_or_default()
 }
 
 /// One service as last built.
 #[derive(Debug)]
 struct Service {
-    records: ServiceRecords,
+    records: Arc<ServiceRecords>,
     trees: Vec<(Arc<[u8]>, Arc<Tree>)>,
 }
 
@@ -303,7 +348,7 @@ impl Snapshot {
         upserts: Vec<ServiceRecords>,
         removals: &[(&str, &str)],
     ) -> Result<Snapshot, Error> {
-        let prepared = build::prepare(&self.config)?;
+        let prepared = self.prepared.clone();
         let mut next = self.clone();
         let mut keys_changed = false;
         let forget = |next: &mut Snapshot, id: &str| {
@@ -329,7 +374,11 @@ impl Snapshot {
                     name: records.name,
                 });
             }
-            if next.services.get(&id).is_some_and(|s| s.records == records) {
+            if next
+                .services
+                .get(&id)
+                .is_some_and(|s| *s.records == records)
+            {
                 continue;
             }
             let service = Service::build(&prepared, records)?;
@@ -348,15 +397,8 @@ impl Snapshot {
         }
         if keys_changed {
             // Which namespaces have names changed: rebuild the (small) base.
-            let base_nodes = build::base_nodes(
-                &prepared,
-                next.trees.values().filter_map(|t| t.parent.as_ref()),
-            );
-            next.base = Arc::new(Tree {
-                wire: wire::names(&prepared.apexes, &base_nodes, None),
-                nodes: base_nodes,
-                parent: None,
-            });
+            let base_nodes = build::base_nodes(&prepared, next.trees.keys().map(|k| parent_key(k)));
+            next.base = Arc::new(Tree::base(&prepared, base_nodes));
         }
         next.set_serial(0);
         Ok(next)
@@ -374,7 +416,7 @@ impl Snapshot {
             let id = service_id(&records.namespace, &records.name);
             let reused = previous
                 .and_then(|p| p.services.get(&id))
-                .filter(|s| s.records == records)
+                .filter(|s| *s.records == records)
                 .cloned();
             let service = match reused {
                 Some(service) => service,
@@ -394,17 +436,12 @@ impl Snapshot {
                 trees.insert(key.clone(), tree.clone());
             }
         }
-        let base_nodes =
-            build::base_nodes(&prepared, trees.values().filter_map(|t| t.parent.as_ref()));
+        let base_nodes = build::base_nodes(&prepared, trees.keys().map(|k| parent_key(k)));
         let parents = prepared.service_parents();
         let mut snapshot = Snapshot {
             config: config.clone(),
             serial: 0,
-            base: Arc::new(Tree {
-                wire: wire::names(&prepared.apexes, &base_nodes, None),
-                nodes: base_nodes,
-                parent: None,
-            }),
+            base: Arc::new(Tree::base(&prepared, base_nodes)),
             wire: wire::Wire::new(&parents.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
             parents: parents
                 .into_iter()
@@ -413,7 +450,8 @@ impl Snapshot {
                     (p, labels)
                 })
                 .collect(),
-            apexes: prepared.apexes,
+            apexes: prepared.apexes.clone(),
+            prepared: Arc::new(prepared),
             trees,
             services: built,
         };
@@ -433,10 +471,10 @@ impl Snapshot {
             if labels >= parent_labels + 2 && parent.zone_of(name) {
                 let root = LowerName::new(&Name::from(name).trim_to(parent_labels + 2));
                 let key = wire::name_key(&root);
-                return self.trees.get(&*key)?.nodes.get(name);
+                return self.trees.get(&*key)?.nodes(&self.prepared).get(name);
             }
         }
-        self.base.nodes.get(name)
+        self.base.nodes(&self.prepared).get(name)
     }
 
     /// Answers a query for `name` and `query_type` (class IN; the caller refuses other classes).
@@ -504,16 +542,18 @@ impl Snapshot {
     /// How many names exist across the served zones (including apexes and empty
     /// non-terminals).
     pub fn names(&self) -> usize {
-        self.base.nodes.len() + self.trees.values().map(|t| t.nodes.len()).sum::<usize>()
+        self.base.wire.len() + self.trees.values().map(|t| t.wire.len()).sum::<usize>()
     }
 
     /// Stamps the SOA serial; called by the publisher just before the swap.
     pub(crate) fn set_serial(&mut self, serial: u32) {
         self.serial = serial;
         let ttl = self.config.ttl;
+        let base = Arc::make_mut(&mut self.base);
+        let mut nodes = base.nodes.take().unwrap_or_default();
         for (apex, negative_soa) in &mut self.apexes {
             let apex_name = Name::from(&*apex);
-            if let Some(node) = Arc::make_mut(&mut self.base).nodes.get_mut(apex)
+            if let Some(node) = nodes.get_mut(apex)
                 && let Some(soa) = node
                     .rrsets
                     .iter_mut()
@@ -526,8 +566,9 @@ impl Snapshot {
             let minimum = ttl;
             *negative_soa = [build::soa_record(&apex_name, ttl.min(minimum), serial)];
         }
-        let base = Arc::make_mut(&mut self.base);
-        self.wire.stamp(&self.apexes, &base.nodes, &mut base.wire);
+        base.wire = wire::tree(&self.apexes, &nodes, None);
+        base.nodes = OnceLock::from(nodes);
+        self.wire.stamp(&self.apexes);
     }
 }
 
@@ -543,16 +584,33 @@ fn service_id(namespace: &str, name: &str) -> Arc<str> {
 }
 
 impl Service {
+    /// Encodes the service's answers straight from its records; a service the direct encoder
+    /// does not take (see `encode.rs`) goes through hickory records, which then serve the
+    /// slow path too.
     fn build(prepared: &build::Prepared, records: ServiceRecords) -> Result<Service, Error> {
+        let records = Arc::new(records);
+        if let Some(encoded) = encode::service(prepared, &records) {
+            let trees = encoded
+                .into_iter()
+                .map(|tree| {
+                    let tree_records = Tree {
+                        wire: tree.wire,
+                        nodes: OnceLock::new(),
+                        source: Some((records.clone(), tree.apex)),
+                    };
+                    (Arc::from(tree.root), Arc::new(tree_records))
+                })
+                .collect();
+            return Ok(Service { records, trees });
+        }
         let trees = build::service_trees(prepared, &records)?
             .into_iter()
             .map(|tree| {
                 let key: Arc<[u8]> = wire::name_key(&tree.root).into();
-                let wire = wire::names(&prepared.apexes, &tree.nodes, Some(tree.apex));
                 let tree = Tree {
-                    nodes: tree.nodes,
-                    wire,
-                    parent: Some(tree.parent),
+                    wire: wire::tree(&prepared.apexes, &tree.nodes, Some(tree.apex)),
+                    nodes: OnceLock::from(tree.nodes),
+                    source: Some((records.clone(), tree.apex)),
                 };
                 (key, Arc::new(tree))
             })
@@ -575,22 +633,37 @@ impl RrSet {
     /// The indices into `records` of one answer, in order: each group rotated by `rotation`,
     /// then capped. The fast path's precomputed answers use the same order.
     fn order(&self, rotation: u64) -> Vec<usize> {
-        let end = self.records.len().min(self.cap);
-        if self.groups.is_empty() {
-            return (0..end).collect();
-        }
-        let mut out = Vec::with_capacity(end);
-        let mut start = 0;
-        for &len in &self.groups {
-            let shift = shift(rotation, len);
-            out.extend((start + shift..start + len).chain(start..start + shift));
-            start += len;
-            if out.len() >= self.cap {
-                out.truncate(self.cap);
-                break;
-            }
-        }
+        let mut out = Vec::new();
+        order_into(
+            &self.groups,
+            self.records.len(),
+            self.cap,
+            rotation,
+            &mut out,
+        );
         out
+    }
+}
+
+/// The indices of one answer among `len` records in preference groups of the lengths `groups`
+/// (none: a fixed order), into `out`: each group rotated by `rotation`, then capped at `cap`.
+fn order_into(groups: &[usize], len: usize, cap: usize, rotation: u64, out: &mut Vec<usize>) {
+    out.clear();
+    let end = len.min(cap);
+    if groups.is_empty() {
+        out.extend(0..end);
+        return;
+    }
+    out.reserve(end);
+    let mut start = 0;
+    for &len in groups {
+        let shift = shift(rotation, len);
+        out.extend((start + shift..start + len).chain(start..start + shift));
+        start += len;
+        if out.len() >= cap {
+            out.truncate(cap);
+            break;
+        }
     }
 }
 
