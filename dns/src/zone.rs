@@ -168,10 +168,9 @@ pub struct Snapshot {
     /// The names outside every service tree: apexes, `dns-version`, empty non-terminals above
     /// the trees. Keys are lowercase (`LowerName`), so lookups are case-insensitive.
     base: Arc<Tree>,
-    /// Every service tree, by the lowercase wire form of its root `S.N.<parent>`.
-    trees: sharded::Sharded<Arc<[u8]>, Arc<Tree>>,
     /// Every service as published, with its trees, by lowercase `namespace/name`: what
-    /// [`Snapshot::update`] compares and reuses.
+    /// [`Snapshot::update`] compares and reuses, and where a query under `S.N.<parent>` finds
+    /// its tree.
     services: sharded::Sharded<Arc<str>, Arc<Service>>,
     /// The negative answers and tree parents for [`Snapshot::answer_wire`].
     wire: wire::Wire,
@@ -351,19 +350,12 @@ impl Snapshot {
         let prepared = self.prepared.clone();
         let mut next = self.clone();
         let mut keys_changed = false;
-        let forget = |next: &mut Snapshot, id: &str| {
-            if let Some(old) = next.services.remove(id) {
-                for (key, _) in &old.trees {
-                    next.trees.remove(key);
-                }
-                !old.trees.is_empty()
-            } else {
-                false
-            }
-        };
         for (namespace, name) in removals {
-            keys_changed |= forget(&mut next, &service_id(namespace, name));
+            if let Some(old) = next.services.remove(&*service_id(namespace, name)) {
+                keys_changed |= !old.trees.is_empty();
+            }
         }
+        let mut encoder = encode::Encoder::new(&prepared);
         let mut upserted: HashSet<Arc<str>, BuildHasherDefault<wire::NameHasher>> =
             HashSet::default();
         for records in upserts {
@@ -374,30 +366,24 @@ impl Snapshot {
                     name: records.name,
                 });
             }
-            if next
-                .services
-                .get(&id)
-                .is_some_and(|s| *s.records == records)
-            {
+            let old = next.services.get(&id);
+            if old.is_some_and(|s| *s.records == records) {
                 continue;
             }
-            let service = Service::build(&prepared, records)?;
-            let old_keys: Vec<Arc<[u8]>> = next
-                .services
-                .get(&id)
-                .map(|s| s.trees.iter().map(|(k, _)| k.clone()).collect())
-                .unwrap_or_default();
-            forget(&mut next, &id);
-            keys_changed |= old_keys.len() != service.trees.len()
-                || service.trees.iter().any(|(k, _)| !old_keys.contains(k));
-            for (key, tree) in &service.trees {
-                next.trees.insert(key.clone(), tree.clone());
-            }
+            let service = Service::build(&prepared, &mut encoder, records)?;
+            keys_changed |= old.is_none_or(|old| {
+                old.trees.len() != service.trees.len()
+                    || old
+                        .trees
+                        .iter()
+                        .zip(&service.trees)
+                        .any(|(a, b)| a.0 != b.0)
+            });
             next.services.insert(id, Arc::new(service));
         }
         if keys_changed {
             // Which namespaces have names changed: rebuild the (small) base.
-            let base_nodes = build::base_nodes(&prepared, next.trees.keys().map(|k| parent_key(k)));
+            let base_nodes = build::base_nodes(&prepared, next.tree_keys().map(parent_key));
             next.base = Arc::new(Tree::base(&prepared, base_nodes));
         }
         next.set_serial(0);
@@ -412,6 +398,7 @@ impl Snapshot {
         let prepared = build::prepare(config)?;
         let previous = previous.filter(|p| p.config == *config);
         let mut built: sharded::Sharded<Arc<str>, Arc<Service>> = Default::default();
+        let mut encoder = encode::Encoder::new(&prepared);
         for records in services {
             let id = service_id(&records.namespace, &records.name);
             let reused = previous
@@ -420,7 +407,7 @@ impl Snapshot {
                 .cloned();
             let service = match reused {
                 Some(service) => service,
-                None => Arc::new(Service::build(&prepared, records)?),
+                None => Arc::new(Service::build(&prepared, &mut encoder, records)?),
             };
             if built.get(&id).is_some() {
                 return Err(Error::DuplicateService {
@@ -430,13 +417,10 @@ impl Snapshot {
             }
             built.insert(id, service);
         }
-        let mut trees: sharded::Sharded<Arc<[u8]>, Arc<Tree>> = Default::default();
-        for service in built.values() {
-            for (key, tree) in &service.trees {
-                trees.insert(key.clone(), tree.clone());
-            }
-        }
-        let base_nodes = build::base_nodes(&prepared, trees.keys().map(|k| parent_key(k)));
+        let keys = built
+            .values()
+            .flat_map(|s| s.trees.iter().map(|(k, _)| parent_key(k)));
+        let base_nodes = build::base_nodes(&prepared, keys);
         let parents = prepared.service_parents();
         let mut snapshot = Snapshot {
             config: config.clone(),
@@ -452,7 +436,6 @@ impl Snapshot {
                 .collect(),
             apexes: prepared.apexes.clone(),
             prepared: Arc::new(prepared),
-            trees,
             services: built,
         };
         snapshot.set_serial(0);
@@ -467,14 +450,34 @@ impl Snapshot {
     /// The node at `name`, in its service's tree or in the base.
     fn node(&self, name: &LowerName) -> Option<&Node> {
         let labels = usize::from(name.num_labels());
-        for (parent, parent_labels) in &self.parents {
+        for (at, (parent, parent_labels)) in self.parents.iter().enumerate() {
             if labels >= parent_labels + 2 && parent.zone_of(name) {
-                let root = LowerName::new(&Name::from(name).trim_to(parent_labels + 2));
-                let key = wire::name_key(&root);
-                return self.trees.get(&*key)?.nodes(&self.prepared).get(name);
+                let root = Name::from(name).trim_to(parent_labels + 2);
+                let mut root = root.iter().map(String::from_utf8_lossy);
+                let (service, namespace) = (root.next()?, root.next()?);
+                let id = service_id(&namespace, &service);
+                return self.tree(at, &id)?.nodes(&self.prepared).get(name);
             }
         }
         self.base.nodes(&self.prepared).get(name)
+    }
+
+    /// The tree of the service `id` (lowercase `namespace/name`) under service parent number
+    /// `parent` (the index of the apex the tree belongs to).
+    fn tree(&self, parent: usize, id: &str) -> Option<&Tree> {
+        let service = self.services.get(id)?;
+        let mut trees = service.trees.iter().map(|(_, tree)| &**tree);
+        trees.find(|tree| {
+            tree.source
+                .as_ref()
+                .is_some_and(|(_, apex)| *apex == parent)
+        })
+    }
+
+    /// Every service tree's key (`S.N.<parent>` in lowercase wire form).
+    fn tree_keys(&self) -> impl Iterator<Item = &[u8]> {
+        let trees = self.services.values().flat_map(|s| &s.trees);
+        trees.map(|(key, _)| &**key)
     }
 
     /// Answers a query for `name` and `query_type` (class IN; the caller refuses other classes).
@@ -522,9 +525,12 @@ impl Snapshot {
     /// was built; malformed or unusual messages, truncation, ANY and names outside the zones
     /// are left to the slow path. `rotation` as for [`Snapshot::answer`].
     pub fn answer_wire(&self, query: &[u8], rotation: u64, out: &mut Vec<u8>) -> bool {
-        let lookup = |key: &[u8]| match self.wire.tree_key(key) {
-            Some(tree) => self.trees.get(tree)?.wire.get(key),
-            None => self.base.wire.get(key),
+        let lookup = |key: &[u8]| {
+            let mut id = [0; wire::MAX_SERVICE_ID];
+            match self.wire.service_of(key, &mut id) {
+                Some((parent, id)) => self.tree(parent, id)?.wire.get(key),
+                None => self.base.wire.get(key),
+            }
         };
         self.wire.answer(lookup, query, rotation, out)
     }
@@ -542,7 +548,8 @@ impl Snapshot {
     /// How many names exist across the served zones (including apexes and empty
     /// non-terminals).
     pub fn names(&self) -> usize {
-        self.base.wire.len() + self.trees.values().map(|t| t.wire.len()).sum::<usize>()
+        let trees = self.services.values().flat_map(|s| &s.trees);
+        self.base.wire.len() + trees.map(|(_, t)| t.wire.len()).sum::<usize>()
     }
 
     /// Stamps the SOA serial; called by the publisher just before the swap.
@@ -587,9 +594,13 @@ impl Service {
     /// Encodes the service's answers straight from its records; a service the direct encoder
     /// does not take (see `encode.rs`) goes through hickory records, which then serve the
     /// slow path too.
-    fn build(prepared: &build::Prepared, records: ServiceRecords) -> Result<Service, Error> {
+    fn build(
+        prepared: &build::Prepared,
+        encoder: &mut encode::Encoder<'_>,
+        records: ServiceRecords,
+    ) -> Result<Service, Error> {
         let records = Arc::new(records);
-        if let Some(encoded) = encode::service(prepared, &records) {
+        if let Some(encoded) = encoder.service(&records) {
             let trees = encoded
                 .into_iter()
                 .map(|tree| {

@@ -15,6 +15,7 @@
 //! name is written in full, in the case `build.rs` gives it (a cluster-pinned SRV target keeps
 //! the cluster label's spelling).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -40,20 +41,6 @@ pub(super) struct EncodedTree {
     pub(super) wire: WireTree,
 }
 
-/// The service's trees, causeway's zone first, or `None` when `build.rs` must build it.
-pub(super) fn service(prepared: &Prepared, service: &ServiceRecords) -> Option<Vec<EncodedTree>> {
-    let ports = accepted(prepared, service)?;
-    let mut encoder = Encoder::new(prepared);
-    let mut trees = Vec::with_capacity(2);
-    trees.push(encoder.global(root(&prepared.global_key, service), service, &ports));
-    if let Some(mcs) = &prepared.mcs_key
-        && let Some(tree) = encoder.mcs(root(mcs, service), service, &ports)
-    {
-        trees.push(tree);
-    }
-    Some(trees)
-}
-
 /// A named port as `build.rs` keeps it: the first of each (name, protocol).
 struct Port<'a> {
     name: &'a str,
@@ -62,10 +49,10 @@ struct Port<'a> {
 }
 
 /// An SRV target: its priority, its name as written, and its addresses.
-struct Target {
+struct Target<'s> {
     priority: u16,
     name: Vec<u8>,
-    addresses: Vec<IpAddr>,
+    addresses: Cow<'s, [IpAddr]>,
 }
 
 /// The service's ports if the encoder takes the service (see the module docs), else `None`.
@@ -178,8 +165,9 @@ fn record_head(bytes: &mut Vec<u8>, record_type: u16, ttl: [u8; 4], rdata_len: u
     bytes.extend_from_slice(&u16::try_from(rdata_len).unwrap_or(u16::MAX).to_be_bytes());
 }
 
-/// The encoder's settings and scratch space, reused from one RRset to the next.
-struct Encoder<'p> {
+/// The encoder's settings and scratch space, reused from one RRset (and one service) to the
+/// next.
+pub(super) struct Encoder<'p> {
     prepared: &'p Prepared,
     ttl: [u8; 4],
     /// One answer's record indices.
@@ -194,7 +182,21 @@ struct Encoder<'p> {
 }
 
 impl<'p> Encoder<'p> {
-    fn new(prepared: &'p Prepared) -> Self {
+    /// The service's trees, causeway's zone first, or `None` when `build.rs` must build it.
+    pub(super) fn service(&mut self, service: &ServiceRecords) -> Option<Vec<EncodedTree>> {
+        let prepared = self.prepared;
+        let ports = accepted(prepared, service)?;
+        let mut trees = Vec::with_capacity(2);
+        trees.push(self.global(root(&prepared.global_key, service), service, &ports));
+        if let Some(mcs) = &prepared.mcs_key
+            && let Some(tree) = self.mcs(root(mcs, service), service, &ports)
+        {
+            trees.push(tree);
+        }
+        Some(trees)
+    }
+
+    pub(super) fn new(prepared: &'p Prepared) -> Self {
         Encoder {
             prepared,
             ttl: prepared.ttl.to_be_bytes(),
@@ -236,7 +238,7 @@ impl<'p> Encoder<'p> {
                     targets.push(Target {
                         priority: cluster.priority,
                         name,
-                        addresses,
+                        addresses: Cow::Owned(addresses),
                     });
                 }
             }
@@ -247,7 +249,7 @@ impl<'p> Encoder<'p> {
                     priority: cluster.priority,
                     // The target keeps the cluster label's spelling.
                     name: child(&cluster.cluster, &root, false),
-                    addresses: cluster.addresses.clone(),
+                    addresses: Cow::Borrowed(&cluster.addresses),
                 });
             }
         }
@@ -277,12 +279,12 @@ impl<'p> Encoder<'p> {
         let mut targets = Vec::new();
         match &service.kind {
             ServiceKind::ClusterSetIp { clusterset_ips } => {
-                let addresses: Vec<IpAddr> = if clusterset_ips.is_empty() {
+                let addresses: Cow<'_, [IpAddr]> = if clusterset_ips.is_empty() {
                     self.addresses(&mut tree, service.tiers.iter().map(Vec::as_slice), cap);
                     service.tiers.iter().flatten().copied().collect()
                 } else {
                     self.addresses(&mut tree, [clusterset_ips.as_slice()].into_iter(), cap);
-                    clusterset_ips.clone()
+                    Cow::Borrowed(clusterset_ips)
                 };
                 if !addresses.is_empty() {
                     targets.push(Target {
@@ -316,7 +318,7 @@ impl<'p> Encoder<'p> {
                         targets.push(Target {
                             priority: cluster.priority,
                             name,
-                            addresses,
+                            addresses: Cow::Owned(addresses),
                         });
                     }
                 }
@@ -338,7 +340,7 @@ impl<'p> Encoder<'p> {
         tree: &mut TreeBuilder,
         root: &[u8],
         apex: usize,
-        mut targets: Vec<Target>,
+        mut targets: Vec<Target<'_>>,
         ports: &[Port<'_>],
     ) {
         if ports.is_empty() {
@@ -351,7 +353,7 @@ impl<'p> Encoder<'p> {
         let mut additional_count = 0usize;
         let cap = self.prepared.cap;
         for target in &targets {
-            self.split([target.addresses.as_slice()].into_iter());
+            self.split([&*target.addresses].into_iter());
             for address in self.v4.iter().take(cap) {
                 additional.extend_from_slice(&target.name);
                 record_head(&mut additional, TYPE_A, self.ttl, 4);

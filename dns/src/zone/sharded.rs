@@ -71,10 +71,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
         Arc::make_mut(shard).remove(key)
     }
 
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
-        self.shards.iter().flat_map(|s| s.keys())
-    }
-
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
     }

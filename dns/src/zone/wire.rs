@@ -33,6 +33,8 @@ const MAX_VARIANTS: usize = 16;
 /// The EDNS payload we offer, as the slow path does (`handler.rs`).
 const MAX_UDP_PAYLOAD: u16 = 1232;
 const RCODE_NOERROR: u8 = 0;
+/// Room for a service id (`namespace/name`, two labels of at most 63 octets).
+pub(crate) const MAX_SERVICE_ID: usize = 128;
 const RCODE_NXDOMAIN: u8 = 3;
 
 /// Precomputed answers of a set of names (one service tree, or the base): the names sorted by
@@ -366,9 +368,14 @@ impl Wire {
             .collect();
     }
 
-    /// The tree key of a lowercase wire name: its suffix from the two labels under a service
-    /// parent (`S.N.<parent>`), or `None` for a name outside every tree (the base's).
-    pub(crate) fn tree_key<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+    /// The service whose tree holds a lowercase wire name: the index of the service parent
+    /// it is under and the service's id (lowercase `namespace/name`, as the snapshot keys its
+    /// services), written into `id`; `None` for a name outside every tree (the base's).
+    pub(crate) fn service_of<'i>(
+        &self,
+        key: &[u8],
+        id: &'i mut [u8; MAX_SERVICE_ID],
+    ) -> Option<(usize, &'i str)> {
         // Label starts, at most 128 of them in 255 octets.
         let mut starts = [0u8; 128];
         let mut labels = 0;
@@ -381,7 +388,7 @@ impl Wire {
             labels += 1;
             at += usize::from(len) + 1;
         }
-        for parent in &self.parents {
+        for (index, parent) in self.parents.iter().enumerate() {
             let Some(from) = key.len().checked_sub(parent.len()) else {
                 continue;
             };
@@ -395,9 +402,20 @@ impl Wire {
             else {
                 continue;
             };
-            if at >= 2 {
-                return Some(&key[usize::from(starts[at - 2])..]);
+            if at < 2 {
+                continue;
             }
+            let label = |i: usize| {
+                let start = usize::from(starts[i]);
+                key.get(start + 1..start + 1 + usize::from(key[start]))
+            };
+            let (service, namespace) = (label(at - 2)?, label(at - 1)?);
+            let len = namespace.len() + 1 + service.len();
+            let out = id.get_mut(..len)?;
+            out[..namespace.len()].copy_from_slice(namespace);
+            out[namespace.len()] = b'/';
+            out[namespace.len() + 1..].copy_from_slice(service);
+            return Some((index, std::str::from_utf8(out).ok()?));
         }
         None
     }

@@ -9,7 +9,7 @@ use super::*;
 /// Each tree's root key, apex and answers, from the direct encoder (`None` if it declined).
 fn direct(config: &ZoneConfig, service: &ServiceRecords) -> Option<Vec<TreeDump>> {
     let prepared = build::prepare(config).expect("valid zones");
-    let trees = crate::zone::encode::service(&prepared, service)?;
+    let trees = crate::zone::encode::Encoder::new(&prepared).service(service)?;
     Some(
         trees
             .into_iter()
