@@ -7,11 +7,14 @@
 //! `server.rs` binds the sockets and swaps snapshots. Which names exist and what they hold is
 //! built in `zone/build.rs`.
 //!
-//! Everything a query needs is precomputed when the snapshot is built (lowercase keys, ready
-//! `Record`s grouped per name and type), so answering is one hash lookup and a slice, plus a
-//! rotated copy when a preference group holds more than one address.
+//! The fast path's answers are precomputed in wire format when the snapshot is built
+//! (`zone/wire.rs`, written straight from the services by `zone/encode.rs`). The slow path's
+//! hickory `Record`s (lowercase keys, grouped per name and type) are built per service tree
+//! when a query first needs them and kept with the tree; answering is then one hash lookup and
+//! a slice, plus a rotated copy when a preference group holds more than one address.
 
 mod build;
+mod encode;
 mod sharded;
 mod wire;
 
@@ -19,7 +22,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
@@ -159,33 +162,74 @@ pub struct Snapshot {
     apexes: Vec<(LowerName, [Record; 1])>,
     /// Where service trees hang (`<zone>`, `svc.<clusterset zone>`) and their label counts.
     parents: Vec<(LowerName, usize)>,
+    /// The zones' fixed names, for building a service tree's records when the slow path
+    /// first needs them.
+    prepared: Arc<build::Prepared>,
     /// The names outside every service tree: apexes, `dns-version`, empty non-terminals above
     /// the trees. Keys are lowercase (`LowerName`), so lookups are case-insensitive.
     base: Arc<Tree>,
-    /// Every service tree, by the lowercase wire form of its root `S.N.<parent>`.
-    trees: sharded::Sharded<Arc<[u8]>, Arc<Tree>>,
     /// Every service as published, with its trees, by lowercase `namespace/name`: what
-    /// [`Snapshot::update`] compares and reuses.
+    /// [`Snapshot::update`] compares and reuses, and where a query under `S.N.<parent>` finds
+    /// its tree.
     services: sharded::Sharded<Arc<str>, Arc<Service>>,
     /// The negative answers and tree parents for [`Snapshot::answer_wire`].
     wire: wire::Wire,
 }
 
 /// Names and their answers: one service's tree in one zone, or the base.
+///
+/// The fast path's wire answers are built with the tree; the slow path's hickory records
+/// (every name that exists here, including empty non-terminals as empty nodes, keyed
+/// lowercase) only when a query first needs them, from the service's records, and then kept
+/// for as long as the tree lives. The base holds its records from the start.
 #[derive(Debug, Clone, Default)]
 struct Tree {
-    /// Every name that exists here, including empty non-terminals (an empty node).
-    nodes: HashMap<LowerName, Node>,
     /// Every answer precomputed in wire format.
-    wire: wire::WireNames,
-    /// The tree root's parent (`N.<zone>`), an empty non-terminal of the base.
-    parent: Option<LowerName>,
+    wire: wire::WireTree,
+    /// The records per name, once built.
+    nodes: OnceLock<HashMap<LowerName, Node>>,
+    /// What a service tree's records are built from: the service and which of its trees
+    /// (the index of the apex it belongs to). `None` for the base.
+    source: Option<(Arc<ServiceRecords>, usize)>,
+}
+
+impl Tree {
+    /// The records per name, built on first use.
+    fn nodes(&self, prepared: &build::Prepared) -> &HashMap<LowerName, Node> {
+        self.nodes.get_or_init(|| {
+            let Some((records, apex)) = &self.source else {
+                return HashMap::new();
+            };
+            // The service built when the tree did, with the same prepared zones.
+            build::service_trees(prepared, records)
+                .ok()
+                .and_then(|trees| trees.into_iter().find(|t| t.apex == *apex))
+                .map(|tree| tree.nodes)
+                .unwrap_or_default()
+        })
+    }
+
+    /// The base: every name's records and their wire answers.
+    fn base(prepared: &build::Prepared, nodes: HashMap<LowerName, Node>) -> Tree {
+        Tree {
+            wire: wire::tree(&prepared.apexes, &nodes, None),
+            nodes: OnceLock::from(nodes),
+            source: None,
+        }
+    }
+}
+
+/// A service tree's parent (`N.<zone>`, an empty non-terminal of the base) from the tree's
+/// key (`S.N.<zone>` in lowercase wire form).
+fn parent_key(root: &[u8]) -> &[u8] {
+    let first = root.first().map_or(0, |&len| usize::from(len) + 1);
+    root.get(first..).unwrap_or_default()
 }
 
 /// One service as last built.
 #[derive(Debug)]
 struct Service {
-    records: ServiceRecords,
+    records: Arc<ServiceRecords>,
     trees: Vec<(Arc<[u8]>, Arc<Tree>)>,
 }
 
@@ -303,22 +347,15 @@ impl Snapshot {
         upserts: Vec<ServiceRecords>,
         removals: &[(&str, &str)],
     ) -> Result<Snapshot, Error> {
-        let prepared = build::prepare(&self.config)?;
+        let prepared = self.prepared.clone();
         let mut next = self.clone();
         let mut keys_changed = false;
-        let forget = |next: &mut Snapshot, id: &str| {
-            if let Some(old) = next.services.remove(id) {
-                for (key, _) in &old.trees {
-                    next.trees.remove(key);
-                }
-                !old.trees.is_empty()
-            } else {
-                false
-            }
-        };
         for (namespace, name) in removals {
-            keys_changed |= forget(&mut next, &service_id(namespace, name));
+            if let Some(old) = next.services.remove(&*service_id(namespace, name)) {
+                keys_changed |= !old.trees.is_empty();
+            }
         }
+        let mut encoder = encode::Encoder::new(&prepared);
         let mut upserted: HashSet<Arc<str>, BuildHasherDefault<wire::NameHasher>> =
             HashSet::default();
         for records in upserts {
@@ -329,34 +366,25 @@ impl Snapshot {
                     name: records.name,
                 });
             }
-            if next.services.get(&id).is_some_and(|s| s.records == records) {
+            let old = next.services.get(&id);
+            if old.is_some_and(|s| *s.records == records) {
                 continue;
             }
-            let service = Service::build(&prepared, records)?;
-            let old_keys: Vec<Arc<[u8]>> = next
-                .services
-                .get(&id)
-                .map(|s| s.trees.iter().map(|(k, _)| k.clone()).collect())
-                .unwrap_or_default();
-            forget(&mut next, &id);
-            keys_changed |= old_keys.len() != service.trees.len()
-                || service.trees.iter().any(|(k, _)| !old_keys.contains(k));
-            for (key, tree) in &service.trees {
-                next.trees.insert(key.clone(), tree.clone());
-            }
+            let service = Service::build(&prepared, &mut encoder, records)?;
+            keys_changed |= old.is_none_or(|old| {
+                old.trees.len() != service.trees.len()
+                    || old
+                        .trees
+                        .iter()
+                        .zip(&service.trees)
+                        .any(|(a, b)| a.0 != b.0)
+            });
             next.services.insert(id, Arc::new(service));
         }
         if keys_changed {
             // Which namespaces have names changed: rebuild the (small) base.
-            let base_nodes = build::base_nodes(
-                &prepared,
-                next.trees.values().filter_map(|t| t.parent.as_ref()),
-            );
-            next.base = Arc::new(Tree {
-                wire: wire::names(&prepared.apexes, &base_nodes, None),
-                nodes: base_nodes,
-                parent: None,
-            });
+            let base_nodes = build::base_nodes(&prepared, next.tree_keys().map(parent_key));
+            next.base = Arc::new(Tree::base(&prepared, base_nodes));
         }
         next.set_serial(0);
         Ok(next)
@@ -370,15 +398,16 @@ impl Snapshot {
         let prepared = build::prepare(config)?;
         let previous = previous.filter(|p| p.config == *config);
         let mut built: sharded::Sharded<Arc<str>, Arc<Service>> = Default::default();
+        let mut encoder = encode::Encoder::new(&prepared);
         for records in services {
             let id = service_id(&records.namespace, &records.name);
             let reused = previous
                 .and_then(|p| p.services.get(&id))
-                .filter(|s| s.records == records)
+                .filter(|s| *s.records == records)
                 .cloned();
             let service = match reused {
                 Some(service) => service,
-                None => Arc::new(Service::build(&prepared, records)?),
+                None => Arc::new(Service::build(&prepared, &mut encoder, records)?),
             };
             if built.get(&id).is_some() {
                 return Err(Error::DuplicateService {
@@ -388,23 +417,15 @@ impl Snapshot {
             }
             built.insert(id, service);
         }
-        let mut trees: sharded::Sharded<Arc<[u8]>, Arc<Tree>> = Default::default();
-        for service in built.values() {
-            for (key, tree) in &service.trees {
-                trees.insert(key.clone(), tree.clone());
-            }
-        }
-        let base_nodes =
-            build::base_nodes(&prepared, trees.values().filter_map(|t| t.parent.as_ref()));
+        let keys = built
+            .values()
+            .flat_map(|s| s.trees.iter().map(|(k, _)| parent_key(k)));
+        let base_nodes = build::base_nodes(&prepared, keys);
         let parents = prepared.service_parents();
         let mut snapshot = Snapshot {
             config: config.clone(),
             serial: 0,
-            base: Arc::new(Tree {
-                wire: wire::names(&prepared.apexes, &base_nodes, None),
-                nodes: base_nodes,
-                parent: None,
-            }),
+            base: Arc::new(Tree::base(&prepared, base_nodes)),
             wire: wire::Wire::new(&parents.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
             parents: parents
                 .into_iter()
@@ -413,8 +434,8 @@ impl Snapshot {
                     (p, labels)
                 })
                 .collect(),
-            apexes: prepared.apexes,
-            trees,
+            apexes: prepared.apexes.clone(),
+            prepared: Arc::new(prepared),
             services: built,
         };
         snapshot.set_serial(0);
@@ -429,14 +450,34 @@ impl Snapshot {
     /// The node at `name`, in its service's tree or in the base.
     fn node(&self, name: &LowerName) -> Option<&Node> {
         let labels = usize::from(name.num_labels());
-        for (parent, parent_labels) in &self.parents {
+        for (at, (parent, parent_labels)) in self.parents.iter().enumerate() {
             if labels >= parent_labels + 2 && parent.zone_of(name) {
-                let root = LowerName::new(&Name::from(name).trim_to(parent_labels + 2));
-                let key = wire::name_key(&root);
-                return self.trees.get(&*key)?.nodes.get(name);
+                let root = Name::from(name).trim_to(parent_labels + 2);
+                let mut root = root.iter().map(String::from_utf8_lossy);
+                let (service, namespace) = (root.next()?, root.next()?);
+                let id = service_id(&namespace, &service);
+                return self.tree(at, &id)?.nodes(&self.prepared).get(name);
             }
         }
-        self.base.nodes.get(name)
+        self.base.nodes(&self.prepared).get(name)
+    }
+
+    /// The tree of the service `id` (lowercase `namespace/name`) under service parent number
+    /// `parent` (the index of the apex the tree belongs to).
+    fn tree(&self, parent: usize, id: &str) -> Option<&Tree> {
+        let service = self.services.get(id)?;
+        let mut trees = service.trees.iter().map(|(_, tree)| &**tree);
+        trees.find(|tree| {
+            tree.source
+                .as_ref()
+                .is_some_and(|(_, apex)| *apex == parent)
+        })
+    }
+
+    /// Every service tree's key (`S.N.<parent>` in lowercase wire form).
+    fn tree_keys(&self) -> impl Iterator<Item = &[u8]> {
+        let trees = self.services.values().flat_map(|s| &s.trees);
+        trees.map(|(key, _)| &**key)
     }
 
     /// Answers a query for `name` and `query_type` (class IN; the caller refuses other classes).
@@ -484,9 +525,12 @@ impl Snapshot {
     /// was built; malformed or unusual messages, truncation, ANY and names outside the zones
     /// are left to the slow path. `rotation` as for [`Snapshot::answer`].
     pub fn answer_wire(&self, query: &[u8], rotation: u64, out: &mut Vec<u8>) -> bool {
-        let lookup = |key: &[u8]| match self.wire.tree_key(key) {
-            Some(tree) => self.trees.get(tree)?.wire.get(key),
-            None => self.base.wire.get(key),
+        let lookup = |key: &[u8]| {
+            let mut id = [0; wire::MAX_SERVICE_ID];
+            match self.wire.service_of(key, &mut id) {
+                Some((parent, id)) => self.tree(parent, id)?.wire.get(key),
+                None => self.base.wire.get(key),
+            }
         };
         self.wire.answer(lookup, query, rotation, out)
     }
@@ -504,16 +548,19 @@ impl Snapshot {
     /// How many names exist across the served zones (including apexes and empty
     /// non-terminals).
     pub fn names(&self) -> usize {
-        self.base.nodes.len() + self.trees.values().map(|t| t.nodes.len()).sum::<usize>()
+        let trees = self.services.values().flat_map(|s| &s.trees);
+        self.base.wire.len() + trees.map(|(_, t)| t.wire.len()).sum::<usize>()
     }
 
     /// Stamps the SOA serial; called by the publisher just before the swap.
     pub(crate) fn set_serial(&mut self, serial: u32) {
         self.serial = serial;
         let ttl = self.config.ttl;
+        let base = Arc::make_mut(&mut self.base);
+        let mut nodes = base.nodes.take().unwrap_or_default();
         for (apex, negative_soa) in &mut self.apexes {
             let apex_name = Name::from(&*apex);
-            if let Some(node) = Arc::make_mut(&mut self.base).nodes.get_mut(apex)
+            if let Some(node) = nodes.get_mut(apex)
                 && let Some(soa) = node
                     .rrsets
                     .iter_mut()
@@ -526,8 +573,9 @@ impl Snapshot {
             let minimum = ttl;
             *negative_soa = [build::soa_record(&apex_name, ttl.min(minimum), serial)];
         }
-        let base = Arc::make_mut(&mut self.base);
-        self.wire.stamp(&self.apexes, &base.nodes, &mut base.wire);
+        base.wire = wire::tree(&self.apexes, &nodes, None);
+        base.nodes = OnceLock::from(nodes);
+        self.wire.stamp(&self.apexes);
     }
 }
 
@@ -543,16 +591,37 @@ fn service_id(namespace: &str, name: &str) -> Arc<str> {
 }
 
 impl Service {
-    fn build(prepared: &build::Prepared, records: ServiceRecords) -> Result<Service, Error> {
+    /// Encodes the service's answers straight from its records; a service the direct encoder
+    /// does not take (see `encode.rs`) goes through hickory records, which then serve the
+    /// slow path too.
+    fn build(
+        prepared: &build::Prepared,
+        encoder: &mut encode::Encoder<'_>,
+        records: ServiceRecords,
+    ) -> Result<Service, Error> {
+        let records = Arc::new(records);
+        if let Some(encoded) = encoder.service(&records) {
+            let trees = encoded
+                .into_iter()
+                .map(|tree| {
+                    let tree_records = Tree {
+                        wire: tree.wire,
+                        nodes: OnceLock::new(),
+                        source: Some((records.clone(), tree.apex)),
+                    };
+                    (Arc::from(tree.root), Arc::new(tree_records))
+                })
+                .collect();
+            return Ok(Service { records, trees });
+        }
         let trees = build::service_trees(prepared, &records)?
             .into_iter()
             .map(|tree| {
                 let key: Arc<[u8]> = wire::name_key(&tree.root).into();
-                let wire = wire::names(&prepared.apexes, &tree.nodes, Some(tree.apex));
                 let tree = Tree {
-                    nodes: tree.nodes,
-                    wire,
-                    parent: Some(tree.parent),
+                    wire: wire::tree(&prepared.apexes, &tree.nodes, Some(tree.apex)),
+                    nodes: OnceLock::from(tree.nodes),
+                    source: Some((records.clone(), tree.apex)),
                 };
                 (key, Arc::new(tree))
             })
@@ -575,22 +644,37 @@ impl RrSet {
     /// The indices into `records` of one answer, in order: each group rotated by `rotation`,
     /// then capped. The fast path's precomputed answers use the same order.
     fn order(&self, rotation: u64) -> Vec<usize> {
-        let end = self.records.len().min(self.cap);
-        if self.groups.is_empty() {
-            return (0..end).collect();
-        }
-        let mut out = Vec::with_capacity(end);
-        let mut start = 0;
-        for &len in &self.groups {
-            let shift = shift(rotation, len);
-            out.extend((start + shift..start + len).chain(start..start + shift));
-            start += len;
-            if out.len() >= self.cap {
-                out.truncate(self.cap);
-                break;
-            }
-        }
+        let mut out = Vec::new();
+        order_into(
+            &self.groups,
+            self.records.len(),
+            self.cap,
+            rotation,
+            &mut out,
+        );
         out
+    }
+}
+
+/// The indices of one answer among `len` records in preference groups of the lengths `groups`
+/// (none: a fixed order), into `out`: each group rotated by `rotation`, then capped at `cap`.
+fn order_into(groups: &[usize], len: usize, cap: usize, rotation: u64, out: &mut Vec<usize>) {
+    out.clear();
+    let end = len.min(cap);
+    if groups.is_empty() {
+        out.extend(0..end);
+        return;
+    }
+    out.reserve(end);
+    let mut start = 0;
+    for &len in groups {
+        let shift = shift(rotation, len);
+        out.extend((start + shift..start + len).chain(start..start + shift));
+        start += len;
+        if out.len() >= cap {
+            out.truncate(cap);
+            break;
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
+use super::wire::{NameHasher, name_key};
 use super::{MCS_DNS_VERSION, NameProblem, Node, RrSet, ServiceKind, ServiceRecords, ZoneConfig};
 use crate::Error;
 
@@ -21,15 +23,20 @@ const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 86400;
 /// SRV weight for every target: equal weights, so clients pick among one priority evenly
 /// (RFC 2782 reserves weight 0 for "no choice", which some clients then never prefer).
-const SRV_WEIGHT: u16 = 1;
+pub(super) const SRV_WEIGHT: u16 = 1;
 
 /// The zones' fixed names, parsed once per build: everything a service's names hang under.
+#[derive(Debug)]
 pub(super) struct Prepared {
-    ttl: u32,
-    cap: usize,
+    pub(super) ttl: u32,
+    /// Most A (and most AAAA) records per answer; `usize::MAX` for no cap.
+    pub(super) cap: usize,
     global: Name,
     /// `svc.<clusterset zone>` when the MCS zone is served.
     mcs_parent: Option<Name>,
+    /// `global` and `mcs_parent` in lowercase wire form.
+    pub(super) global_key: Box<[u8]>,
+    pub(super) mcs_key: Option<Box<[u8]>>,
     /// The apexes, causeway's zone first, each with its negative-answer SOA (serial 0).
     pub(super) apexes: Vec<(LowerName, [Record; 1])>,
     /// The apexes' own nodes (SOA, NS) and `dns-version`: the part of the base that does not
@@ -52,8 +59,6 @@ impl Prepared {
 /// The names of one service in one zone: everything at and under `S.N.<parent>` (`root`).
 pub(super) struct ServiceTree {
     pub(super) root: LowerName,
-    /// `N.<parent>`, the root's parent (an empty non-terminal of the base).
-    pub(super) parent: LowerName,
     /// Index of the apex the tree belongs to.
     pub(super) apex: usize,
     pub(super) nodes: HashMap<LowerName, Node>,
@@ -102,6 +107,8 @@ pub(super) fn prepare(config: &ZoneConfig) -> Result<Prepared, Error> {
     Ok(Prepared {
         ttl: zones.ttl,
         cap: zones.cap,
+        global_key: name_key(&LowerName::new(&global)),
+        mcs_key: mcs_parent.as_ref().map(|m| name_key(&LowerName::new(m))),
         global,
         mcs_parent,
         apexes,
@@ -136,7 +143,6 @@ pub(super) fn service_trees(
         .zip(0..)
         .map(|(root, apex)| ServiceTree {
             root: root.clone(),
-            parent: root.base_name(),
             apex,
             nodes: HashMap::new(),
         })
@@ -153,11 +159,17 @@ pub(super) fn service_trees(
 
 /// The names outside every service tree: the apexes, `dns-version`, and the empty
 /// non-terminals above the trees (`N.<zone>`, `svc.<clusterset zone>`), given the trees'
-/// parents.
+/// parents in lowercase wire form (one per tree: many repeat).
 pub(super) fn base_nodes<'a>(
     prepared: &Prepared,
-    parents: impl IntoIterator<Item = &'a LowerName>,
+    parents: impl IntoIterator<Item = &'a [u8]>,
 ) -> HashMap<LowerName, Node> {
+    let distinct: HashSet<&[u8], BuildHasherDefault<NameHasher>> = parents.into_iter().collect();
+    let parents = distinct.into_iter().filter_map(|key| {
+        Name::from_labels(Labels { key })
+            .ok()
+            .map(|name| LowerName::new(&name))
+    });
     let mut zones = Zones {
         ttl: prepared.ttl,
         cap: prepared.cap,
@@ -166,12 +178,28 @@ pub(super) fn base_nodes<'a>(
         nodes: prepared.fixed.clone(),
     };
     for parent in parents {
-        if !zones.nodes.contains_key(parent) {
-            zones.nodes.insert(parent.clone(), Node::default());
-            zones.insert_ancestors(&Name::from(parent));
+        if !zones.nodes.contains_key(&parent) {
+            zones.insert_ancestors(&Name::from(&parent));
+            zones.nodes.insert(parent, Node::default());
         }
     }
     zones.nodes
+}
+
+/// The labels of a wire name, root excluded.
+struct Labels<'a> {
+    key: &'a [u8],
+}
+
+impl<'a> Iterator for Labels<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (&len, rest) = self.key.split_first()?;
+        let label = rest.get(..usize::from(len)).filter(|_| len > 0)?;
+        self.key = &rest[label.len()..];
+        Some(label)
+    }
 }
 
 pub(super) fn soa_record(apex: &Name, ttl: u32, serial: u32) -> Record {
@@ -562,7 +590,7 @@ fn bad_record(
 
 /// Kubernetes names are RFC 1123 §2.1 labels (letters, digits, `-` inside); holding to that
 /// keeps every name printable and free of escapes (no dots: a dot would add a level to the tree).
-fn check_label(label: &str) -> Result<(), NameProblem> {
+pub(super) fn check_label(label: &str) -> Result<(), NameProblem> {
     if label.is_empty() {
         return Err(NameProblem::Empty);
     }

@@ -466,6 +466,7 @@ mod invariants {
     }
 }
 
+mod encode;
 mod records;
 mod update;
 mod wire;

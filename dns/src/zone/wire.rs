@@ -1,6 +1,8 @@
 //! The fast path: every answer of a [`Snapshot`](super::Snapshot) precomputed in wire format,
-//! keyed by the question, so that answering a plain query is a parse of the question, one hash
-//! lookup, and copying bytes (the id, RD bit and question come from the query).
+//! keyed by the question, so that answering a plain query is a parse of the question, a hash
+//! lookup of the service tree and a binary search in it, and copying bytes (the id, RD bit and
+//! question come from the query). A service's trees are written by `encode.rs`; the base, and
+//! services that encoder declines, from hickory records here.
 //!
 //! Pure, like the rest of `zone`. It answers only what it can answer exactly as the slow path
 //! (`Snapshot::answer` through hickory) would: one question, class IN, opcode QUERY, no
@@ -14,7 +16,7 @@
 //! groups, picked by the query counter.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 use hickory_proto::rr::{LowerName, Name, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
@@ -22,7 +24,7 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use super::{Node, RrSet};
 
 /// A pointer to offset 12, where the question name starts.
-const QNAME_POINTER: [u8; 2] = [0xc0, 0x0c];
+pub(crate) const QNAME_POINTER: [u8; 2] = [0xc0, 0x0c];
 /// The header is 12 octets; the question's fixed part (type, class) 4.
 const HEADER: usize = 12;
 /// Rotations precomputed per RRset at most; larger groups cycle through this many orders
@@ -31,11 +33,257 @@ const MAX_VARIANTS: usize = 16;
 /// The EDNS payload we offer, as the slow path does (`handler.rs`).
 const MAX_UDP_PAYLOAD: u16 = 1232;
 const RCODE_NOERROR: u8 = 0;
+/// Room for a service id (`namespace/name`, two labels of at most 63 octets).
+pub(crate) const MAX_SERVICE_ID: usize = 128;
 const RCODE_NXDOMAIN: u8 = 3;
 
-/// Precomputed answers of a set of names (one service tree, or the base), keyed by the
-/// lowercase wire-format name.
-pub(crate) type WireNames = HashMap<Box<[u8]>, WireNode, BuildHasherDefault<NameHasher>>;
+/// Precomputed answers of a set of names (one service tree, or the base): the names sorted by
+/// their lowercase wire form for a binary search, each with its RRsets and one body per
+/// rotation, every byte in one buffer. Four allocations however many names and answers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WireTree {
+    /// The names' keys and the bodies, back to back.
+    bytes: Box<[u8]>,
+    /// Sorted by key.
+    names: Box<[NameEntry]>,
+    rrsets: Box<[RrsetEntry]>,
+    bodies: Box<[BodyEntry]>,
+}
+
+/// One name: its key in `bytes` and its RRsets.
+#[derive(Debug, Clone, Copy)]
+struct NameEntry {
+    key: u32,
+    key_len: u8,
+    /// The apex the name belongs to (index into `Wire::apexes`).
+    apex: u8,
+    rrset_count: u16,
+    /// The first of its RRsets in `rrsets`.
+    rrsets: u32,
+}
+
+/// One RRset: its type and one body per rotation (none if a record could not be encoded: the
+/// slow path answers).
+#[derive(Debug, Clone, Copy)]
+struct RrsetEntry {
+    record_type: u16,
+    body_count: u16,
+    /// The first of its bodies in `bodies`.
+    bodies: u32,
+}
+
+/// One precomputed body of answers (no authority section) in `bytes`.
+#[derive(Debug, Clone, Copy)]
+struct BodyEntry {
+    at: u32,
+    len: u32,
+    answers: u16,
+    additional: u16,
+}
+
+/// One name's answers in a [`WireTree`].
+#[derive(Clone, Copy)]
+pub(crate) struct WireNode<'a> {
+    tree: &'a WireTree,
+    entry: &'a NameEntry,
+}
+
+impl<'a> WireNode<'a> {
+    fn apex(&self) -> usize {
+        usize::from(self.entry.apex)
+    }
+
+    /// The bodies of the RRset of `record_type`, if the name has one.
+    fn bodies(&self, record_type: u16) -> Option<&'a [BodyEntry]> {
+        let first = self.entry.rrsets as usize;
+        let rrsets = self
+            .tree
+            .rrsets
+            .get(first..first + usize::from(self.entry.rrset_count))?;
+        let rrset = rrsets.iter().find(|r| r.record_type == record_type)?;
+        let first = rrset.bodies as usize;
+        self.tree
+            .bodies
+            .get(first..first + usize::from(rrset.body_count))
+    }
+
+    fn body(&self, body: &BodyEntry) -> BodyRef<'a> {
+        let at = body.at as usize;
+        BodyRef {
+            answers: body.answers,
+            authority: 0,
+            additional: body.additional,
+            bytes: &self.tree.bytes[at..at + body.len as usize],
+        }
+    }
+}
+
+impl WireTree {
+    /// The answers at a lowercase wire name.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<WireNode<'_>> {
+        let at = self
+            .names
+            .binary_search_by(|entry| self.key(entry).cmp(key))
+            .ok()?;
+        Some(WireNode {
+            tree: self,
+            entry: &self.names[at],
+        })
+    }
+
+    /// How many names the tree holds.
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn key(&self, entry: &NameEntry) -> &[u8] {
+        let at = entry.key as usize;
+        &self.bytes[at..at + usize::from(entry.key_len)]
+    }
+
+    /// Every name with its apex and, per RRset, its type and bodies (answer count, additional
+    /// count, bytes), in key order: for comparing two trees' answers.
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> Vec<DumpedName> {
+        self.names
+            .iter()
+            .map(|entry| {
+                let node = WireNode { tree: self, entry };
+                let first = entry.rrsets as usize;
+                let rrsets = self.rrsets[first..first + usize::from(entry.rrset_count)]
+                    .iter()
+                    .map(|rrset| {
+                        let bodies = node.bodies(rrset.record_type).unwrap_or_default();
+                        let bodies = bodies
+                            .iter()
+                            .map(|b| {
+                                let body = node.body(b);
+                                (body.answers, body.additional, body.bytes.to_vec())
+                            })
+                            .collect();
+                        (rrset.record_type, bodies)
+                    })
+                    .collect();
+                (self.key(entry).to_vec(), node.apex(), rrsets)
+            })
+            .collect()
+    }
+}
+
+/// A name as [`WireTree::dump`] shows it: key, apex, and per RRset its type and bodies.
+#[cfg(test)]
+pub(crate) type DumpedName = (Vec<u8>, usize, Vec<(u16, Vec<(u16, u16, Vec<u8>)>)>);
+
+/// Builds a [`WireTree`] name by name: [`TreeBuilder::name`], then for each of its RRsets
+/// [`TreeBuilder::rrset`] and its bodies. Names must be distinct.
+#[derive(Debug, Default)]
+pub(crate) struct TreeBuilder {
+    bytes: Vec<u8>,
+    names: Vec<NameEntry>,
+    rrsets: Vec<RrsetEntry>,
+    bodies: Vec<BodyEntry>,
+}
+
+/// An offset into a tree's buffers: a tree holds far less than 4 GiB of answers, and a body
+/// that would go past is dropped (see [`TreeBuilder::body`]).
+fn offset(at: usize) -> u32 {
+    u32::try_from(at).unwrap_or(u32::MAX)
+}
+
+impl TreeBuilder {
+    pub(crate) fn with_capacity(bytes: usize, names: usize) -> TreeBuilder {
+        TreeBuilder {
+            bytes: Vec::with_capacity(bytes),
+            names: Vec::with_capacity(names),
+            rrsets: Vec::with_capacity(names),
+            bodies: Vec::with_capacity(names),
+        }
+    }
+
+    /// Starts the name `key` (a lowercase wire name, at most 255 octets), belonging to apex
+    /// number `apex`.
+    pub(crate) fn name(&mut self, key: &[u8], apex: usize) {
+        self.names.push(NameEntry {
+            key: offset(self.bytes.len()),
+            key_len: u8::try_from(key.len()).unwrap_or(u8::MAX),
+            apex: u8::try_from(apex).unwrap_or(u8::MAX),
+            rrset_count: 0,
+            rrsets: offset(self.rrsets.len()),
+        });
+        self.bytes.extend_from_slice(key);
+    }
+
+    /// Whether the name `key` was started already.
+    pub(crate) fn has_name(&self, key: &[u8]) -> bool {
+        self.names.iter().any(|entry| {
+            let at = entry.key as usize;
+            self.bytes[at..at + usize::from(entry.key_len)] == *key
+        })
+    }
+
+    /// Starts an RRset of `record_type` at the last name started.
+    pub(crate) fn rrset(&mut self, record_type: u16) {
+        if let Some(name) = self.names.last_mut() {
+            name.rrset_count += 1;
+        }
+        self.rrsets.push(RrsetEntry {
+            record_type,
+            body_count: 0,
+            bodies: offset(self.bodies.len()),
+        });
+    }
+
+    /// Adds a body to the last RRset started: `write` appends its bytes (everything after
+    /// the question). A body that would take the tree past 4 GiB drops the whole RRset's
+    /// bodies, which leaves it to the slow path.
+    pub(crate) fn body(&mut self, answers: u16, additional: u16, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.bytes.len();
+        write(&mut self.bytes);
+        let Some(rrset) = self.rrsets.last_mut() else {
+            self.bytes.truncate(at);
+            return;
+        };
+        if u32::try_from(self.bytes.len()).is_err() {
+            self.bytes.truncate(at);
+            self.bodies.truncate(rrset.bodies as usize);
+            rrset.body_count = 0;
+            rrset.bodies = u32::MAX;
+            return;
+        }
+        if rrset.bodies == u32::MAX {
+            // An earlier body of this RRset did not fit: it stays without bodies.
+            self.bytes.truncate(at);
+            return;
+        }
+        rrset.body_count += 1;
+        self.bodies.push(BodyEntry {
+            at: offset(at),
+            len: offset(self.bytes.len() - at),
+            answers,
+            additional,
+        });
+    }
+
+    pub(crate) fn finish(self) -> WireTree {
+        let TreeBuilder {
+            bytes,
+            mut names,
+            rrsets,
+            bodies,
+        } = self;
+        let key = |entry: &NameEntry| {
+            let at = entry.key as usize;
+            &bytes[at..at + usize::from(entry.key_len)]
+        };
+        names.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        WireTree {
+            bytes: bytes.into_boxed_slice(),
+            names: names.into_boxed_slice(),
+            rrsets: rrsets.into_boxed_slice(),
+            bodies: bodies.into_boxed_slice(),
+        }
+    }
+}
 
 /// What the fast path needs beside the names: the negative answers and where service trees
 /// hang.
@@ -50,15 +298,6 @@ pub(crate) struct Wire {
     parents: Vec<Box<[u8]>>,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct WireNode {
-    /// The apex the name belongs to (index into `Wire::apexes`).
-    apex: usize,
-    /// Per record type, one body per rotation (none if a record could not be encoded: the
-    /// slow path answers).
-    rrsets: Vec<(u16, Vec<Body>)>,
-}
-
 /// Everything after the question: counts and the record bytes.
 #[derive(Debug, Clone, Default)]
 struct Body {
@@ -68,20 +307,49 @@ struct Body {
     bytes: Box<[u8]>,
 }
 
-/// Precomputes every answer of `nodes`, all belonging to apex number `apex`, or to the apex
-/// that holds each when `apex` is `None` (the base).
-pub(crate) fn names(
+/// A [`Body`] borrowed from where it is stored.
+#[derive(Clone, Copy)]
+struct BodyRef<'a> {
+    answers: u16,
+    authority: u16,
+    additional: u16,
+    bytes: &'a [u8],
+}
+
+impl Body {
+    fn as_ref(&self) -> BodyRef<'_> {
+        BodyRef {
+            answers: self.answers,
+            authority: self.authority,
+            additional: self.additional,
+            bytes: &self.bytes,
+        }
+    }
+}
+
+/// Precomputes every answer of `nodes` with the records' own encoding, all belonging to apex
+/// number `apex`, or to the apex that holds each when `apex` is `None` (the base).
+pub(crate) fn tree(
     apexes: &[(LowerName, [Record; 1])],
     nodes: &HashMap<LowerName, Node>,
     apex: Option<usize>,
-) -> WireNames {
-    let mut names = WireNames::with_capacity_and_hasher(nodes.len(), Default::default());
+) -> WireTree {
+    let mut builder = TreeBuilder::with_capacity(nodes.len() * 64, nodes.len());
     for (name, node) in nodes {
-        if let Some(apex) = apex.or_else(|| apex_of(apexes, name)) {
-            names.insert(name_key(name), wire_node(apex, node));
+        let Some(apex) = apex.or_else(|| apex_of(apexes, name)) else {
+            continue;
+        };
+        builder.name(&name_key(name), apex);
+        for rrset in &node.rrsets {
+            builder.rrset(u16::from(rrset.record_type));
+            for body in rrset_bodies(rrset).unwrap_or_default() {
+                builder.body(body.answers, body.additional, |bytes| {
+                    bytes.extend_from_slice(&body.bytes);
+                });
+            }
         }
     }
-    names
+    builder.finish()
 }
 
 impl Wire {
@@ -92,28 +360,22 @@ impl Wire {
         }
     }
 
-    /// Recomputes what holds the SOA (the negative answers and the apex nodes in `base`),
-    /// after the serial changed.
-    pub(crate) fn stamp(
-        &mut self,
-        apexes: &[(LowerName, [Record; 1])],
-        nodes: &HashMap<LowerName, Node>,
-        base: &mut WireNames,
-    ) {
+    /// Recomputes the negative answers, after the serial changed.
+    pub(crate) fn stamp(&mut self, apexes: &[(LowerName, [Record; 1])]) {
         self.apexes = apexes
             .iter()
             .map(|(apex, soa)| (name_key(apex), body(&[], soa, &[])))
             .collect();
-        for (at, (apex, _)) in apexes.iter().enumerate() {
-            if let Some(node) = nodes.get(apex) {
-                base.insert(name_key(apex), wire_node(at, node));
-            }
-        }
     }
 
-    /// The tree key of a lowercase wire name: its suffix from the two labels under a service
-    /// parent (`S.N.<parent>`), or `None` for a name outside every tree (the base's).
-    pub(crate) fn tree_key<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+    /// The service whose tree holds a lowercase wire name: the index of the service parent
+    /// it is under and the service's id (lowercase `namespace/name`, as the snapshot keys its
+    /// services), written into `id`; `None` for a name outside every tree (the base's).
+    pub(crate) fn service_of<'i>(
+        &self,
+        key: &[u8],
+        id: &'i mut [u8; MAX_SERVICE_ID],
+    ) -> Option<(usize, &'i str)> {
         // Label starts, at most 128 of them in 255 octets.
         let mut starts = [0u8; 128];
         let mut labels = 0;
@@ -126,7 +388,7 @@ impl Wire {
             labels += 1;
             at += usize::from(len) + 1;
         }
-        for parent in &self.parents {
+        for (index, parent) in self.parents.iter().enumerate() {
             let Some(from) = key.len().checked_sub(parent.len()) else {
                 continue;
             };
@@ -140,9 +402,20 @@ impl Wire {
             else {
                 continue;
             };
-            if at >= 2 {
-                return Some(&key[usize::from(starts[at - 2])..]);
+            if at < 2 {
+                continue;
             }
+            let label = |i: usize| {
+                let start = usize::from(starts[i]);
+                key.get(start + 1..start + 1 + usize::from(key[start]))
+            };
+            let (service, namespace) = (label(at - 2)?, label(at - 1)?);
+            let len = namespace.len() + 1 + service.len();
+            let out = id.get_mut(..len)?;
+            out[..namespace.len()].copy_from_slice(namespace);
+            out[namespace.len()] = b'/';
+            out[namespace.len() + 1..].copy_from_slice(service);
+            return Some((index, std::str::from_utf8(out).ok()?));
         }
         None
     }
@@ -152,7 +425,7 @@ impl Wire {
     /// answers; `rotation` picks the order within preference groups.
     pub(crate) fn answer<'a>(
         &self,
-        lookup: impl Fn(&[u8]) -> Option<&'a WireNode>,
+        lookup: impl Fn(&[u8]) -> Option<WireNode<'a>>,
         query: &[u8],
         rotation: u64,
         out: &mut Vec<u8>,
@@ -162,18 +435,25 @@ impl Wire {
         };
         let key = &question.key[..question.key_len];
         let (rcode, body) = match lookup(key) {
-            Some(node) => match node.rrsets.iter().find(|(t, _)| *t == question.qtype) {
-                Some((_, bodies)) => {
+            Some(node) => match node.bodies(question.qtype) {
+                Some(bodies) => {
                     let n = u64::try_from(bodies.len()).unwrap_or(0);
                     let Some(at) = rotation.checked_rem(n) else {
                         return false;
                     };
-                    (RCODE_NOERROR, bodies.get(usize::try_from(at).unwrap_or(0)))
+                    let at = usize::try_from(at).unwrap_or(0);
+                    (RCODE_NOERROR, bodies.get(at).map(|b| node.body(b)))
                 }
-                None => (RCODE_NOERROR, self.apexes[node.apex].1.as_ref()),
+                None => (
+                    RCODE_NOERROR,
+                    self.apexes[node.apex()].1.as_ref().map(Body::as_ref),
+                ),
             },
             None => match self.apex_containing(key) {
-                Some(apex) => (RCODE_NXDOMAIN, self.apexes[apex].1.as_ref()),
+                Some(apex) => (
+                    RCODE_NXDOMAIN,
+                    self.apexes[apex].1.as_ref().map(Body::as_ref),
+                ),
                 None => return false,
             },
         };
@@ -201,7 +481,7 @@ impl Wire {
         out[6..8].copy_from_slice(&body.answers.to_be_bytes());
         out[8..10].copy_from_slice(&body.authority.to_be_bytes());
         out[10..12].copy_from_slice(&additional.to_be_bytes());
-        out.extend_from_slice(&body.bytes);
+        out.extend_from_slice(body.bytes);
         if let Some(payload) = question.edns_payload {
             // OPT (RFC 6891 §6.1.2): root owner, our payload, extended rcode 0, version 0, no
             // flags, no options.
@@ -329,22 +609,6 @@ fn apex_of(apexes: &[(LowerName, [Record; 1])], name: &LowerName) -> Option<usiz
         .map(|(at, _)| at)
 }
 
-fn wire_node(apex: usize, node: &Node) -> WireNode {
-    WireNode {
-        apex,
-        rrsets: node
-            .rrsets
-            .iter()
-            .map(|rrset| {
-                (
-                    u16::from(rrset.record_type),
-                    rrset_bodies(rrset).unwrap_or_default(),
-                )
-            })
-            .collect(),
-    }
-}
-
 /// One body per rotation of `rrset`, each record encoded once and the bodies assembled from
 /// the pieces in each rotation's order; `None` if a record does not encode.
 fn rrset_bodies(rrset: &RrSet) -> Option<Vec<Body>> {
@@ -364,7 +628,7 @@ fn rrset_bodies(rrset: &RrSet) -> Option<Vec<Body>> {
         additional.extend_from_slice(&encode(record)?);
     }
     let additional_count = u16::try_from(rrset.additional.len()).ok()?;
-    (0..variants(rrset))
+    (0..variants(&rrset.groups))
         .map(|r| {
             let order = rrset.order(r as u64);
             let len = order.iter().map(|&i| answers[i].len()).sum::<usize>() + additional.len();
@@ -385,12 +649,11 @@ fn rrset_bodies(rrset: &RrSet) -> Option<Vec<Body>> {
 
 /// How many rotations give every order a query can see: the least common multiple of the
 /// group lengths, capped.
-fn variants(rrset: &RrSet) -> usize {
+pub(crate) fn variants(groups: &[usize]) -> usize {
     fn gcd(a: usize, b: usize) -> usize {
         if b == 0 { a } else { gcd(b, a % b) }
     }
-    rrset
-        .groups
+    groups
         .iter()
         .fold(1usize, |lcm, &len| {
             let len = len.max(1);
