@@ -335,13 +335,7 @@ impl FakeApi {
                     "status": "Failure", "reason": "Expired", "code": 410,
                     "message": format!("too old resource version: {since}"),
                 }});
-                let mut body = serde_json::to_vec(&line).unwrap_or_default();
-                body.push(b'\n');
-                return Response::builder()
-                    .status(StatusCode::OK)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body))
-                    .expect("a valid response");
+                return watch_response([line]);
             }
             None => {}
         }
@@ -358,17 +352,11 @@ impl FakeApi {
                     .collect()
             };
             if !events.is_empty() {
-                let mut body = Vec::new();
-                for e in events {
-                    let line = json!({"type": e.kind, "object": e.object});
-                    body.extend(serde_json::to_vec(&line).unwrap_or_default());
-                    body.push(b'\n');
-                }
-                return Response::builder()
-                    .status(StatusCode::OK)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body))
-                    .expect("a valid response");
+                return watch_response(
+                    events
+                        .into_iter()
+                        .map(|e| json!({"type": e.kind, "object": e.object})),
+                );
             }
             tokio::select! {
                 r = changed.changed() => if r.is_err() { break },
@@ -598,6 +586,20 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
         .status(code)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Body::from(serde_json::to_vec(value).unwrap_or_default()))
+        .expect("a valid response")
+}
+
+/// A watch response: one JSON event per line.
+fn watch_response(lines: impl IntoIterator<Item = Value>) -> Response<Body> {
+    let mut body = Vec::new();
+    for line in lines {
+        body.extend(serde_json::to_vec(&line).unwrap_or_default());
+        body.push(b'\n');
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
         .expect("a valid response")
 }
 
