@@ -477,6 +477,13 @@ impl Collector for Scrape {
         )?;
         counters(
             enc,
+            "causeway_tunnel_gro_datagrams",
+            "Datagrams received inside UDP GRO runs (several datagrams per system call)",
+            None,
+            vec![(vec![], d.gro_datagrams)],
+        )?;
+        counters(
+            enc,
             "causeway_peer_state_changes",
             "Tunnel state changes of any peer (up, degraded, down)",
             None,

@@ -60,6 +60,7 @@ impl Sources for FakeSources {
         Box::pin(std::future::ready(DeviceStats {
             no_route_packets: 4,
             health_transitions: 3,
+            gro_datagrams: 41,
             ..DeviceStats::default()
         }))
     }
@@ -425,6 +426,7 @@ async fn metrics_parse_and_carry_every_family() {
         4.0
     );
     assert_eq!(v("causeway_peer_state_changes_total", &[]), 3.0);
+    assert_eq!(v("causeway_tunnel_gro_datagrams_total", &[]), 41.0);
     // Our two queries, plus the readiness SOA queries the scrape itself made.
     assert_eq!(
         v(
