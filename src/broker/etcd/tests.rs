@@ -30,6 +30,8 @@ struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Option<Child>>,
     client_urls: Vec<String>,
+    /// Each member's (client, peer) port.
+    ports: Vec<(u16, u16)>,
 }
 
 fn free_port() -> u16 {
@@ -43,58 +45,76 @@ impl EtcdCluster {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = format!("causeway-ha-{}", dir.path().display());
         let mut cluster = Self {
             members: vec![],
             client_urls: ports
                 .iter()
                 .map(|(client, _)| format!("http://127.0.0.1:{client}"))
                 .collect(),
+            ports,
             dir,
         };
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let log = std::fs::File::create(cluster.dir.path().join(format!("m{i}.log"))).unwrap();
-            let child = Command::new(etcd_binary())
-                .args(["--name", &format!("m{i}")])
-                .args(["--data-dir", &cluster.data_dir(i).display().to_string()])
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-token", &token])
-                .args(["--initial-cluster-state", "new"])
-                // Fast elections on loopback: the test kills a member.
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                // The broker's largest batch in one transaction (see broker::etcd).
-                .args(["--max-txn-ops", "32768", "--max-request-bytes", "16777216"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "starting {} (install etcd-server): {e}",
-                        etcd_binary().display()
-                    )
-                });
+        for i in 0..3 {
+            let child = cluster.spawn(i);
             cluster.members.push(Some(child));
         }
         cluster
+    }
+
+    /// Starts member `i` (again, on its data directory, after [`EtcdCluster::kill`]).
+    fn spawn(&self, i: usize) -> Child {
+        let initial = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("causeway-ha-{}", self.dir.path().display());
+        let (client, peer) = self.ports[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("m{i}.log")))
+            .unwrap();
+        Command::new(etcd_binary())
+            .args(["--name", &format!("m{i}")])
+            .args(["--data-dir", &self.data_dir(i).display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-token", &token])
+            .args(["--initial-cluster-state", "new"])
+            // Fast elections on loopback: the tests kill members.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // The broker's largest batch in one transaction (see broker::etcd).
+            .args(["--max-txn-ops", "32768", "--max-request-bytes", "16777216"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} (install etcd-server): {e}",
+                    etcd_binary().display()
+                )
+            })
+    }
+
+    /// Starts member `i` again after [`EtcdCluster::kill`].
+    fn restart(&mut self, i: usize) {
+        assert!(self.members[i].is_none(), "m{i} is running");
+        self.members[i] = Some(self.spawn(i));
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -172,9 +192,24 @@ impl Replica {
     }
 
     async fn start_with(etcd: &EtcdCluster, tls: &Path, options: BrokerOptions) -> Self {
+        Self::start_on(etcd.location(), tls, options).await
+    }
+
+    /// A replica whose etcd client knows only `members`.
+    async fn start_on_members(etcd: &EtcdCluster, members: &[usize], tls: &Path) -> Self {
+        let urls = members.iter().map(|&i| etcd.client_urls[i].clone());
+        Self::start_on(
+            StoreLocation::Etcd(urls.collect()),
+            tls,
+            BrokerOptions::default(),
+        )
+        .await
+    }
+
+    async fn start_on(store: StoreLocation, tls: &Path, options: BrokerOptions) -> Self {
         let config = BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            store: etcd.location(),
+            store,
             tls_dir: tls.to_owned(),
             options,
         };
@@ -524,6 +559,106 @@ async fn agree_on_leases() {
         lease_changes(&etcd, "c1").await,
         vec!["withhold", "restore"]
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_across_a_compaction_ends_with_every_change() {
+    tokio::time::timeout(TEST_DEADLINE, catch_up_past_a_compaction())
+        .await
+        .expect("the compaction test finishes within its deadline");
+}
+
+/// B's etcd client knows only m1. m1 dies; c1 changes its exports through A (on m0 and m2);
+/// the history is compacted past everything B saw, c1's last commit included; m1 returns.
+/// B's watch restarts at a compacted revision and cannot replay those commits: c2 (at B)
+/// gets c1's changes only if B reads the missed batches from the log. Two paths lead there
+/// (the watch's `Lagging` event, and a conflict on B's own next write); this checks the
+/// outcome, not which path ran first.
+async fn catch_up_past_a_compaction() {
+    let pki = pki();
+    let mut etcd = EtcdCluster::start();
+    etcd.wait_healthy().await;
+    let tls = pki.path().join("broker");
+    let a = Replica::start_on_members(&etcd, &[0, 2], &tls).await;
+    let b = Replica::start_on_members(&etcd, &[1], &tls).await;
+    let c1 = Gateway::start(pki.path(), "c1", vec![a.addr], step(1, 0));
+    let mut c2 = Gateway::start(pki.path(), "c2", vec![b.addr], step(2, 0));
+    c2.wait_for("c2 to see c1's exports", |s| {
+        s.connected && exports_of(s, "c1") == as_map(&step(1, 0))
+    })
+    .await;
+
+    etcd.kill(1);
+    // Two commits B must not miss: one removes a service, the next changes only another one,
+    // so the last commit alone does not give the final state.
+    let mut removed = step(1, 0);
+    let gone = removed.remove(0).service;
+    let mut last = removed.clone();
+    let moved = last.last_mut().expect("more than one service");
+    *moved = crate::model::fixtures::export(&moved.service.name, "10.1.99.99");
+    for exports in [removed, last.clone()] {
+        c1.exports.send_replace(exports);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = last;
+    // Wait until A has committed the last set, then compact etcd's history up to now.
+    let survivors = vec![etcd.client_urls[0].clone(), etcd.client_urls[2].clone()];
+    let deadline = crate::clock::now() + WAIT;
+    loop {
+        let store = EtcdStore::connect(&survivors).await.unwrap();
+        let persisted = tokio::task::spawn_blocking(move || store.load())
+            .await
+            .unwrap()
+            .unwrap();
+        let c1_now: BTreeMap<_, _> = persisted
+            .exports
+            .into_iter()
+            .filter(|(c, _)| *c == id("c1"))
+            .map(|(_, e)| (e.service.clone(), e))
+            .collect();
+        if c1_now == as_map(&last) {
+            break;
+        }
+        assert!(
+            crate::clock::now() < deadline,
+            "A did not commit c1's changes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = etcd_client::Client::connect(&survivors, None)
+        .await
+        .unwrap();
+    // A write outside the broker's keys, so that the compaction takes every log entry B has
+    // not seen: a watch restarted at the compacted revision reports no commit at all.
+    let revision = client
+        .put("causeway-test/unrelated", "x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(
+        exports_of(&c2.state.borrow(), "c1"),
+        as_map(&last),
+        "c2 learnt c1's changes with B's only etcd member down"
+    );
+
+    etcd.restart(1);
+    c2.wait_for("c2 to catch up with c1's last exports", |s| {
+        s.connected && exports_of(s, "c1") == as_map(&last)
+    })
+    .await;
+    assert!(!exports_of(&c2.state.borrow(), "c1").contains_key(&gone));
+    drop((c1, c2));
     a.stop().await;
     b.stop().await;
 }
