@@ -222,29 +222,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::model::{ClusterInfo, Endpoint};
-
-    fn id(s: &str) -> ClusterId {
-        ClusterId::new(s).unwrap()
-    }
-
-    fn web(addrs: &[(&str, bool)]) -> Export {
-        Export {
-            service: ServiceKey::new("shop", "web").unwrap(),
-            cluster_ips: vec![],
-            ports: vec![],
-            endpoints: addrs
-                .iter()
-                .map(|(a, ready)| Endpoint {
-                    address: a.parse().unwrap(),
-                    ready: *ready,
-                    hostname: None,
-                    zone: None,
-                })
-                .collect(),
-            props: Default::default(),
-        }
-    }
+    use crate::model::ClusterInfo;
+    use crate::model::fixtures::{id, web};
 
     fn view(c2: Option<Export>) -> ClusterSetView {
         let mut v = ClusterSetView::default();

@@ -291,6 +291,25 @@ pub(crate) mod fixtures {
             props: ServiceProps::default(),
         }
     }
+
+    /// `shop/web` with no ports and these endpoints (address, ready).
+    pub fn web(endpoints: &[(&str, bool)]) -> Export {
+        Export {
+            service: ServiceKey::new("shop", "web").expect("a DNS label"),
+            cluster_ips: vec![],
+            ports: vec![],
+            endpoints: endpoints
+                .iter()
+                .map(|(address, ready)| Endpoint {
+                    address: address.parse().expect("an IP address"),
+                    ready: *ready,
+                    hostname: None,
+                    zone: None,
+                })
+                .collect(),
+            props: ServiceProps::default(),
+        }
+    }
 }
 
 #[cfg(test)]

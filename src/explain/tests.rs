@@ -3,12 +3,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::model::{ClusterId, ClusterInfo, Endpoint, Export};
+use crate::model::ClusterInfo;
+use crate::model::fixtures::{id, web};
 use crate::select::Health;
-
-fn id(s: &str) -> ClusterId {
-    ClusterId::new(s).unwrap()
-}
 
 fn cluster(n: u8, region: &str, zone: &str) -> ClusterInfo {
     ClusterInfo {
@@ -18,24 +15,6 @@ fn cluster(n: u8, region: &str, zone: &str) -> ClusterInfo {
         cidrs: vec![format!("10.10{n}.0.0/16").parse().unwrap()],
         region: Some(region.into()),
         zone: Some(zone.into()),
-    }
-}
-
-fn web(addrs: &[(&str, bool)]) -> Export {
-    Export {
-        service: ServiceKey::new("shop", "web").unwrap(),
-        cluster_ips: vec![],
-        ports: vec![],
-        endpoints: addrs
-            .iter()
-            .map(|(a, ready)| Endpoint {
-                address: a.parse().unwrap(),
-                ready: *ready,
-                hostname: None,
-                zone: None,
-            })
-            .collect(),
-        props: Default::default(),
     }
 }
 
