@@ -95,20 +95,7 @@ pub(super) fn plan_imports(
     let held: BTreeMap<ServiceKey, Vec<IpAddr>> = observed
         .service_imports
         .iter()
-        .filter_map(|si| {
-            let key = ServiceKey::new(
-                si.metadata.namespace.as_deref()?,
-                si.metadata.name.as_deref()?,
-            )
-            .ok()?;
-            let ips = si
-                .spec
-                .ips
-                .iter()
-                .flatten()
-                .filter_map(|ip| ip.parse().ok());
-            Some((key, ips.collect()))
-        })
+        .filter_map(|si| clusterset_ips(si))
         .collect();
     let wanted: BTreeMap<ServiceKey, Vec<IpFamily>> = imported
         .iter()
@@ -283,6 +270,23 @@ pub(super) fn plan_imports(
         }
     }
     out.deletes.sort();
+}
+
+/// A ServiceImport's service and the clusterset IPs in its `spec.ips` (unparsable ones
+/// skipped); `None` for an import without a valid namespace and name.
+pub(super) fn clusterset_ips(si: &ServiceImport) -> Option<(ServiceKey, Vec<IpAddr>)> {
+    let key = ServiceKey::new(
+        si.metadata.namespace.as_deref()?,
+        si.metadata.name.as_deref()?,
+    )
+    .ok()?;
+    let ips = si
+        .spec
+        .ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok());
+    Some((key, ips.collect()))
 }
 
 fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {

@@ -75,21 +75,8 @@ impl Plan {
     pub fn clusterset_ips(&self) -> BTreeMap<ServiceKey, Vec<std::net::IpAddr>> {
         self.imports
             .iter()
-            .filter_map(|si| {
-                let key = ServiceKey::new(
-                    si.metadata.namespace.as_deref()?,
-                    si.metadata.name.as_deref()?,
-                )
-                .ok()?;
-                let ips: Vec<std::net::IpAddr> = si
-                    .spec
-                    .ips
-                    .iter()
-                    .flatten()
-                    .filter_map(|ip| ip.parse().ok())
-                    .collect();
-                (!ips.is_empty()).then_some((key, ips))
-            })
+            .filter_map(super::imports::clusterset_ips)
+            .filter(|(_, ips)| !ips.is_empty())
             .collect()
     }
 }
