@@ -359,6 +359,15 @@ async fn stream(
     published
 }
 
+/// Everything the store holds, read through `members` as a starting replica reads it.
+async fn load(members: &[String]) -> Persisted {
+    let store = EtcdStore::connect(members).await.unwrap();
+    tokio::task::spawn_blocking(move || store.load())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -448,11 +457,7 @@ async fn fail_over_between_replicas() {
         .filter(|i| *i != leader)
         .map(|i| etcd.client_urls[i].clone())
         .collect();
-    let stored = EtcdStore::connect(&survivors).await.unwrap();
-    let persisted = tokio::task::spawn_blocking(move || stored.load())
-        .await
-        .unwrap()
-        .unwrap();
+    let persisted = load(&survivors).await;
     assert_eq!(persisted.revision, views[0].revision);
     let stored: BTreeMap<_, _> = persisted
         .exports
@@ -607,11 +612,7 @@ async fn catch_up_past_a_compaction() {
     let survivors = vec![etcd.client_urls[0].clone(), etcd.client_urls[2].clone()];
     let deadline = crate::clock::now() + WAIT;
     loop {
-        let store = EtcdStore::connect(&survivors).await.unwrap();
-        let persisted = tokio::task::spawn_blocking(move || store.load())
-            .await
-            .unwrap()
-            .unwrap();
+        let persisted = load(&survivors).await;
         let c1_now: BTreeMap<_, _> = persisted
             .exports
             .into_iter()
