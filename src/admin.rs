@@ -31,6 +31,7 @@ use crate::model::{ClusterId, Export};
 use crate::select::Health;
 use crate::sync::quic::SyncState;
 
+pub(crate) use server::serve_http;
 pub use server::{AdminServer, serve, serve_standby};
 
 /// The admin address unless `--admin-listen` says otherwise: loopback only, since the API

@@ -56,10 +56,6 @@ pub async fn serve(
     recorders: Recorders,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AdminServer> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the admin port on {listen}"))?;
-    let local_addr = listener.local_addr()?;
     let ctx = Arc::new(Ctx {
         info,
         view,
@@ -74,16 +70,33 @@ pub async fn serve(
         .route("/api/v1/explain", get(explain_json))
         .route(crate::replica::proto::PATH, get(dns_records))
         .with_state(ctx);
+    let (local_addr, _) = serve_http(listen, router, shutdown, "Admin port").await?;
     info!(addr = %local_addr, "Admin port serving /metrics, /healthz, /readyz, /api/v1");
-    tokio::spawn(async move {
+    Ok(AdminServer { local_addr })
+}
+
+/// Binds the admin port on `listen` and serves `router` on a task until `stop` is cancelled.
+/// Returns the bound address and the task, which ends once the port is released. `what`
+/// names the server in the log line if serving fails.
+pub(crate) async fn serve_http(
+    listen: SocketAddr,
+    router: Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the admin port on {listen}"))?;
+    let local_addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(error) = served {
-            warn!(addr = %local_addr, %error, "Admin port failed");
+            warn!(addr = %local_addr, %error, "{what} failed");
         }
     });
-    Ok(AdminServer { local_addr })
+    Ok((local_addr, task))
 }
 
 /// What a standby replica (waiting for the leader lease) serves on the admin port: alive
@@ -95,10 +108,6 @@ pub async fn serve_standby(
     listen: SocketAddr,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the admin port on {listen}"))?;
-    let local_addr = listener.local_addr()?;
     let router = Router::new()
         .route("/healthz", get(|| async { "ok: standby\n" }))
         .fallback(|| async {
@@ -107,15 +116,7 @@ pub async fn serve_standby(
                 "standby: waiting for the leader lease\n",
             )
         });
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            warn!(addr = %local_addr, %error, "Standby admin port failed");
-        }
-    });
-    Ok((local_addr, task))
+    serve_http(listen, router, stop, "Standby admin port").await
 }
 
 async fn dns_answers(info: &GatewayInfo) -> Result<(), String> {

@@ -247,23 +247,12 @@ async fn serve_admin(
     status: watch::Receiver<ReplicaStatus>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the admin port on {listen}"))?;
-    let local_addr = listener.local_addr()?;
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(status));
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            warn!(addr = %local_addr, %error, "Admin port failed");
-        }
-    });
+    let (local_addr, _) = crate::admin::serve_http(listen, router, shutdown, "Admin port").await?;
     Ok(local_addr)
 }
 
