@@ -24,15 +24,31 @@ use crate::select::{Health, Locality, select};
 use crate::sync::proto::ClusterSetView;
 use crate::sync::quic::{SyncConfig, SyncState, spawn_client};
 
-/// The WireGuard peers this gateway should have: every other registered cluster.
-pub fn desired_peers(me: &ClusterId, view: &ClusterSetView) -> Vec<causeway_gateway::PeerSpec> {
+/// The WireGuard peers this gateway should have: every other registered cluster, reached
+/// through its global ranges (`model::plan`), never its local ones, which may be anybody's.
+///
+/// A range that holds a `protected` address (the brokers', any gateway's WireGuard endpoint,
+/// our own) is never routed into a tunnel, whatever the broker says: it would cut this gateway
+/// off from the broker or its peers. The broker refuses such claims; this is the second lock.
+pub fn desired_peers(
+    me: &ClusterId,
+    view: &ClusterSetView,
+    protected: &[IpAddr],
+) -> Vec<causeway_gateway::PeerSpec> {
+    let endpoints: Vec<IpAddr> = view.clusters.values().map(|c| c.wg_endpoint.ip()).collect();
+    let safe = |net: &ipnet::IpNet| {
+        !protected
+            .iter()
+            .chain(&endpoints)
+            .any(|a| net.contains(&a.to_canonical()))
+    };
     view.clusters
         .values()
         .filter(|c| &c.id != me)
         .map(|c| causeway_gateway::PeerSpec {
             public_key: c.wg_public_key,
             endpoint: c.wg_endpoint,
-            allowed_ips: c.cidrs.clone(),
+            allowed_ips: c.global.iter().map(|a| a.global).filter(safe).collect(),
         })
         .collect()
 }
@@ -460,6 +476,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         cidrs: args.cidrs.clone(),
         region: args.region.clone(),
         zone: args.zone.clone(),
+        global: vec![],
     };
     let sync_config = SyncConfig {
         brokers: args.brokers.clone(),
@@ -493,6 +510,14 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     .await?;
     info!(cluster = %me, wg = %wg_endpoint, dns = %dns.local_addr(), admin = %admin.local_addr(), brokers = ?args.brokers, "Gateway started");
 
+    // Never routed into a tunnel (see `desired_peers`).
+    let protected: Vec<IpAddr> = args
+        .brokers
+        .iter()
+        .map(|b| b.ip())
+        .chain([wg_endpoint.ip(), args.wg_listen.ip()])
+        .filter(|a| !a.is_unspecified())
+        .collect();
     let mut tunnels = gateway.health();
     let mut peers_applied: Option<Vec<causeway_gateway::PeerSpec>> = None;
     let mut was_connected = None;
@@ -500,7 +525,8 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut services_published: Option<Vec<causeway_dns::ServiceRecords>> = None;
     let mut answer_changes = crate::changes::ChangeTracker::default();
     loop {
-        let state: SyncState = synced.borrow_and_update().clone();
+        let mut state: SyncState = synced.borrow_and_update().clone();
+        state.view = state.view.reached_from(&me);
         if let Some(source) = &kube_source {
             source.publish_view(&state);
         }
@@ -535,7 +561,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             was_connected = Some(state.connected);
         }
 
-        let peers = desired_peers(&me, &state.view);
+        let peers = desired_peers(&me, &state.view, &protected);
         let mut retry = false;
         if peers_applied.as_ref() != Some(&peers) {
             match gateway.set_peers(peers.clone()).await {
@@ -609,6 +635,10 @@ mod tests {
             cidrs: vec![format!("10.10{n}.0.0/16").parse().unwrap()],
             region: None,
             zone: None,
+            global: vec![crate::model::Allocation {
+                local: format!("10.10{n}.0.0/16").parse().unwrap(),
+                global: format!("100.{}.0.0/16", 63 + n).parse().unwrap(),
+            }],
         }
     }
 
@@ -642,13 +672,67 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_every_other_cluster_with_its_cidrs() {
+    fn peers_are_every_other_cluster_with_its_global_ranges() {
         let v = view(&[cluster("c1", 1), cluster("c2", 2), cluster("c3", 3)], &[]);
-        let peers = desired_peers(&id("c1"), &v);
+        let peers = desired_peers(&id("c1"), &v, &[]);
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].public_key, [2; 32]);
-        assert_eq!(peers[0].allowed_ips, vec!["10.102.0.0/16".parse().unwrap()]);
+        assert_eq!(peers[0].allowed_ips, vec!["100.65.0.0/16".parse().unwrap()]);
         assert_eq!(peers[1].endpoint, "10.100.0.13:51820".parse().unwrap());
+    }
+
+    #[test]
+    fn ranges_holding_the_broker_or_an_endpoint_are_never_routed() {
+        let mut c2 = cluster("c2", 2);
+        let mut c3 = cluster("c3", 3);
+        // As an old or hostile broker might send: c2's range holds c3's endpoint, c3's the
+        // broker.
+        c2.global[0].global = "10.100.0.0/24".parse().unwrap();
+        c3.global[0].global = "10.0.0.0/8".parse().unwrap();
+        c3.global.push(crate::model::Allocation {
+            local: "10.200.0.0/16".parse().unwrap(),
+            global: "100.70.0.0/16".parse().unwrap(),
+        });
+        let v = view(&[cluster("c1", 1), c2, c3], &[]);
+        let broker: IpAddr = "192.0.2.1".parse().unwrap();
+        let peers = desired_peers(&id("c1"), &v, &[broker, "10.0.0.1".parse().unwrap()]);
+        assert_eq!(peers[0].allowed_ips, vec![]);
+        assert_eq!(peers[1].allowed_ips, vec!["100.70.0.0/16".parse().unwrap()]);
+    }
+
+    #[test]
+    fn remote_addresses_are_answered_as_global_ones_and_own_stay_local() {
+        let v = view(
+            &[cluster("c1", 1), cluster("c2", 2)],
+            &[
+                (
+                    "c2",
+                    with_cluster_ip(
+                        export("shop", "web", &["10.102.0.10", "10.99.0.1"]),
+                        "10.102.128.5",
+                    ),
+                ),
+                ("c1", export("shop", "api", &["10.101.0.10"])),
+            ],
+        );
+        let reached = v.reached_from(&id("c1"));
+        let web = &reached.exports[&(id("c2"), ServiceKey::new("shop", "web").unwrap())];
+        let addresses: Vec<String> = web
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(
+            addresses,
+            ["100.65.0.10"],
+            "untranslatable 10.99.0.1 left out"
+        );
+        assert_eq!(
+            web.cluster_ips,
+            vec!["100.65.128.5".parse::<IpAddr>().unwrap()]
+        );
+        let api = &reached.exports[&(id("c1"), ServiceKey::new("shop", "api").unwrap())];
+        assert_eq!(api.endpoints[0].address.to_string(), "10.101.0.10");
     }
 
     #[test]

@@ -235,6 +235,7 @@ mod tests {
                 cidrs: vec![],
                 region: None,
                 zone: None,
+                global: vec![],
             };
             v.clusters.insert(c.id.clone(), c);
         }

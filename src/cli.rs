@@ -257,6 +257,39 @@ pub struct BrokerArgs {
     /// the sessions it denies are cut off.
     #[arg(long, value_name = "PATH", env = "CAUSEWAY_BROKER_DENY_LIST")]
     pub deny_list: Option<PathBuf>,
+    /// The IPv4 range from which every cluster's claimed CIDRs get their clusterset-unique
+    /// global ranges (same length as each claim; other clusters reach a cluster only through
+    /// them). Must not overlap any cluster's own addresses. The default /10 holds three
+    /// kind-sized clusters (a /16 of pods and a /12 of services each).
+    #[arg(
+        long,
+        value_name = "CIDR",
+        default_value = "100.64.0.0/10",
+        env = "CAUSEWAY_GLOBAL_V4"
+    )]
+    pub global_v4: ipnet::Ipv4Net,
+    /// The IPv6 range global ranges are cut from (see --global-v4).
+    #[arg(
+        long,
+        value_name = "CIDR",
+        default_value = "fd63:6175:7365::/48",
+        env = "CAUSEWAY_GLOBAL_V6"
+    )]
+    pub global_v6: ipnet::Ipv6Net,
+    /// A cluster's WireGuard endpoint address as the operator vouches for it, `ID=IP`
+    /// (repeatable): for a gateway behind NAT or a load balancer. A cluster not listed must
+    /// advertise the address its broker session comes from.
+    #[arg(long = "endpoint", value_name = "ID=IP", value_parser = parse_vouched_endpoint)]
+    pub endpoints: Vec<(ClusterId, std::net::IpAddr)>,
+}
+
+fn parse_vouched_endpoint(s: &str) -> Result<(ClusterId, std::net::IpAddr), String> {
+    let (id, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=IP"))?;
+    let id = ClusterId::new(id).map_err(|e| e.to_string())?;
+    let ip = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
+    Ok((id, ip))
 }
 
 impl BrokerArgs {
@@ -273,6 +306,12 @@ impl BrokerArgs {
                     retention: self.retention,
                     max_services: self.max_services,
                     max_endpoints: self.max_endpoints,
+                    plan: crate::model::plan::PlanConfig {
+                        v4: self.global_v4.trunc(),
+                        v6: self.global_v6.trunc(),
+                        ..Default::default()
+                    },
+                    endpoints: self.endpoints.into_iter().collect(),
                     ..Default::default()
                 },
                 max_message_bytes: self.max_message_bytes as usize,

@@ -13,6 +13,10 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod plan;
+
+pub use plan::Allocation;
+
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -248,6 +252,17 @@ pub struct ClusterInfo {
     pub cidrs: Vec<IpNet>,
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// The global range the broker gave each of `cidrs` (see [`plan`]): other clusters reach
+    /// this cluster's addresses only through these. Assigned by the broker; whatever a gateway
+    /// puts here in its Hello is ignored.
+    pub global: Vec<Allocation>,
+}
+
+impl ClusterInfo {
+    /// The address through which other clusters reach this cluster's `ip`.
+    pub fn global_addr(&self, ip: IpAddr) -> Option<IpAddr> {
+        plan::to_global(&self.global, ip)
+    }
 }
 
 /// Builders shared by the crate's tests.
@@ -259,15 +274,21 @@ pub(crate) mod fixtures {
         ClusterId::new(s).expect("test cluster ids are DNS labels")
     }
 
-    /// A cluster whose key and addresses derive from its name.
+    /// A cluster whose key derives from its name. Its endpoint is on loopback, where the tests'
+    /// sessions come from (the broker's address plan requires that); it claims every range the
+    /// tests' exports use.
     pub fn cluster(name: &str) -> ClusterInfo {
         ClusterInfo {
             id: id(name),
-            wg_endpoint: "10.100.0.11:51820".parse().expect("a socket address"),
+            wg_endpoint: "127.0.0.1:51820".parse().expect("a socket address"),
             wg_public_key: [name.bytes().last().unwrap_or(0); 32],
-            cidrs: vec!["10.101.0.0/16".parse().expect("a CIDR")],
+            cidrs: ["10.0.0.0/14", "10.101.0.0/16", "10.102.0.0/16"]
+                .iter()
+                .map(|c| c.parse().expect("a CIDR"))
+                .collect(),
             region: None,
             zone: None,
+            global: vec![],
         }
     }
 

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::admin::api::{
-    BrokerStatus, ClusterStatus, DnsStatus, PeerState, PeerStatus, ServiceHealth, ServiceStatus,
-    Status,
+    AddressMapping, BrokerStatus, ClusterStatus, DnsStatus, PeerState, PeerStatus, ServiceHealth,
+    ServiceStatus, Status,
 };
 use crate::admin::{GatewayInfo, GatewayView};
 use crate::app::{exports_by_service, localities, rank_service};
@@ -132,6 +132,7 @@ pub fn build(info: &GatewayInfo, view: &GatewayView, live: Live, now: Instant) -
                 .last_update
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
             last_error: view.sync.last_error.clone(),
+            rejected: view.sync.rejected.clone(),
         },
         dns: DnsStatus {
             listen: info.dns_listen,
@@ -149,6 +150,14 @@ pub fn build(info: &GatewayInfo, view: &GatewayView, live: Live, now: Instant) -
             .map(|c| ClusterStatus {
                 id: c.id.to_string(),
                 cidrs: c.cidrs.iter().map(ToString::to_string).collect(),
+                plan: c
+                    .global
+                    .iter()
+                    .map(|a| AddressMapping {
+                        local: a.local.to_string(),
+                        global: a.global.to_string(),
+                    })
+                    .collect(),
                 region: c.region.clone(),
                 zone: c.zone.clone(),
                 withheld: clusterset.withheld.contains(&c.id),
@@ -182,11 +191,33 @@ pub fn render(s: &Status) -> String {
             b.revision
         );
     }
+    if let Some(reason) = &b.rejected {
+        let _ = writeln!(out, "broker REFUSED this gateway: {reason}");
+    }
     let _ = writeln!(
         out,
         "dns {} ({}), {} queries; tunnel mtu {}",
         s.dns.listen, s.dns.zone, s.dns.queries, s.tunnel_mtu
     );
+
+    // Local ↔ global for every cluster: how this gateway reaches each one's addresses.
+    let _ = writeln!(out, "\nADDRESS PLAN");
+    let rows: Vec<Vec<String>> = s
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            let me = c.id == s.cluster;
+            c.plan.iter().map(move |m| {
+                vec![
+                    c.id.clone(),
+                    m.local.clone(),
+                    m.global.clone(),
+                    if me { "own" } else { "remote" }.to_owned(),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&table(&["CLUSTER", "LOCAL", "GLOBAL", "USE"], &rows));
 
     let _ = writeln!(out, "\nCONNECTIONS");
     let rows: Vec<Vec<String>> = s

@@ -29,6 +29,17 @@ fn cluster(n: u8, cidr: &str) -> ClusterInfo {
         cidrs: vec![cidr.parse().unwrap()],
         region: None,
         zone: None,
+        // As the broker would allocate: cluster n's ranges from 100.(64 + 4n).0.0/14.
+        global: crate::model::plan::allocate(
+            &[cidr.parse().unwrap()],
+            &[],
+            &[],
+            &crate::model::plan::PlanConfig {
+                v4: format!("100.{}.0.0/14", 64 + 4 * n).parse().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
     }
 }
 
@@ -114,6 +125,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         connected: true,
         broker: Some("127.0.0.1:7443".parse().unwrap()),
         last_error: None,
+        rejected: None,
     };
     let local = vec![web("10.101.0.10")];
     let health = Health {
@@ -728,7 +740,7 @@ async fn diagnose_passes_and_fails_each_check_with_a_reason() {
             ("handshake/c3", false),
             ("probe/c3", false),
             ("dns/shop/web", true),
-            ("cidr-overlap", true),
+            ("address-plan", true),
             ("mtu/c2", true),
             ("mtu/c3", true),
         ]
@@ -744,8 +756,10 @@ async fn diagnose_passes_and_fails_each_check_with_a_reason() {
     );
     assert!(report.checks.iter().all(|c| c.pass == c.hint.is_none()));
 
-    // Overlapping CIDRs, a tunnel MTU no link fits, and the broker lost.
+    // Overlapping CIDRs (normal: each cluster is reached through its global ranges), a claim
+    // the broker refused, a tunnel MTU no link fits, and the broker lost.
     let mut f = fixture("10.102.128.0/17", u16::MAX).await;
+    f.sync.rejected = Some("address plan: claim 0.0.0.0/0 is a default route".into());
     f.sync.connected = false;
     f.sync.last_error = Some("the cryptographic handshake failed: invalid peer certificate".into());
     // Synced once before the broker went away.
@@ -770,12 +784,12 @@ async fn diagnose_passes_and_fails_each_check_with_a_reason() {
         .collect();
     assert_eq!(rows["broker"], "FAIL", "{}", table.output);
     assert_eq!(rows["ready"], "pass", "{}", table.output);
-    assert_eq!(rows["cidr-overlap"], "FAIL", "{}", table.output);
+    assert_eq!(rows["address-plan"], "FAIL", "{}", table.output);
     assert_eq!(rows["mtu/c2"], "FAIL", "{}", table.output);
     assert!(
-        table
-            .output
-            .contains("c2 10.102.0.0/16 overlaps c3 10.102.128.0/17"),
+        table.output.contains(
+            "the broker refused this gateway: address plan: claim 0.0.0.0/0 is a default route"
+        ),
         "{}",
         table.output
     );

@@ -15,6 +15,7 @@ fn cluster(n: u8, region: &str, zone: &str) -> ClusterInfo {
         cidrs: vec![format!("10.10{n}.0.0/16").parse().unwrap()],
         region: Some(region.into()),
         zone: Some(zone.into()),
+        global: vec![],
     }
 }
 

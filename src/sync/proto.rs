@@ -62,6 +62,42 @@ impl ClusterSetView {
     }
 }
 
+impl ClusterSetView {
+    /// The view as cluster `me` reaches it: every other cluster's exported endpoints and
+    /// cluster IPs rewritten to their global addresses (`model::plan`), through which `me`'s
+    /// pods reach them; an address no allocation covers is left out (the broker refuses such
+    /// exports, so only a broker of another version could send one). `me`'s own exports keep
+    /// their local addresses. DNS, the Kubernetes controller's EndpointSlices and the
+    /// operator's views all read this one translation.
+    pub fn reached_from(&self, me: &ClusterId) -> ClusterSetView {
+        let mut out = self.clone();
+        for ((cluster, _), export) in out.exports.iter_mut() {
+            if cluster == me {
+                continue;
+            }
+            let allocations = self
+                .clusters
+                .get(cluster)
+                .map(|c| c.global.as_slice())
+                .unwrap_or_default();
+            let global = |ip| crate::model::plan::to_global(allocations, ip);
+            export.cluster_ips = export
+                .cluster_ips
+                .iter()
+                .filter_map(|ip| global(*ip))
+                .collect();
+            export.endpoints.retain_mut(|e| match global(e.address) {
+                Some(address) => {
+                    e.address = address;
+                    true
+                }
+                None => false,
+            });
+        }
+        out
+    }
+}
+
 /// What the shell must act on, besides sending messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {

@@ -59,6 +59,9 @@ pub struct SyncState {
     pub broker: Option<SocketAddr>,
     /// Why the last connection attempt or connection failed; `None` once a connection is live.
     pub last_error: Option<String>,
+    /// The broker's last refusal of our Hello or Publish (e.g. an address claim the plan
+    /// forbids), until a later Hello is accepted.
+    pub rejected: Option<String>,
 }
 
 /// Starts the sync client; it runs until `shutdown` is cancelled. Must be called inside a
@@ -100,6 +103,8 @@ pub fn spawn_client(
         state,
         broker: None,
         last_error: None,
+        rejected: None,
+        was_live: false,
         shutdown,
     };
     tokio::spawn(driver.run().instrument(span));
@@ -172,6 +177,9 @@ struct ClientDriver {
     /// The broker of the current connection or last attempt, for [`SyncState::broker`].
     broker: Option<SocketAddr>,
     last_error: Option<String>,
+    rejected: Option<String>,
+    /// The session was live when events were last drained.
+    was_live: bool,
     shutdown: CancellationToken,
 }
 
@@ -184,6 +192,7 @@ impl ClientDriver {
             let was_live = self.session.is_live();
             self.session.handle_disconnected();
             self.drain_events();
+            self.was_live = false;
             match outcome {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Resync | Ended::TlsChanged) => {}
@@ -277,6 +286,7 @@ impl ClientDriver {
             connected: self.session.is_live(),
             broker: self.broker,
             last_error: self.last_error.clone(),
+            rejected: self.rejected.clone(),
         };
         self.state.send_if_modified(|state| {
             let changed = *state != next;
@@ -294,9 +304,18 @@ impl ClientDriver {
                     if self.session.is_live() {
                         self.last_error = None;
                     }
+                    // Our Hello was just accepted: an earlier refusal no longer stands.
+                    if self.session.is_live() && !self.was_live {
+                        self.rejected = None;
+                    }
+                    self.was_live = self.session.is_live();
                     self.publish_state();
                 }
-                SessionEvent::Rejected(reason) => warn!(%reason, "Broker rejected our message"),
+                SessionEvent::Rejected(reason) => {
+                    warn!(%reason, "Broker rejected our message");
+                    self.rejected = Some(reason.to_string());
+                    self.publish_state();
+                }
                 SessionEvent::ResyncNeeded { reason } => {
                     info!(
                         ?reason,

@@ -173,6 +173,10 @@ pub enum RejectReason {
     TooManyEndpoints { count: usize, max: usize },
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge { len: usize, max: usize },
+    /// The cluster's address claims (CIDRs, endpoint) or an exported address break the
+    /// clusterset's address plan (`model::plan`).
+    #[error("address plan: {0}")]
+    AddressPlan(crate::model::plan::PlanRefusal),
 }
 
 /// A frame that could not be made or read.

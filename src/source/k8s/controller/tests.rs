@@ -91,6 +91,7 @@ fn state(exports: &[(&str, &Export)]) -> SyncState {
         connected: true,
         broker: None,
         last_error: None,
+        rejected: None,
     }
 }
 
