@@ -13,12 +13,15 @@
 //!   queries to the upstream when one is configured.
 //! - `stats`: query counters by zone, type and rcode, and answer latency (plain atomics).
 //! - `server`: the shell: binds UDP+TCP, runs until shutdown, hands out the [`Handle`].
+//! - `truncate`: pure: cutting an encoded response to the asker's UDP payload at a record
+//!   boundary, OPT kept, TC set (RFC 1035/2181/6891).
 //! - `udp`: batched UDP (`recvmmsg`/`sendmmsg` into preallocated buffers) for the server's
 //!   receive threads; the crate's only `unsafe`.
 
 mod handler;
 mod server;
 mod stats;
+mod truncate;
 mod udp;
 mod zone;
 
