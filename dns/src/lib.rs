@@ -88,7 +88,7 @@ pub enum Error {
         reason: NameProblem,
     },
     /// A service's namespace or name cannot be a label under the zone.
-    #[error("bad service name {namespace}/{name} for dns")]
+    #[error("bad service name {namespace:?}/{name:?} for dns")]
     BadServiceName {
         namespace: String,
         name: String,
@@ -96,7 +96,7 @@ pub enum Error {
         reason: NameProblem,
     },
     /// A cluster id, hostname or port name of a service cannot be a label under the zone.
-    #[error("bad {what} {value:?} of service {namespace}/{name} for dns")]
+    #[error("bad {what} {value:?} of service {namespace:?}/{name:?} for dns")]
     BadRecordName {
         namespace: String,
         name: String,
@@ -112,7 +112,7 @@ pub enum Error {
         clusterset_zone: String,
     },
     /// Two services map to the same DNS name (names are case-insensitive).
-    #[error("duplicate service {namespace}/{name} in dns snapshot")]
+    #[error("duplicate service {namespace:?}/{name:?} in dns snapshot")]
     DuplicateService { namespace: String, name: String },
     /// The upstream resolver could not be set up.
     #[error("setting up the dns upstream {upstream}: {reason}")]
