@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use tracing::{info, warn};
 
-use crate::app::{exports_by_service, localities, rank_service};
+use crate::answers::{exports_by_service, localities, rank_service};
 use crate::model::{ClusterId, Export, ServiceKey};
 use crate::select::{Excluded, Health, Verdict};
 use crate::sync::proto::ClusterSetView;

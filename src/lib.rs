@@ -12,6 +12,7 @@
 //! - `conflict`: the MCS conflict rules: every cluster's export of a service → the merged import
 //!   and the conflicts (pure).
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
+//! - `answers`: what the gateway answers, pure: DNS records and tunnel peers from the model.
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 //! - `changes`: the gateway's state-change log lines about its answers (pure diffs).
 //! - `admin`: the gateway's admin port: /metrics, /healthz, /readyz, the JSON API.
@@ -20,6 +21,7 @@
 //! - `replica`: `causeway dns`, a DNS-only replica fed by a gateway's records long poll.
 
 pub mod admin;
+pub mod answers;
 pub mod app;
 pub mod broker;
 pub mod certs;

@@ -121,7 +121,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         rtt: BTreeMap::from([(id("c2"), Duration::from_millis(3))]),
         ..Health::default()
     };
-    let services = crate::app::dns_services(&id("c1"), &local, &sync.view, &health);
+    let services = crate::answers::dns_services(&id("c1"), &local, &sync.view, &health);
     dns.publish(causeway_dns::Snapshot::new(&zones, services).unwrap());
 
     let peer = |n: u8, state, rtt: Option<u64>, handshake: Option<u64>| PeerStats {
