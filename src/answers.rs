@@ -10,7 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::model::{ClusterId, Endpoint, Export, Protocol, ServiceKey, check_dns_label};
+use tracing::debug;
+
+use crate::model::{
+    ClusterId, Endpoint, Export, PortSpec, Protocol, ServiceKey, ServiceKind, check_dns_label,
+};
 use crate::select::{Health, Locality, select};
 use crate::sync::proto::ClusterSetView;
 
@@ -33,11 +37,12 @@ pub fn desired_peers(me: &ClusterId, view: &ClusterSetView) -> Vec<causeway_gate
 /// echoed them back, and while it is away); every other cluster's from the broker's view.
 /// `health` says which clusters are reachable and how far (see `select`).
 ///
-/// A service is ClusterSetIP or headless as its first export says (this cluster's own, else
-/// the lowest cluster id's); exports of the other kind are left out, since the broker resolves
-/// such conflicts (KEP-1645: the oldest export wins) and one name cannot be both. For a
-/// ClusterSetIP service each cluster answers with its cluster IPs, healthy while that cluster
-/// has a ready endpoint; for a headless one, with the ready endpoints themselves. An endpoint
+/// A service's kind and named ports follow the MCS conflict rule, the one its ServiceImport
+/// follows ([`crate::conflict::resolve`], KEP-1645): it is ClusterSetIP or headless as its
+/// oldest export says, and its ports are the union of every export's, oldest first. Exports of
+/// the other kind are left out, since one name cannot be both. For a ClusterSetIP service each
+/// cluster answers with its cluster IPs, healthy while that cluster has a ready endpoint; for
+/// a headless one, with the ready endpoints themselves. An endpoint
 /// without a usable hostname gets its address with `.`/`:` replaced by `-` as its `H` label,
 /// as the MCS conformance suite expects; one that still is no label gets no `H` name.
 pub fn dns_services(
@@ -97,30 +102,50 @@ pub fn localities(view: &ClusterSetView) -> BTreeMap<ClusterId, Locality> {
 /// One service's ranking as its DNS answers are built from it (see [`dns_services`]).
 #[derive(Debug, Clone)]
 pub struct RankedService {
-    /// Headless (endpoints answered) rather than ClusterSetIP (cluster IPs answered).
+    /// Headless (endpoints answered) rather than ClusterSetIP (cluster IPs answered): the
+    /// oldest export's kind, as in the service's ServiceImport.
     pub headless: bool,
-    /// The clusters whose export is of the other kind, left out (KEP-1645 conflict).
+    /// The clusters whose export is of the other kind, left out (KEP-1645 `TypeConflict`).
     pub other_kind: Vec<ClusterId>,
+    /// The service's ports as its ServiceImport lists them: the union of every export's,
+    /// oldest export first (KEP-1645).
+    pub ports: Vec<PortSpec>,
     /// Every candidate address with its verdict and rank.
     pub selection: crate::select::Selection,
 }
 
-/// Ranks one service's exports (each with its cluster, the deciding one first) as cluster
-/// `me` answers them: the rule [`dns_services`] applies, exposed for `explain`.
+/// Ranks one service's exports (each with its cluster, in any order) as cluster `me` answers
+/// them: the rule [`dns_services`] applies, exposed for `explain`, `status` and `changes`.
 pub fn rank_service(
     me: &ClusterId,
     localities: &BTreeMap<ClusterId, Locality>,
     health: &Health,
     exports: &[(&ClusterId, &Export)],
 ) -> RankedService {
-    let headless = exports
-        .first()
-        .is_none_or(|(_, e)| e.cluster_ips.is_empty());
-    let same_kind: Vec<(&ClusterId, &Export)> = exports
-        .iter()
-        .filter(|(_, e)| e.cluster_ips.is_empty() == headless)
-        .copied()
-        .collect();
+    let (kind, ports) = match crate::conflict::resolve(exports.iter().copied()) {
+        Ok(resolution) => (
+            resolution.import.kind,
+            resolution
+                .import
+                .ports
+                .into_iter()
+                .map(|m| m.port)
+                .collect(),
+        ),
+        // Only a caller's bug gets here (`exports_by_service` gives one export per cluster,
+        // all of one service): answer by the first export rather than not at all.
+        Err(e) => {
+            debug!(error = %e, "Exports not resolvable; the first one decides");
+            exports
+                .first()
+                .map_or((ServiceKind::Headless, Vec::new()), |(_, e)| {
+                    (e.props.kind, e.ports.clone())
+                })
+        }
+    };
+    let headless = kind == ServiceKind::Headless;
+    let (same_kind, other_kind): (Vec<(&ClusterId, &Export)>, Vec<_>) =
+        exports.iter().partition(|(_, e)| e.props.kind == kind);
     let offered = offered(headless, &same_kind);
     let selection = select(
         me,
@@ -128,13 +153,12 @@ pub fn rank_service(
         health,
         offered.iter().map(|(c, e)| (*c, e.as_slice())),
     );
+    let mut other_kind: Vec<ClusterId> = other_kind.iter().map(|(c, _)| (*c).clone()).collect();
+    other_kind.sort();
     RankedService {
         headless,
-        other_kind: exports
-            .iter()
-            .filter(|(_, e)| e.cluster_ips.is_empty() != headless)
-            .map(|(c, _)| (*c).clone())
-            .collect(),
+        other_kind,
+        ports,
         selection,
     }
 }
@@ -184,14 +208,10 @@ fn dns_service(
 ) -> causeway_dns::ServiceRecords {
     let RankedService {
         headless,
+        ports,
         selection,
         ..
     } = rank_service(me, localities, health, exports);
-    let same_kind: Vec<(&ClusterId, &Export)> = exports
-        .iter()
-        .filter(|(_, e)| e.cluster_ips.is_empty() == headless)
-        .copied()
-        .collect();
     let clusters = selection
         .clusters()
         .into_iter()
@@ -206,29 +226,25 @@ fn dns_service(
                 .collect(),
         })
         .collect();
-    let mut ports: Vec<causeway_dns::NamedPort> = Vec::new();
-    for (_, export) in &same_kind {
-        for port in &export.ports {
-            let Some(name) = &port.name else { continue };
+    // Only named ports whose name is a DNS label get SRV records. The union already holds
+    // each name once (`conflict::resolve`).
+    let ports: Vec<causeway_dns::NamedPort> = ports
+        .into_iter()
+        .filter_map(|port| {
+            let name = port.name?;
+            check_dns_label("port name", &name, false).ok()?;
             let protocol = match port.protocol {
                 Protocol::Tcp => causeway_dns::PortProtocol::Tcp,
                 Protocol::Udp => causeway_dns::PortProtocol::Udp,
                 Protocol::Sctp => causeway_dns::PortProtocol::Sctp,
             };
-            // Ports merge as a union across clusters (KEP-1645); the first spelling wins.
-            if !ports
-                .iter()
-                .any(|p| &p.name == name && p.protocol == protocol)
-                && check_dns_label("port name", name, false).is_ok()
-            {
-                ports.push(causeway_dns::NamedPort {
-                    name: name.clone(),
-                    port: port.port,
-                    protocol,
-                });
-            }
-        }
-    }
+            Some(causeway_dns::NamedPort {
+                name,
+                port: port.port,
+                protocol,
+            })
+        })
+        .collect();
     causeway_dns::ServiceRecords {
         namespace: service.namespace.clone(),
         name: service.name.clone(),

@@ -304,6 +304,7 @@ mod tests {
 
         let mut clusterip = web(&[("10.102.0.10", true)]);
         clusterip.cluster_ips = ips(&["10.96.2.1"]);
+        clusterip.props.kind = crate::model::ServiceKind::ClusterSetIp;
         assert_eq!(
             t.observe(&me, &local2, &view(Some(clusterip)), &all),
             [Change::ExportConflict {

@@ -43,7 +43,10 @@ fn web(addr: &str) -> Export {
             hostname: None,
             zone: None,
         }],
-        props: Default::default(),
+        props: crate::model::ServiceProps {
+            kind: crate::model::ServiceKind::Headless,
+            ..Default::default()
+        },
     }
 }
 

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::model::ClusterInfo;
+use crate::model::{ClusterInfo, ServiceProps};
 
 fn id(s: &str) -> ClusterId {
     ClusterId::new(s).unwrap()
@@ -33,7 +33,10 @@ fn export(ns: &str, name: &str, addrs: &[&str]) -> Export {
                 zone: None,
             })
             .collect(),
-        props: Default::default(),
+        props: ServiceProps {
+            kind: ServiceKind::Headless,
+            ..Default::default()
+        },
     }
 }
 
@@ -102,6 +105,7 @@ fn tiers(service: &causeway_dns::ServiceRecords) -> Vec<Vec<String>> {
 
 fn with_cluster_ip(mut e: Export, ip: &str) -> Export {
     e.cluster_ips = vec![ip.parse().unwrap()];
+    e.props.kind = ServiceKind::ClusterSetIp;
     e
 }
 
@@ -257,7 +261,7 @@ fn dns_services_table() {
             r#"headless [["10.101.0.10"], ["10.102.0.10", "10.102.0.11"]] ["c1@0[\"10.101.0.10\"][\"10-101-0-10=10.101.0.10\"]", "c2@1[\"10.102.0.10\", \"10.102.0.11\"][\"db-0=10.102.0.10\", \"10-102-0-11=10.102.0.11\"]"] ["pg/Tcp=5432", "stats/Udp=8125"]"#,
         ),
         (
-            "the first export decides the kind; the other kind is left out",
+            "the oldest export decides the kind (same age: the lowest cluster id); the other kind is left out",
             vec![export("shop", "web", &["10.101.0.10"])],
             vec![(
                 "c2",
@@ -403,4 +407,183 @@ fn clusterset_ips_from_imports_are_answered_in_the_mcs_zone() {
         ["10.255.0.1"],
         "the ServiceImport's IP, not c2's cluster IP"
     );
+}
+
+/// While exports of one service conflict (KEP-1645), every cluster's DNS answers the kind and
+/// the ports its ServiceImport shows: the oldest export's kind, whichever cluster asks and
+/// whatever its cluster id, and the union of the ports, oldest export first. Each case runs
+/// the Kubernetes controller's plan over a clusterset world (c1 and c2 export, c3 only
+/// imports) to a fixed point, then asks each cluster's DNS from the same exports.
+#[test]
+fn dns_answers_the_kind_and_ports_of_the_service_import_while_exports_conflict() {
+    use crate::source::k8s::crd::ServiceImportType;
+    use crate::source::k8s::plan::tests::{Cluster, converge, pods, service, service_export};
+    use serde_json::{Value, json};
+
+    /// A Service spec: ClusterIP at `ip`, or headless when `ip` is `None`; `ports` are
+    /// (name, port, protocol).
+    fn spec(ip: Option<&str>, ports: &[(&str, u16, &str)]) -> Value {
+        let ip = ip.unwrap_or("None");
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
+            .collect();
+        json!({"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+               "ipFamilies": ["IPv4"], "ports": ports})
+    }
+    /// (what, c1's spec and export time, c2's likewise, what every cluster's DNS answers and
+    /// its ServiceImport shows: kind, answering clusters (or those of the other kind, left
+    /// out) and ports)
+    type Case = (&'static str, (Value, i64), (Value, i64), &'static str);
+    let tcp = [("tcp", 42, "TCP")];
+    let cases: Vec<Case> = vec![
+        (
+            "kind conflict: c2's ClusterSetIP export is older, so no cluster answers headless",
+            (spec(None, &tcp), 200),
+            (spec(Some("10.96.2.10"), &tcp), 100),
+            "ClusterSetIP answered-by=[c2] other-kind=[c1] ports=[tcp/Tcp=42]",
+        ),
+        (
+            "kind conflict: c2's headless export is older, so not the lowest id (c1) decides",
+            (spec(Some("10.96.1.10"), &tcp), 200),
+            (spec(None, &tcp), 100),
+            "Headless answered-by=[c2] other-kind=[c1] ports=[tcp/Tcp=42]",
+        ),
+        (
+            "kind conflict, the same age: the lowest cluster id wins",
+            (spec(None, &tcp), 100),
+            (spec(Some("10.96.2.10"), &tcp), 100),
+            "Headless answered-by=[c1] other-kind=[c2] ports=[tcp/Tcp=42]",
+        ),
+        (
+            "port conflict: one name, two ports; the older (c2's) keeps the name",
+            (spec(Some("10.96.1.10"), &[("tcp", 42, "TCP")]), 100),
+            (spec(Some("10.96.2.10"), &[("tcp", 43, "TCP")]), 50),
+            "ClusterSetIP answered-by=[c1, c2] other-kind=[] ports=[tcp/Tcp=43]",
+        ),
+        (
+            "port conflict: ports merge as a union, oldest export's first",
+            (
+                spec(
+                    Some("10.96.1.10"),
+                    &[("tcp", 42, "TCP"), ("dns", 53, "UDP")],
+                ),
+                100,
+            ),
+            (
+                spec(
+                    Some("10.96.2.10"),
+                    &[("metrics", 9090, "TCP"), ("tcp", 42, "TCP")],
+                ),
+                50,
+            ),
+            "ClusterSetIP answered-by=[c1, c2] other-kind=[] ports=[metrics/Tcp=9090, tcp/Tcp=42, dns/Udp=53]",
+        ),
+    ];
+    for (what, (c1, c1_at), (c2, c2_at), expected) in cases {
+        let exporter = |name: &str, spec: Value, at: i64, pod: &str| {
+            Cluster::new(name).with(
+                service_export("hello", at, json!({})),
+                Some(service("hello", spec)),
+                Some(pods(
+                    "hello",
+                    json!([{"addresses": [pod], "hostname": "hello-0",
+                            "conditions": {"ready": true}}]),
+                )),
+            )
+        };
+        let mut world = [
+            exporter("c1", c1, c1_at, "10.1.0.5"),
+            exporter("c2", c2, c2_at, "10.2.0.5"),
+            Cluster::new("c3"),
+        ];
+        converge(&mut world, &[], 1000);
+        // The broker's view, as `converge` built it: every cluster's exports.
+        let mut clusterset = ClusterSetView::default();
+        for c in &world {
+            for e in &c.last.exports {
+                clusterset
+                    .exports
+                    .insert((c.settings.cluster.clone(), e.service.clone()), e.clone());
+            }
+        }
+        for c in &world {
+            let me = &c.settings.cluster;
+            let services = dns_services(me, &c.last.exports, &clusterset, &Health::default());
+            let [dns] = &services[..] else {
+                panic!("{what}: {me}: one service expected, got {services:?}");
+            };
+            let exports = exports_by_service(me, &c.last.exports, &clusterset);
+            let ranked = rank_service(
+                me,
+                &BTreeMap::new(),
+                &Health::default(),
+                &exports[&ServiceKey::new("shop", "hello").unwrap()],
+            );
+            let kind = match dns.kind {
+                causeway_dns::ServiceKind::Headless => "Headless",
+                causeway_dns::ServiceKind::ClusterSetIp { .. } => "ClusterSetIP",
+            };
+            let mut answering: Vec<&str> =
+                dns.clusters.iter().map(|c| c.cluster.as_str()).collect();
+            answering.sort_unstable();
+            let ports: Vec<String> = dns
+                .ports
+                .iter()
+                .map(|p| format!("{}/{:?}={}", p.name, p.protocol, p.port))
+                .collect();
+            let got = format!(
+                "{kind} answered-by=[{}] other-kind=[{}] ports=[{}]",
+                answering.join(", "),
+                ranked
+                    .other_kind
+                    .iter()
+                    .map(ClusterId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ports.join(", ")
+            );
+            assert_eq!(got, expected, "{what}: {me}'s DNS");
+
+            // The ServiceImport this cluster's controller wrote says the same.
+            let import = &c.import("hello").expect("imported everywhere").spec;
+            let import_kind = match import.type_ {
+                ServiceImportType::Headless => "Headless",
+                ServiceImportType::ClusterSetIp => "ClusterSetIP",
+            };
+            assert_eq!(import_kind, kind, "{what}: {me}'s ServiceImport type");
+            let import_ports: Vec<String> = import
+                .ports
+                .iter()
+                .map(|p| {
+                    let protocol = match p.protocol.as_deref() {
+                        Some("UDP") => "Udp",
+                        Some("SCTP") => "Sctp",
+                        _ => "Tcp",
+                    };
+                    format!("{}/{protocol}={}", p.name.as_deref().unwrap_or(""), p.port)
+                })
+                .collect();
+            assert_eq!(import_ports, ports, "{what}: {me}'s ServiceImport ports");
+            // For ClusterSetIP, its MCS slices come from the clusters DNS answers with. (A
+            // headless import's slices also carry the pods of a ClusterSetIP export, which
+            // DNS leaves out as of the other kind: not compared here.)
+            if kind == "ClusterSetIP" {
+                let mut sources: Vec<String> = c
+                    .mcs_slices("hello")
+                    .iter()
+                    .filter_map(|s| {
+                        s.metadata
+                            .labels
+                            .as_ref()?
+                            .get(crate::source::k8s::crd::LABEL_SOURCE_CLUSTER)
+                            .cloned()
+                    })
+                    .collect();
+                sources.sort();
+                sources.dedup();
+                assert_eq!(sources, answering, "{what}: {me}'s slices");
+            }
+        }
+    }
 }
