@@ -15,6 +15,7 @@
 //! - `answers`: what the gateway answers, pure: DNS records and tunnel peers from the model.
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 //! - `changes`: the gateway's state-change log lines about its answers (pure diffs).
+//! - `http`: plain HTTP/1.1 for the admin ports: serve a router, one GET.
 //! - `admin`: the gateway's admin port: /metrics, /healthz, /readyz, the JSON API.
 //! - `status`, `explain`, `diagnose`: what the operator commands compute and print (pure).
 //! - `inspect`: the CLI shell of `status`, `explain`, `diagnose` (reads the admin port).
@@ -32,6 +33,7 @@ pub mod conflict;
 pub mod diagnose;
 pub mod explain;
 pub mod health;
+pub mod http;
 pub mod inspect;
 pub mod model;
 pub mod replica;

@@ -252,7 +252,7 @@ async fn serve_admin(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(status));
-    let (local_addr, _) = crate::admin::serve_http(listen, router, shutdown, "Admin port").await?;
+    let (local_addr, _) = crate::http::serve(listen, router, shutdown, "Admin port").await?;
     Ok(local_addr)
 }
 
