@@ -91,7 +91,13 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let me = args.cluster_id.clone();
     // `--source kube`: the API client, and with --leader-elect, wait to lead (a standby holds
     // no tunnel or DNS socket); `shutdown` then also fires when leadership is lost.
-    let kube_prepared = crate::source::k8s::run::prepare(&args, shutdown).await?;
+    let kube_config = crate::source::k8s::run::RunConfig::from(&args);
+    let admin_listen = args.admin_listen;
+    let standby = async |stop| {
+        let (_, task) = crate::admin::serve_standby(admin_listen, stop).await?;
+        Ok(task)
+    };
+    let kube_prepared = crate::source::k8s::run::prepare(&kube_config, shutdown, standby).await?;
     let shutdown = kube_prepared.shutdown.clone();
     let wg_endpoint = advertised(&args)?;
     let route_source = tunnel_source(&args)?;
@@ -146,7 +152,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         }
         // Readiness comes from the EndpointSlices, as kube-proxy sees it.
         SourceSpec::Kube => {
-            let source = crate::source::k8s::run::start(&args, &kube_prepared).await?;
+            let source = crate::source::k8s::run::start(&kube_config, &kube_prepared).await?;
             let exports = source.exports.clone();
             kube_ips = Some(source.clusterset_ips.clone());
             kube_source = Some(source);
