@@ -13,7 +13,8 @@
 //! one, and asks the data plane and the DNS server for their live counters per request
 //! ([`Sources`]). Module map: `api` (the JSON documents), `server` (the axum shell),
 //! `metrics` (the exposition and the endpoint-probe recorder), `lookup` (one real DNS query),
-//! `client` (the CLI's HTTP GET), `link_mtu` (the kernel's MTU towards a peer).
+//! `client` (the CLI's JSON GET), `link_mtu` (the kernel's MTU towards a peer); the HTTP
+//! plumbing itself is `crate::http`.
 
 pub mod api;
 pub mod client;
@@ -31,7 +32,6 @@ use crate::model::{ClusterId, Export};
 use crate::select::Health;
 use crate::sync::quic::SyncState;
 
-pub(crate) use server::serve_http;
 pub use server::{AdminServer, serve, serve_standby};
 
 /// The admin address unless `--admin-listen` says otherwise: loopback only, since the API

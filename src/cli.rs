@@ -100,6 +100,19 @@ pub struct DnsArgs {
     pub udp_sockets: Option<u16>,
 }
 
+impl From<&DnsArgs> for crate::replica::run::ReplicaConfig {
+    fn from(args: &DnsArgs) -> Self {
+        Self {
+            from: args.from.clone(),
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            upstream: args.upstream,
+            wait: crate::replica::proto::DEFAULT_WAIT,
+            udp_sockets: args.udp_sockets.map(usize::from),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// This cluster's id (a DNS label), as in its certificate.
@@ -208,6 +221,55 @@ pub enum CertsCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+impl CertsCommand {
+    /// Runs the command and says what it did, in a sentence for the operator.
+    pub fn run(self) -> Result<String, crate::certs::CertError> {
+        use crate::certs::{init_ca, issue_broker, issue_cluster, rotate_cluster};
+        Ok(match self {
+            CertsCommand::Init { out } => {
+                init_ca(&out)?;
+                format!("Created the clusterset CA in {}", out.display())
+            }
+            CertsCommand::Issue {
+                cluster: Some(id),
+                ca_dir,
+                out,
+                ..
+            } => {
+                issue_cluster(&ca_dir, &id, &out)?;
+                format!(
+                    "Issued the certificate of cluster {id} into {}",
+                    out.display()
+                )
+            }
+            CertsCommand::Issue {
+                cluster: None,
+                ca_dir,
+                out,
+                ..
+            } => {
+                issue_broker(&ca_dir, &out)?;
+                format!("Issued the broker's certificate into {}", out.display())
+            }
+            CertsCommand::Rotate {
+                cluster,
+                ca_dir,
+                out,
+            } => {
+                let rotated = rotate_cluster(&ca_dir, &cluster, &out)?;
+                format!(
+                    "Rotated the certificate of cluster {cluster} in {}: serial {} replaces {} \
+                 (deny serial:{} on the broker once the gateway has moved)",
+                    out.display(),
+                    rotated.new_serial,
+                    rotated.old_serial,
+                    rotated.old_serial
+                )
+            }
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -449,6 +511,20 @@ pub struct GatewayArgs {
     /// status`, `explain` and `diagnose` read. Keep it on loopback or a private network.
     #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_LISTEN, env = "CAUSEWAY_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
+}
+
+impl From<&GatewayArgs> for crate::source::k8s::run::RunConfig {
+    fn from(args: &GatewayArgs) -> Self {
+        Self {
+            kube: matches!(args.source, SourceSpec::Kube),
+            cluster_id: args.cluster_id.clone(),
+            clusterset_ip_ranges: args.clusterset_ip_ranges.clone(),
+            leader_elect: args.leader_elect,
+            leader_elect_identity: args.leader_elect_identity.clone(),
+            leader_elect_namespace: args.leader_elect_namespace.clone(),
+            leader_elect_lease: args.leader_elect_lease.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! server calls [`explain`] with its current view and a real DNS answer (`admin::lookup`);
 //! the CLI fetches the result as JSON and prints it with [`render`].
 //!
-//! The ranking is `app::rank_service`, the very rule the DNS snapshot is built from, and every
+//! The ranking is `answers::rank_service`, the very rule the DNS snapshot is built from, and every
 //! candidate carries `select`'s verdict and rank turned into words.
 
 use std::fmt::Write as _;
@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::admin::GatewayView;
 use crate::admin::api::{Candidate, DnsAnswer, Explanation};
-use crate::app::{exports_by_service, localities, rank_service};
+use crate::answers::{exports_by_service, localities, rank_service};
 use crate::model::ServiceKey;
 use crate::select::{Excluded, Rank, Rtt, Tier, Verdict};
 

@@ -12,14 +12,17 @@
 //! - `conflict`: the MCS conflict rules: every cluster's export of a service → the merged import
 //!   and the conflicts (pure).
 //! - `source`: where a cluster's services come from (the file source; Kubernetes later).
+//! - `answers`: what the gateway answers, pure: DNS records and tunnel peers from the model.
 //! - `app`: the gateway daemon's wiring: source → broker, broker → tunnels and DNS.
 //! - `changes`: the gateway's state-change log lines about its answers (pure diffs).
+//! - `http`: plain HTTP/1.1 for the admin ports: serve a router, one GET.
 //! - `admin`: the gateway's admin port: /metrics, /healthz, /readyz, the JSON API.
 //! - `status`, `explain`, `diagnose`: what the operator commands compute and print (pure).
 //! - `inspect`: the CLI shell of `status`, `explain`, `diagnose` (reads the admin port).
 //! - `replica`: `causeway dns`, a DNS-only replica fed by a gateway's records long poll.
 
 pub mod admin;
+pub mod answers;
 pub mod app;
 pub mod broker;
 pub mod certs;
@@ -30,6 +33,7 @@ pub mod conflict;
 pub mod diagnose;
 pub mod explain;
 pub mod health;
+pub mod http;
 pub mod inspect;
 pub mod model;
 pub mod replica;

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Certs(c) => print(Ok(format!("{}\n", causeway::certs::run(c)?))),
+        Command::Certs(c) => print(Ok(format!("{}\n", c.run()?))),
         c @ (Command::Status(_) | Command::Explain(_) | Command::Diagnose(_)) => {
             causeway::inspect::run(c)
         }
@@ -32,7 +32,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             )
         }
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
-        Command::Dns(args) => daemon(|shutdown| causeway::replica::run(args, shutdown)),
+        Command::Dns(args) => daemon(|shutdown| causeway::replica::run((&args).into(), shutdown)),
         Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),
         Command::Lab(LabCommand::Up) => causeway_netlab::demo::up(&current_exe()?),
         Command::Lab(LabCommand::Down) => {

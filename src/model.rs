@@ -297,7 +297,15 @@ pub(crate) mod fixtures {
         }
     }
 
-    /// `shop/<name>` with one named TCP port 80 and one ready endpoint at `address`.
+    /// The props of a headless export (the fixtures' exports have no cluster IPs).
+    fn headless() -> ServiceProps {
+        ServiceProps {
+            kind: ServiceKind::Headless,
+            ..ServiceProps::default()
+        }
+    }
+
+    /// `shop/<name>` (headless) with one named TCP port 80 and one ready endpoint at `address`.
     pub fn export(name: &str, address: &str) -> Export {
         Export {
             service: ServiceKey::new("shop", name).expect("test service names are DNS labels"),
@@ -314,11 +322,11 @@ pub(crate) mod fixtures {
                 hostname: None,
                 zone: None,
             }],
-            props: ServiceProps::default(),
+            props: headless(),
         }
     }
 
-    /// `shop/web` with no ports and these endpoints (address, ready).
+    /// `shop/web` (headless) with no ports and these endpoints (address, ready).
     pub fn web(endpoints: &[(&str, bool)]) -> Export {
         Export {
             service: ServiceKey::new("shop", "web").expect("a DNS label"),
@@ -333,7 +341,7 @@ pub(crate) mod fixtures {
                     zone: None,
                 })
                 .collect(),
-            props: ServiceProps::default(),
+            props: headless(),
         }
     }
 }

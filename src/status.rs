@@ -12,7 +12,7 @@ use crate::admin::api::{
     ServiceStatus, Status,
 };
 use crate::admin::{GatewayInfo, GatewayView};
-use crate::app::{exports_by_service, localities, rank_service};
+use crate::answers::{exports_by_service, localities, rank_service};
 use crate::select::Verdict;
 
 /// What the admin server measured for one request, beside the view.

@@ -54,7 +54,10 @@ fn web(addr: &str) -> Export {
             hostname: None,
             zone: None,
         }],
-        props: Default::default(),
+        props: crate::model::ServiceProps {
+            kind: crate::model::ServiceKind::Headless,
+            ..Default::default()
+        },
     }
 }
 
@@ -133,7 +136,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         rtt: BTreeMap::from([(id("c2"), Duration::from_millis(3))]),
         ..Health::default()
     };
-    let services = crate::app::dns_services(&id("c1"), &local, &sync.view, &health);
+    let services = crate::answers::dns_services(&id("c1"), &local, &sync.view, &health);
     dns.publish(causeway_dns::Snapshot::new(&zones, services).unwrap());
 
     let peer = |n: u8, state, rtt: Option<u64>, handshake: Option<u64>| PeerStats {
@@ -303,14 +306,14 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[tokio::test]
 async fn health_and_readiness_follow_the_rule() {
     let mut f = fixture("10.103.0.0/16", 1420).await;
-    let (code, body) = client::get(f.admin, "/healthz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/healthz").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    let (code, body) = client::get(f.admin, "/readyz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/readyz").await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no view has been synced"), "{body}");
 
     f.publish();
-    let (code, body) = client::get(f.admin, "/readyz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/readyz").await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("revision 7"), "{body}");
 
@@ -318,10 +321,10 @@ async fn health_and_readiness_follow_the_rule() {
     f.sync.connected = false;
     f.sync.last_error = Some("timed out".into());
     f.publish();
-    let (code, body) = client::get(f.admin, "/readyz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/readyz").await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("broker is unreachable"), "{body}");
-    let (code, _) = client::get(f.admin, "/nope").await.unwrap();
+    let (code, _) = crate::http::get(f.admin, "/nope").await.unwrap();
     assert_eq!(code, 404);
 }
 
@@ -331,10 +334,10 @@ async fn a_standby_is_alive_but_never_ready_and_frees_the_port() {
     let (addr, task) = crate::admin::serve_standby("127.0.0.1:0".parse().unwrap(), stop.clone())
         .await
         .unwrap();
-    let (code, body) = client::get(addr, "/healthz").await.unwrap();
+    let (code, body) = crate::http::get(addr, "/healthz").await.unwrap();
     assert_eq!(code, 200, "{body}");
     for path in ["/readyz", "/api/v1/status", crate::replica::proto::PATH] {
-        let (code, body) = client::get(addr, path).await.unwrap();
+        let (code, body) = crate::http::get(addr, path).await.unwrap();
         assert_eq!(code, 503, "{path}: {body}");
         assert!(body.contains("standby"), "{path}: {body}");
     }
@@ -373,7 +376,7 @@ async fn metrics_parse_and_carry_every_family() {
             because: crate::changes::WithdrawnBecause::Unreachable,
         });
 
-    let (code, text) = client::get(f.admin, "/metrics").await.unwrap();
+    let (code, text) = crate::http::get(f.admin, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let v = |name: &str, labels: &[(&str, &str)]| {

@@ -188,6 +188,7 @@ fn exports_of_the_other_kind_are_named_as_conflicts() {
     let mut v = view(t0);
     let mut clusterip = web(&[("10.104.0.10", true)]);
     clusterip.cluster_ips = vec!["10.96.4.1".parse().unwrap()];
+    clusterip.props.kind = crate::model::ServiceKind::ClusterSetIp;
     v.sync
         .view
         .exports
