@@ -827,3 +827,61 @@ proptest! {
         }
     }
 }
+
+/// Writes the seed corpus of the `gateway_translate` fuzz target (whose translator is A's
+/// list: `crate::fuzzing::TRANSLATION`). A tool, not a check: run it with
+/// `CAUSEWAY_WRITE_CORPUS=1 cargo test -p causeway-gateway --lib write_translate_corpus -- --ignored`.
+/// Without the variable it does nothing, so CI's `--include-ignored` leaves the tree clean.
+#[test]
+#[ignore = "writes into tests/fuzz/corpus; run by hand with CAUSEWAY_WRITE_CORPUS=1"]
+fn write_translate_corpus() {
+    if std::env::var_os("CAUSEWAY_WRITE_CORPUS").is_none() {
+        eprintln!("write_translate_corpus: set CAUSEWAY_WRITE_CORPUS=1 to rewrite the seeds");
+        return;
+    }
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fuzz/corpus/gateway_translate"
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let (a, b) = (translator(&A), translator(&B));
+    // An ICMP error about A's packet, as B's gateway sends it back to A.
+    let error_back = |v4: bool, kind: (u8, u8), quote: usize| {
+        let mut p = a_to_b(Kind::Tcp, v4, 10, 7, &[0x42; 64]);
+        a.egress(&mut p);
+        b.ingress(&mut p);
+        let mut e = icmp_error(host(&B, v4, false, 1), &p, kind, quote);
+        b.egress(&mut e);
+        e
+    };
+    let mut first_fragment = a_to_b(Kind::Udp, true, 10, 7, &[1; 40]);
+    first_fragment[6] |= 0x20; // MF
+    first_fragment[10..12].copy_from_slice(&[0, 0]);
+    let c = !(ones_sum(&first_fragment[..20], 0) as u16);
+    first_fragment[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut cut = a_to_b(Kind::Tcp, true, 10, 7, b"cut");
+    cut[2..4].copy_from_slice(&300u16.to_be_bytes());
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "ipv4_tcp_out",
+            a_to_b(Kind::Tcp, true, 10, 7, b"GET / HTTP/1.1\r\n"),
+        ),
+        ("ipv6_udp_out", a_to_b(Kind::Udp, false, 10, 7, b"dns?")),
+        (
+            "ipv4_udp_no_checksum_out",
+            a_to_b(Kind::UdpNoChecksum, true, 3, 4, b"x"),
+        ),
+        ("ipv6_echo_out", a_to_b(Kind::Echo, false, 10, 7, b"ping")),
+        ("ipv4_frag_needed_in", error_back(true, (3, 4), 576)),
+        (
+            "ipv4_port_unreachable_in_short_quote",
+            error_back(true, (3, 3), 28),
+        ),
+        ("ipv6_packet_too_big_in", error_back(false, (2, 0), 1232)),
+        ("ipv4_first_fragment_out", first_fragment),
+        ("ipv4_length_past_end_out", cut),
+    ];
+    for (name, data) in seeds {
+        std::fs::write(format!("{dir}/{name}"), data).unwrap();
+    }
+}
