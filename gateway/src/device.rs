@@ -5,7 +5,8 @@
 //! out through [`ShellIo`], a 250 ms tick runs boringtun's timers, and `set_peers` commands
 //! apply the data plane's route changes over netlink. The same task owns the [`Prober`]: it
 //! wakes it when it asks, sends its probes through the data plane, feeds it the probe replies
-//! the data plane decrypted, and publishes its transitions on the health watch channel. Every
+//! the data plane decrypted, and publishes its transitions on the health watch channel.
+//! `set_translation` commands hand the data plane a new (already validated) translator. Every
 //! decision is in [`crate::dataplane`] and [`crate::health`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -275,6 +276,14 @@ impl Driver {
                     membership_changed
                 });
                 let _ = reply.send(result);
+            }
+            Command::SetTranslation(translator, reply) => {
+                info!(
+                    mappings = translator.mappings().len(),
+                    "Address translation set"
+                );
+                self.plane.set_translation(translator);
+                let _ = reply.send(());
             }
             Command::Stats(reply) => {
                 let prober = &self.prober;

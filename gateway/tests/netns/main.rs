@@ -9,6 +9,7 @@
 mod health;
 mod lab;
 mod mtu;
+mod nat;
 mod peers;
 
 use std::io::Write;
