@@ -18,6 +18,25 @@ use crate::model::{
 use crate::select::{Health, Locality, select};
 use crate::sync::proto::ClusterSetView;
 
+/// This cluster's own address translation: each of its claimed ranges and the global range the
+/// broker gave it (`model::plan`). The data plane rewrites sources leaving through the tunnel
+/// to global addresses and destinations arriving to local ones. Empty until the broker has
+/// registered us (our packets then carry local sources, which peers drop as spoofed).
+pub fn own_translation(me: &ClusterId, view: &ClusterSetView) -> Vec<causeway_gateway::Mapping> {
+    view.clusters
+        .get(me)
+        .map(|c| {
+            c.global
+                .iter()
+                .map(|a| causeway_gateway::Mapping {
+                    local: a.local,
+                    global: a.global,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The WireGuard peers this gateway should have: every other registered cluster, reached
 /// through its global ranges (`model::plan`), never its local ones, which may be anybody's.
 ///

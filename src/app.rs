@@ -16,7 +16,9 @@ use base64::Engine as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::answers::{desired_peers, dns_services, health_view, with_clusterset_ips};
+use crate::answers::{
+    desired_peers, dns_services, health_view, own_translation, with_clusterset_ips,
+};
 use crate::cli::{GatewayArgs, SourceSpec};
 use crate::model::{ClusterId, ClusterInfo};
 use crate::sync::quic::{SyncConfig, SyncState, spawn_client};
@@ -211,6 +213,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
         .collect();
     let mut tunnels = gateway.health();
     let mut peers_applied: Option<Vec<causeway_gateway::PeerSpec>> = None;
+    let mut translation_applied: Option<Vec<causeway_gateway::Mapping>> = None;
     let mut was_connected = None;
     let mut was_reachable: Option<BTreeSet<ClusterId>> = None;
     let mut services_published: Option<Vec<causeway_dns::ServiceRecords>> = None;
@@ -252,8 +255,22 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
             was_connected = Some(state.connected);
         }
 
-        let peers = desired_peers(&me, &state.view, &protected);
         let mut retry = false;
+        let translation = own_translation(&me, &state.view);
+        if translation_applied.as_ref() != Some(&translation) {
+            match gateway.set_translation(translation.clone()).await {
+                Ok(()) => {
+                    let plan: Vec<String> = translation.iter().map(ToString::to_string).collect();
+                    info!(plan = ?plan, "Address translation updated");
+                    translation_applied = Some(translation);
+                }
+                Err(e) => {
+                    warn!(error = %e, "Could not apply the address translation; retrying");
+                    retry = true;
+                }
+            }
+        }
+        let peers = desired_peers(&me, &state.view, &protected);
         if peers_applied.as_ref() != Some(&peers) {
             match gateway.set_peers(peers.clone()).await {
                 Ok(()) => {

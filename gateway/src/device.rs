@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
 use crate::device::udp::{Queued, RecvBatch, SendQueue};
@@ -56,6 +56,7 @@ pub(crate) async fn spawn(
         dev: tun.name.clone(),
         source: config.route_source,
         installed: BTreeSet::new(),
+        conflicts: BTreeSet::new(),
     };
     let link = LinkUnspec::new_with_index(tun.index)
         .mtu(u32::from(config.mtu))
@@ -390,12 +391,24 @@ struct Routes {
     source: Option<IpAddr>,
     /// Routes this process installed and has not removed.
     installed: BTreeSet<IpNet>,
+    /// Desired routes not installed because a route that is not ours holds the prefix: warned
+    /// about once, tried again on every apply.
+    conflicts: BTreeSet<IpNet>,
 }
 
+/// The routing protocol number our routes carry (`ip route show proto 202`), so that they can
+/// be told apart from everybody else's: the gateway adds, changes and removes only routes with
+/// this number on its own TUN device, and never replaces a route it did not install.
+pub const ROUTE_PROTOCOL: u8 = 202;
+
 impl Routes {
-    /// Brings the installed routes to `desired`: removes, then adds (`replace`, so a route
-    /// someone else made for the same prefix is taken over). Keeps going past errors and
-    /// returns the first; what failed is retried on the next call.
+    /// Brings the installed routes to `desired`: removes, then adds. A removal names our
+    /// device and [`ROUTE_PROTOCOL`], so it can only remove a route of ours. An add never
+    /// replaces: when a route that is not ours already holds the prefix (same prefix and
+    /// metric), ours is left out and the prefix is not tunnelled: what was there stays
+    /// (`conflicts`). Since nothing is ever replaced, removing our routes, or the TUN device
+    /// going away when the gateway stops, restores exactly the routes there were before. Keeps
+    /// going past errors and returns the first; what failed is retried on the next call.
     async fn apply(&mut self, desired: &BTreeSet<IpNet>) -> Result<(), Error> {
         let changes = RouteChanges::between(&self.installed, desired);
         let mut first_error = None;
@@ -416,17 +429,20 @@ impl Routes {
             }
         }
         for cidr in changes.add {
-            let result = self
-                .netlink
-                .route()
-                .add(self.message(cidr))
-                .replace()
-                .execute()
-                .await;
+            let result = self.netlink.route().add(self.message(cidr)).execute().await;
             match result {
                 Ok(()) => {
                     self.installed.insert(cidr);
-                    debug!(%cidr, "Route added");
+                    if self.conflicts.remove(&cidr) {
+                        info!(%cidr, "Route added: the route that held the prefix is gone");
+                    } else {
+                        debug!(%cidr, "Route added");
+                    }
+                }
+                Err(e) if is_exists(&e) => {
+                    if self.conflicts.insert(cidr) {
+                        warn!(%cidr, dev = %self.dev, "Route not added: a route that is not ours holds the prefix, and is left as it is");
+                    }
                 }
                 Err(source) => {
                     first_error.get_or_insert(self.error("adding", cidr, source));
@@ -444,7 +460,10 @@ impl Routes {
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(cidr.addr(), cidr.prefix_len())
             .expect("an IpNet's prefix length fits its family")
-            .output_interface(self.index);
+            .output_interface(self.index)
+            .protocol(rtnetlink::packet_route::route::RouteProtocol::Other(
+                ROUTE_PROTOCOL,
+            ));
         let source = self.source.filter(|s| s.is_ipv4() == cidr.addr().is_ipv4());
         match source {
             Some(src) => builder
@@ -463,6 +482,10 @@ impl Routes {
             source: Box::new(source),
         }
     }
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
 }
 
 fn is_no_such_route(e: &rtnetlink::Error) -> bool {

@@ -463,6 +463,7 @@ impl Collector for Scrape {
                 ("no_route", d.no_route_packets),
                 ("malformed_tun_packet", d.malformed_tun_packets),
                 ("queue_full", d.send_drops),
+                ("untranslatable", d.untranslatable_packets),
             ]
             .into_iter()
             .map(|(reason, n)| (vec![("reason", reason.to_owned())], n))
@@ -474,6 +475,13 @@ impl Collector for Scrape {
             "Times a peer's endpoint moved to a new authenticated source address",
             None,
             vec![(vec![], d.endpoint_roams)],
+        )?;
+        counters(
+            enc,
+            "causeway_tunnel_translated_packets",
+            "Packets whose addresses the data plane translated between this cluster's local and global ranges (address plan)",
+            None,
+            vec![(vec![], d.translated_packets)],
         )?;
         counters(
             enc,
