@@ -564,14 +564,34 @@ fn parse_ifname(s: &str) -> Result<String, String> {
     }
 }
 
+/// How the lab's clusters are addressed.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LabShape {
+    /// Make every cluster as kind makes them, pods 10.244.0.0/16 and services 10.96.0.0/12
+    /// (the wan moves to 192.168.100.0/24): each is reached through the global ranges the
+    /// broker gives it.
+    #[arg(long)]
+    pub same_cidrs: bool,
+}
+
+impl LabShape {
+    pub fn addressing(self) -> causeway_netlab::Addressing {
+        if self.same_cidrs {
+            causeway_netlab::Addressing::SameCidrs
+        } else {
+            causeway_netlab::Addressing::Distinct
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Build the lab, run the story (export, resolve and reach from another cluster, only
     /// WireGuard on the wire, nearest first, withdrawal, broker restart), print each step and
     /// tear everything down.
-    Demo,
+    Demo(LabShape),
     /// Build the lab and leave it running for exploration; prints how to get into a pod.
-    Up,
+    Up(LabShape),
     /// Tear down a lab left by `lab up` (or a crashed run).
     Down,
     /// Measure failover from a client's seat: build a lab, kill c1's endpoint, kill c1's
@@ -584,6 +604,8 @@ pub enum LabCommand {
         /// Where to write the SVG timeline.
         #[arg(long, default_value = "failover.svg")]
         svg: std::path::PathBuf,
+        #[command(flatten)]
+        shape: LabShape,
     },
     /// The failover lab's client: resolve, GET, print one line per request (used by the lab).
     #[command(hide = true)]

@@ -33,13 +33,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
         Command::Dns(args) => daemon(|shutdown| causeway::replica::run((&args).into(), shutdown)),
-        Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),
-        Command::Lab(LabCommand::Up) => causeway_netlab::demo::up(&current_exe()?),
+        Command::Lab(LabCommand::Demo(shape)) => {
+            causeway_netlab::demo::demo(&current_exe()?, shape.addressing())
+        }
+        Command::Lab(LabCommand::Up(shape)) => {
+            causeway_netlab::demo::up(&current_exe()?, shape.addressing())
+        }
         Command::Lab(LabCommand::Down) => {
             causeway_netlab::demo::down(causeway_netlab::DEFAULT_PREFIX)
         }
-        Command::Lab(LabCommand::Failover { rounds, svg }) => {
-            causeway_netlab::failover::failover(&current_exe()?, rounds.into(), &svg)
+        Command::Lab(LabCommand::Failover { rounds, svg, shape }) => {
+            let addressing = shape.addressing();
+            causeway_netlab::failover::failover(&current_exe()?, rounds.into(), &svg, addressing)
         }
         Command::Lab(LabCommand::FailoverClient(a)) => {
             causeway_netlab::failover::client::run(&a.name, a.port, a.interval_ms, a.timeout_ms)

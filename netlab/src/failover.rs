@@ -711,10 +711,17 @@ pub fn panels(runs: &[Measurement], records: &[Record]) -> Vec<svg::Panel> {
 
 /// `causeway lab failover`: builds the lab, runs every scenario `rounds` times, prints the
 /// table and writes the SVG timeline to `svg_path`; tears the lab down however it ends.
-pub fn failover(bin: &Path, rounds: usize, svg_path: &Path) -> anyhow::Result<()> {
+pub fn failover(
+    bin: &Path,
+    rounds: usize,
+    svg_path: &Path,
+    addressing: crate::Addressing,
+) -> anyhow::Result<()> {
     wait::install_interrupt_handler().context("installing the SIGINT/SIGTERM handler")?;
     println!("Building the failover lab (namespaces {DEFAULT_PREFIX}-*)...");
-    let mut lab = FailoverLab::up(LabSpec::new(DEFAULT_PREFIX, bin))?;
+    let mut spec = LabSpec::new(DEFAULT_PREFIX, bin);
+    spec.addressing = addressing;
+    let mut lab = FailoverLab::up(spec)?;
     println!("Lab up; logs in {}", lab.lab().log_dir().display());
     let mut runs = Vec::new();
     let mut outcome = Ok(());
