@@ -92,6 +92,9 @@ pub struct Lab {
     /// (read from a gateway's `causeway status` once every cluster registered; the broker
     /// keeps them across restarts).
     plan: BTreeMap<usize, Vec<(IpNet, IpNet)>>,
+    /// Claims a gateway makes instead of its topology's CIDRs (see
+    /// [`Lab::restart_gateway_claiming`]).
+    claims: BTreeMap<usize, Vec<String>>,
 }
 
 impl Lab {
@@ -116,6 +119,7 @@ impl Lab {
             servers: Vec::new(),
             detached: false,
             plan: BTreeMap::new(),
+            claims: BTreeMap::new(),
         };
         ns::create(&lab.topology).context("building the lab's namespaces")?;
         Ok(lab)
@@ -418,6 +422,51 @@ impl Lab {
         self.wait_gateway_ready(cluster)
     }
 
+    /// Restarts a cluster's gateway claiming `cidrs` (its `--cidr`) instead of its topology's;
+    /// `None` goes back to the topology's. Returns once its DNS answers (which it does whether
+    /// or not the broker accepts the claims).
+    pub fn restart_gateway_claiming(
+        &mut self,
+        cluster: usize,
+        cidrs: Option<Vec<String>>,
+    ) -> anyhow::Result<()> {
+        self.stop_gateway(cluster);
+        self.gateways.remove(&cluster);
+        match cidrs {
+            Some(cidrs) => self.claims.insert(cluster, cidrs),
+            None => self.claims.remove(&cluster),
+        };
+        self.start_gateway(cluster)
+    }
+
+    /// Every route of a cluster's gateway namespace, both families, every table, as `ip`
+    /// prints them.
+    pub fn route_tables(&self, cluster: usize) -> anyhow::Result<String> {
+        let ns = self.topology.gw_ns(cluster);
+        let mut out = String::new();
+        for family in ["-4", "-6"] {
+            let output = self.exec(&ns, &["ip", family, "route", "show", "table", "all"])?;
+            if !output.status.success() {
+                bail!(
+                    "ip {family} route show table all in {ns}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            out.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(out)
+    }
+
+    /// `causeway status` of a cluster's gateway (read from its admin port, in its namespace).
+    pub fn gateway_status(&self, cluster: usize) -> anyhow::Result<String> {
+        let bin = self.spec.causeway_bin.clone();
+        let output = self.exec(
+            &self.topology.gw_ns(cluster),
+            &[bin.as_os_str(), "status".as_ref()],
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Stops a cluster's gateway; its state dir (WireGuard key) stays.
     pub fn stop_gateway(&mut self, cluster: usize) {
         if let Some(gateway) = self.gateways.get_mut(&cluster) {
@@ -531,7 +580,12 @@ impl Lab {
             "--wg-listen".into(),
             t.wg_listen(c).to_string().into(),
             "--cidr".into(),
-            t.cluster_cidrs(c).join(",").into(),
+            self.claims
+                .get(&c)
+                .cloned()
+                .unwrap_or_else(|| t.cluster_cidrs(c))
+                .join(",")
+                .into(),
             "--dns-listen".into(),
             t.dns_listen(c).to_string().into(),
             "--state-dir".into(),
