@@ -176,7 +176,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut synced = spawn_client(sync_config, info, local.clone(), shutdown.clone())
         .context("starting the broker client")?;
     let (mut admin_view, admin_view_rx) = crate::admin::ViewPublisher::new(me.clone());
-    let admin_info = crate::admin::GatewayInfo {
+    let admin_info = crate::status::GatewayInfo {
         brokers: args.brokers.clone(),
         dns_listen: dns.local_addr(),
         dns_zone: args.dns_zone.clone(),

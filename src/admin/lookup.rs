@@ -9,7 +9,7 @@ use std::time::Duration;
 use causeway_dns::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use causeway_dns::proto::rr::{Name, RecordType};
 
-use crate::admin::api::DnsAnswer;
+use crate::status::api::DnsAnswer;
 
 /// How long to wait for the answer: the server answers from memory in microseconds, so a
 /// second means it is not answering.

@@ -17,8 +17,9 @@ use super::http::{RecordsFeed, RecordsPublisher};
 use super::proto::AdminUrl;
 use super::run::{Replica, ReplicaConfig, start};
 use crate::admin::lookup::lookup;
-use crate::admin::{GatewayInfo, Sources, ViewPublisher};
+use crate::admin::{Sources, ViewPublisher};
 use crate::model::ClusterId;
+use crate::status::GatewayInfo;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
