@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 use crate::model::{ClusterId, Export};
 use crate::select::Health;
 use crate::status::GatewayView;
-use crate::sync::quic::SyncState;
+use crate::sync::proto::SyncState;
 
 pub use server::{AdminServer, serve, serve_standby};
 

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 use crate::answers::{desired_peers, dns_services, health_view, with_clusterset_ips};
 use crate::cli::{GatewayArgs, SourceSpec};
 use crate::model::{ClusterId, ClusterInfo};
-use crate::sync::quic::{SyncConfig, SyncState, spawn_client};
+use crate::sync::proto::SyncState;
+use crate::sync::quic::{SyncConfig, spawn_client};
 
 /// Loads the gateway's WireGuard private key from `dir/wg.key` (base64, as `wg genkey` writes
 /// it), or generates and saves one, so that a restart keeps the identity peers know.

@@ -19,7 +19,7 @@ use crate::status::api::{
     BrokerStatus, ClusterStatus, DnsStatus, PeerState, PeerStatus, ServiceHealth, ServiceStatus,
     Status,
 };
-use crate::sync::quic::SyncState;
+use crate::sync::proto::SyncState;
 
 /// What the gateway loop knows, published to the admin server on every change.
 #[derive(Debug, Clone)]
