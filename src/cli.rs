@@ -435,7 +435,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "ZONE", default_value = "clusterset.local")]
     pub clusterset_zone: String,
     /// Most addresses one answer carries (the nearest ones; equally near ones rotate between
-    /// queries). 0 = no cap.
+    /// queries), per family. A headless service's name in the MCS zone carries at most this
+    /// many endpoints instead, the same ones for A and AAAA. 0 = no cap.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub dns_max_addresses: usize,
     /// UDP sockets to serve DNS with, each on a thread of its own (SO_REUSEPORT: the kernel

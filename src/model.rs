@@ -4,6 +4,7 @@
 //! itself (`ClusterInfo`) and what it exports (`Export`, `PortSpec`, `Endpoint`). No Kubernetes
 //! types, no I/O: the file source and the Kubernetes source translate into these, the broker
 //! stores them, and `app` translates them into the gateway's and the DNS server's own inputs.
+//! `bounds` holds every field's documented bound and the checks the broker applies.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +13,10 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+pub mod bounds;
+
+pub use bounds::Escaped;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,10 +126,12 @@ impl ServiceKey {
     }
 }
 
-/// Displayed as users type it: `namespace/name`.
+/// Displayed as users type it: `namespace/name`. A key from the wire may be anything until
+/// it is checked, so both parts are [`Escaped`]: a newline in a name never starts a line of
+/// the log (valid keys display unchanged).
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        write!(f, "{}/{}", Escaped(&self.namespace), Escaped(&self.name))
     }
 }
 

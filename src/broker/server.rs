@@ -340,8 +340,8 @@ impl StateDriver {
                     if self.local.handle_start(&cert) {
                         self.store.set_presence(&cert, true)?;
                     }
-                    // Ownership is all that can refuse a Hello, and it does not depend on the
-                    // state: recomputing after a conflict cannot turn it into a refusal.
+                    // Ownership and bounds are all that can refuse a Hello, and neither depends
+                    // on the state: recomputing after a conflict cannot turn it into a refusal.
                     let changes =
                         self.commit_with(|s| s.handle_hello(&cert, &hello).unwrap_or_default())?;
                     for change in &changes {

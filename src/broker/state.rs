@@ -2,7 +2,8 @@
 //! out, and what a reconnecting gateway missed.
 //!
 //! A cluster's certificate decides which records it may write; a Hello or Publish that claims
-//! another cluster is [`Rejected`], as is a Publish over the [`StateConfig`] limits. A Publish
+//! another cluster is [`Rejected`], as is a Publish over the [`StateConfig`] limits and a Hello
+//! or Publish with a field out of its bound (`model::bounds`, checked here). A Publish
 //! carries the cluster's full export set and is diffed into [`Change`]s. Each change advances
 //! the revision by one; the last `log_capacity` changes are kept so a gateway resuming from a
 //! recent revision gets a Delta instead of a Snapshot.
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Rejected;
 use crate::broker::store::Persisted;
-use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey};
+use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey, bounds};
 use crate::sync::wire::{Change, Hello, Publish, Snapshot};
 
 /// How many recent changes are kept for resuming gateways: at ~10 changes per cluster
@@ -199,6 +200,7 @@ impl BrokerState {
     /// once the changes are applied.
     pub fn handle_hello(&self, cert: &ClusterId, hello: &Hello) -> Result<Vec<Change>, Rejected> {
         check_owner(cert, &hello.cluster.id)?;
+        bounds::check_cluster(&hello.cluster).map_err(Rejected::OutOfBounds)?;
         let mut changes = vec![];
         if self.records.clusters.get(cert) != Some(&hello.cluster) {
             changes.push(Change::UpsertCluster(hello.cluster.clone()));
@@ -303,7 +305,7 @@ impl BrokerState {
             let service = &export.service;
             if ServiceKey::new(service.namespace.as_str(), service.name.as_str()).is_err() {
                 return Err(Rejected::InvalidService {
-                    service: service.clone(),
+                    service: bounds::clipped_key(service),
                 });
             }
             if !seen.insert(service) {
@@ -311,6 +313,7 @@ impl BrokerState {
                     service: service.clone(),
                 });
             }
+            bounds::check_export(cert.as_str(), export).map_err(Rejected::OutOfBounds)?;
         }
         let mut sorted: Vec<&Export> = publish.exports.iter().collect();
         sorted.sort_by(|a, b| a.service.cmp(&b.service));

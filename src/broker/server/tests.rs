@@ -940,3 +940,81 @@ async fn gateways_resync_without_ghosts_after_the_broker_lost_its_history() {
     .await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn out_of_bounds_fields_are_refused_to_the_sender_and_never_forwarded() {
+    use crate::model::bounds::{Field, Problem, Violation};
+    let pki = Pki::new();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let config = || certs::client_config(&pki.path("c1")).unwrap();
+
+    // A Hello with a 4 MB region is refused, and the session ends.
+    let mut huge = cluster("c1");
+    huge.region = Some("r".repeat(4 << 20));
+    let (_conn, mut recv, _send, mut decoder) = raw_session(config(), broker.addr, &[hello(huge)])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut recv, &mut decoder).await,
+        BrokerMessage::Rejected {
+            reason: RejectReason::OutOfBounds(Violation {
+                service: None,
+                field: Field::Region,
+                problem: Problem::TooLong {
+                    len: 4 << 20,
+                    max: 63
+                },
+            })
+        }
+    );
+
+    // c2 watches; c1 publishes an export with port 0, then a valid one.
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    c2.wait_for("c2 to connect", |s| s.connected).await;
+    let mut zero = export("web", "10.0.0.1");
+    zero.ports[0].port = 0;
+    let publish = |exports: Vec<Export>| {
+        ClientMessage::Publish(Publish {
+            cluster: id("c1"),
+            exports,
+        })
+    };
+    let (_conn, mut recv, mut send, mut decoder) = raw_session(
+        config(),
+        broker.addr,
+        &[hello(cluster("c1")), publish(vec![zero])],
+    )
+    .await
+    .unwrap();
+    let BrokerMessage::Snapshot(snapshot) = next_message(&mut recv, &mut decoder).await else {
+        panic!("expected a snapshot")
+    };
+    let (reply, _) = next_non_delta(&mut recv, &mut decoder, snapshot.revision).await;
+    assert_eq!(
+        reply,
+        BrokerMessage::Rejected {
+            reason: RejectReason::OutOfBounds(Violation {
+                service: Some(ServiceKey::new("shop", "web").unwrap()),
+                field: Field::Port,
+                problem: Problem::OutOfRange {
+                    value: 0,
+                    min: 1,
+                    max: 65_535
+                },
+            })
+        }
+    );
+    send.write_all(&wire::encode(&publish(vec![export("api", "10.0.0.2")])).unwrap())
+        .await
+        .unwrap();
+    // The broker handles one session's messages in order: by the time api reaches c2, web
+    // would have.
+    let state = c2
+        .wait_for("c1's api", |s| has_export(s, "c1", "api"))
+        .await;
+    assert!(
+        !has_export(&state, "c1", "web"),
+        "the refused export was forwarded"
+    );
+    broker.stop().await;
+}
