@@ -84,7 +84,7 @@ async fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Messag
         .await
         .map_err(|e| format!("sending to {server}: {e}"))?;
     let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
+    let deadline = crate::clock::tokio_now() + LOOKUP_TIMEOUT;
     loop {
         let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
             .await

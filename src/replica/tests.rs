@@ -194,13 +194,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let deadline = crate::clock::tokio_now() + DEADLINE;
     loop {
         if let Some(t) = check().await {
             return t;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
+            crate::clock::tokio_now() < deadline,
             "timed out waiting: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -62,12 +62,12 @@ fn pods_json(ready: bool) -> Value {
 
 /// Polls `check` every 20 ms until it holds, for at most 10 s.
 async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = crate::clock::tokio_now() + Duration::from_secs(10);
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        assert!(crate::clock::tokio_now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
