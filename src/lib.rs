@@ -63,3 +63,5 @@ pub mod select;
 pub mod source;
 pub mod status;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod testing;

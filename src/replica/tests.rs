@@ -20,6 +20,7 @@ use crate::admin::lookup::lookup;
 use crate::admin::{Sources, ViewPublisher};
 use crate::model::ClusterId;
 use crate::status::GatewayInfo;
+use crate::testing::eventually_async as eventually;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -185,25 +186,6 @@ fn replica_config(from: SocketAddr) -> ReplicaConfig {
         // Short holds, so that a stopped gateway's admin port shuts down quickly.
         wait: Duration::from_millis(300),
         udp_sockets: Some(2),
-    }
-}
-
-/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] saying `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = crate::clock::tokio_now() + DEADLINE;
-    loop {
-        if let Some(t) = check().await {
-            return t;
-        }
-        assert!(
-            crate::clock::tokio_now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
