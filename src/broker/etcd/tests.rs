@@ -333,6 +333,7 @@ async fn load(members: &[String]) -> Persisted {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (tests/install-deps.sh installs it; tests/run.sh runs it)"]
 async fn gateway_fails_over_between_replicas_and_every_change_arrives_once() {
     tokio::time::timeout(TEST_DEADLINE, fail_over_between_replicas())
         .await
@@ -459,6 +460,7 @@ async fn fail_over_between_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (tests/install-deps.sh installs it; tests/run.sh runs it)"]
 async fn replicas_agree_on_leases_and_withhold_a_gone_cluster_once() {
     tokio::time::timeout(TEST_DEADLINE, agree_on_leases())
         .await
@@ -537,6 +539,7 @@ async fn agree_on_leases() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (tests/install-deps.sh installs it; tests/run.sh runs it)"]
 async fn a_replica_cut_off_across_a_compaction_ends_with_every_change() {
     tokio::time::timeout(TEST_DEADLINE, catch_up_past_a_compaction())
         .await
