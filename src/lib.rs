@@ -40,6 +40,11 @@
 //! - `app` (may import: model, clock, select, health, sync, answers, changes, replica, status,
 //!   source, admin, cli): the gateway daemon's wiring: source → broker, broker → tunnels and
 //!   DNS.
+//!
+//! Test-only modules, which may import anything:
+//! - `testing`: shared test support (deadline polling, PKI, sync clients).
+//! - `sim`: the deterministic simulation of a clusterset (seeded; invariants every step).
+//! - `module_deps`: checks the map above against the code.
 
 pub mod admin;
 pub mod answers;
@@ -60,6 +65,8 @@ pub mod model;
 mod module_deps;
 pub mod replica;
 pub mod select;
+#[cfg(test)]
+mod sim;
 pub mod source;
 pub mod status;
 pub mod sync;
