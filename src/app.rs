@@ -21,7 +21,8 @@ use crate::answers::{
 };
 use crate::cli::{GatewayArgs, SourceSpec};
 use crate::model::{ClusterId, ClusterInfo};
-use crate::sync::quic::{SyncConfig, SyncState, spawn_client};
+use crate::sync::proto::SyncState;
+use crate::sync::quic::{SyncConfig, spawn_client};
 
 /// Loads the gateway's WireGuard private key from `dir/wg.key` (base64, as `wg genkey` writes
 /// it), or generates and saves one, so that a restart keeps the identity peers know.
@@ -179,7 +180,7 @@ pub async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyh
     let mut synced = spawn_client(sync_config, info, local.clone(), shutdown.clone())
         .context("starting the broker client")?;
     let (mut admin_view, admin_view_rx) = crate::admin::ViewPublisher::new(me.clone());
-    let admin_info = crate::admin::GatewayInfo {
+    let admin_info = crate::status::GatewayInfo {
         brokers: args.brokers.clone(),
         dns_listen: dns.local_addr(),
         dns_zone: args.dns_zone.clone(),

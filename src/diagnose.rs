@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::api::{DnsAnswer, PeerState, Status};
+use crate::status::api::{DnsAnswer, PeerState, Status};
 
 /// WireGuard rejects a session older than this (REJECT_AFTER_TIME, whitepaper §6.1): a
 /// healthy peer with traffic or keepalives re-handshakes well within it.
@@ -374,7 +374,7 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::api::{
+    use crate::status::api::{
         AddressMapping, BrokerStatus, ClusterStatus, DnsStatus, PeerStatus, ServiceHealth,
         ServiceStatus,
     };

@@ -8,11 +8,11 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::admin::GatewayView;
-use crate::admin::api::{Candidate, DnsAnswer, Explanation};
 use crate::answers::{exports_by_service, localities, rank_service};
 use crate::model::ServiceKey;
 use crate::select::{Excluded, Rank, Rtt, Tier, Verdict};
+use crate::status::GatewayView;
+use crate::status::api::{Candidate, DnsAnswer, Explanation};
 
 /// Why a name cannot be explained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,19 +1,69 @@
 //! `causeway status`: the status document of a gateway ([`build`], pure, called by the admin
 //! server with its view and live counters) and its rendering as tables ([`render`]) for the
-//! CLI, which fetches it from `/api/v1/status`.
+//! CLI, which fetches it from `/api/v1/status`. Also owns what that document and `explain`
+//! are computed from, the gateway loop's [`GatewayView`] and [`GatewayInfo`], and the admin
+//! API's JSON documents themselves (`api`).
+
+pub mod api;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::admin::api::{
+use crate::answers::{exports_by_service, localities, rank_service};
+use crate::model::{ClusterId, Export};
+use crate::select::Health;
+use crate::select::Verdict;
+use crate::status::api::{
     AddressMapping, BrokerStatus, ClusterStatus, DnsStatus, PeerState, PeerStatus, ServiceHealth,
     ServiceStatus, Status,
 };
-use crate::admin::{GatewayInfo, GatewayView};
-use crate::answers::{exports_by_service, localities, rank_service};
-use crate::select::Verdict;
+use crate::sync::proto::SyncState;
+
+/// What the gateway loop knows, published to the admin server on every change.
+#[derive(Debug, Clone)]
+pub struct GatewayView {
+    pub cluster: ClusterId,
+    /// This cluster's exports, from its source.
+    pub local: Vec<Export>,
+    /// The broker link and the last synced view.
+    pub sync: SyncState,
+    /// What this gateway's tunnel probes say of the other clusters.
+    pub health: Health,
+    /// When the synced view last changed (its revision moved); `None` before the first sync.
+    pub last_update: Option<Instant>,
+}
+
+impl GatewayView {
+    /// Before anything is known.
+    pub fn new(cluster: ClusterId) -> Self {
+        Self {
+            cluster,
+            local: Vec::new(),
+            sync: SyncState::default(),
+            health: Health::default(),
+            last_update: None,
+        }
+    }
+
+    /// Whether a full view from the broker has been loaded in this process (it is kept, and
+    /// served, when the broker goes away later).
+    pub fn synced(&self) -> bool {
+        self.last_update.is_some()
+    }
+}
+
+/// The gateway's fixed facts, for the status document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayInfo {
+    pub brokers: Vec<SocketAddr>,
+    /// Where DNS listens (the bound address).
+    pub dns_listen: SocketAddr,
+    pub dns_zone: String,
+    pub clusterset_zone: Option<String>,
+    pub tunnel_mtu: u16,
+}
 
 /// What the admin server measured for one request, beside the view.
 #[derive(Debug, Clone, Default)]

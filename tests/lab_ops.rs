@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use causeway::admin::api::{Explanation, PeerState, Status};
 use causeway::diagnose::Report;
+use causeway::status::api::{Explanation, PeerState, Status};
 use causeway_netlab::cluster::service_yaml;
 use causeway_netlab::lab::{Lab, LabSpec};
 use causeway_netlab::story;

@@ -74,7 +74,7 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let started = tokio::time::Instant::now();
+        let started = crate::clock::now();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let snapshot = self.current.load_full();
         let mut sections = Sections {

@@ -7,6 +7,7 @@
 //! model: `app.rs` in the `causeway` package translates into [`ServiceRecords`].
 //!
 //! Module map:
+//! - `clock`: the package's one clock read (public for the package's own tests and benches).
 //! - `zone`: pure: the [`Snapshot`] (names → records, built in `zone/build.rs`) and
 //!   query → [`Answer`] (RFC 1034/2308/2782/8482), rotating within preference groups.
 //! - `handler`: the hickory `RequestHandler` adapter: converts types, forwards out-of-zone
@@ -18,6 +19,8 @@
 //! - `udp`: batched UDP (`recvmmsg`/`sendmmsg` into preallocated buffers) for the server's
 //!   receive threads; the crate's only `unsafe`.
 
+#[doc(hidden)]
+pub mod clock;
 mod handler;
 mod server;
 mod stats;

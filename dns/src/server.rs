@@ -206,7 +206,7 @@ impl UdpLoop {
                     continue;
                 }
             }
-            let received = tokio::time::Instant::now();
+            let received = crate::clock::now();
             self.answer(&mut batch);
             let (skipped, error) = batch.send(self.socket.as_fd());
             if let Some(error) = error {

@@ -150,7 +150,7 @@ impl Driver {
             let wake = self.prober.poll_timeout().map(|(at, _why)| at);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = sleep_until(wake) => self.prober.handle_timeout(now()),
+                _ = sleep_until(wake) => self.prober.handle_timeout(crate::clock::now()),
                 Some(command) = commands.recv() => self.handle_command(command).await,
                 ready = self.tun.readable() => {
                     let mut guard = match ready {
@@ -235,7 +235,7 @@ impl Driver {
             coalescer: &mut self.coalescer,
         };
         while let Some((peer, id)) = self.plane.poll_probe_reply() {
-            self.prober.handle_reply(peer, id, now());
+            self.prober.handle_reply(peer, id, crate::clock::now());
         }
         while let Some(probe) = self.prober.poll_probe() {
             self.plane.send_probe(&probe.peer, probe.id, &mut io);
@@ -267,7 +267,8 @@ impl Driver {
                     Ok(desired) => self.routes.apply(&desired).await,
                     Err(rejected) => Err(rejected.into()),
                 };
-                self.prober.set_targets(self.plane.peer_keys(), now());
+                self.prober
+                    .set_targets(self.plane.peer_keys(), crate::clock::now());
                 let health = self.prober.health();
                 self.health.send_if_modified(|current| {
                     let membership_changed = !current.keys().eq(health.keys());
@@ -300,12 +301,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// The shell's one clock read, as the cores' `std` instant (tokio's clock, so that
-/// `tokio::time::pause` works).
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Sleeps until `at`, or forever without a deadline.

@@ -19,8 +19,11 @@
 //! - `fuzzing`: entry points for `tests/fuzz/` (public with the `fuzzing` feature).
 //! - `device`: the tokio shell — TUN device, UDP socket, netlink, 250 ms timer tick, prober
 //!   timer.
+//! - `clock`: the package's one clock read (public for the package's own tests).
 //! - this file: the public API ([`start`], [`Handle`]) and its types.
 
+#[doc(hidden)]
+pub mod clock;
 mod dataplane;
 mod device;
 #[cfg(feature = "fuzzing")]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use anyhow::{Context as _, bail};
 use serde::de::DeserializeOwned;
 
-use crate::admin::api::ApiError;
 use crate::http::get;
+use crate::status::api::ApiError;
 
 /// `GET path` and parse the body as `T`; a non-2xx answer is an error carrying the server's
 /// message.

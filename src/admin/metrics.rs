@@ -44,8 +44,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::admin::api::{PeerState, ServiceHealth, Status};
 use crate::model::ServiceKey;
+use crate::status::api::{PeerState, ServiceHealth, Status};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -344,7 +344,7 @@ impl Collector for Scrape {
             vec![(vec![], f64::from(u8::from(s.ready)))],
         )?;
 
-        let peer = |p: &crate::admin::api::PeerStatus| {
+        let peer = |p: &crate::status::api::PeerStatus| {
             p.cluster
                 .clone()
                 .unwrap_or_else(|| format!("unknown:{}", p.endpoint))
@@ -569,7 +569,7 @@ impl Collector for Scrape {
             None,
             vec![(vec![], s.clusters.len() as f64)],
         )?;
-        let by_health = |services: &[crate::admin::api::ServiceStatus]| {
+        let by_health = |services: &[crate::status::api::ServiceStatus]| {
             [
                 ServiceHealth::Healthy,
                 ServiceHealth::Degraded,

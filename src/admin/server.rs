@@ -16,11 +16,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::admin::api::{ApiError, Explanation, Status};
 use crate::admin::lookup::lookup;
 use crate::admin::metrics::{self, Recorders, Scrape};
-use crate::admin::{GatewayInfo, GatewayView, Sources, link_mtu, readiness};
+use crate::admin::{Sources, link_mtu, readiness};
 use crate::explain::{ExplainError, explain, parse_name};
+use crate::status::api::{ApiError, Explanation, Status};
+use crate::status::{GatewayInfo, GatewayView};
 use crate::status::{Live, build};
 
 /// A running admin server.

@@ -11,10 +11,11 @@ use causeway_gateway::{DeviceStats, HealthState, PeerHealth, PeerStats};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::admin::api::{Explanation, PeerState, ServiceHealth};
 use crate::cli::{ExplainType, OutputFormat};
 use crate::diagnose::Report;
 use crate::model::{ClusterInfo, Endpoint, ServiceKey};
+use crate::status::GatewayInfo;
+use crate::status::api::{self, Explanation, PeerState, ServiceHealth};
 use crate::sync::proto::ClusterSetView;
 
 fn id(s: &str) -> ClusterId {

@@ -17,8 +17,10 @@ use super::http::{RecordsFeed, RecordsPublisher};
 use super::proto::AdminUrl;
 use super::run::{Replica, ReplicaConfig, start};
 use crate::admin::lookup::lookup;
-use crate::admin::{GatewayInfo, Sources, ViewPublisher};
+use crate::admin::{Sources, ViewPublisher};
 use crate::model::ClusterId;
+use crate::status::GatewayInfo;
+use crate::testing::eventually_async as eventually;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -184,25 +186,6 @@ fn replica_config(from: SocketAddr) -> ReplicaConfig {
         // Short holds, so that a stopped gateway's admin port shuts down quickly.
         wait: Duration::from_millis(300),
         udp_sockets: Some(2),
-    }
-}
-
-/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] saying `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(t) = check().await {
-            return t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

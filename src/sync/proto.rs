@@ -8,6 +8,7 @@
 //! (stale, not empty). [`Backoff`] paces reconnects. The shell is `sync/quic.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey};
@@ -330,6 +331,23 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
+}
+
+/// What the gateway knows of the broker link and the clusterset: the QUIC shell
+/// (`sync::quic::spawn_client`) publishes it on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The clusterset as last synced (this cluster included); kept while disconnected.
+    pub view: ClusterSetView,
+    /// Connected to a broker and up to date with it.
+    pub connected: bool,
+    /// The broker of the current connection, or of the last attempt.
+    pub broker: Option<SocketAddr>,
+    /// Why the last connection attempt or connection failed; `None` once a connection is live.
+    pub last_error: Option<String>,
+    /// The broker's last refusal of our Hello or Publish (e.g. an address claim the plan
+    /// forbids), until a later Hello is accepted.
+    pub rejected: Option<String>,
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::certs::{self, BROKER_SERVER_NAME};
 use crate::model::{ClusterInfo, Export};
 use crate::sync::Error;
-use crate::sync::proto::{Backoff, ClusterSession, ClusterSetView, SessionEvent};
+use crate::sync::proto::{Backoff, ClusterSession, SessionEvent, SyncState};
 use crate::sync::wire::{self, BrokerMessage, Decoder};
 
 /// The first reconnect delay; doubles up to `SyncConfig::reconnect_backoff_max`.
@@ -46,22 +46,6 @@ pub struct SyncConfig {
     pub tls_dir: PathBuf,
     /// The longest wait between reconnect attempts.
     pub reconnect_backoff_max: Duration,
-}
-
-/// What the gateway knows, published on every change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncState {
-    /// The clusterset as last synced (this cluster included); kept while disconnected.
-    pub view: ClusterSetView,
-    /// Connected to a broker and up to date with it.
-    pub connected: bool,
-    /// The broker of the current connection, or of the last attempt.
-    pub broker: Option<SocketAddr>,
-    /// Why the last connection attempt or connection failed; `None` once a connection is live.
-    pub last_error: Option<String>,
-    /// The broker's last refusal of our Hello or Publish (e.g. an address claim the plan
-    /// forbids), until a later Hello is accepted.
-    pub rejected: Option<String>,
 }
 
 /// Starts the sync client; it runs until `shutdown` is cancelled. Must be called inside a

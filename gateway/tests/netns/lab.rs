@@ -493,12 +493,12 @@ pub fn tcp_transfer_seen_from(
 
 /// Polls `check` until it returns true or [`DEADLINE`] passes.
 pub fn poll(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let deadline = causeway_gateway::clock::tokio_now() + DEADLINE;
     loop {
         if check()? {
             return Ok(());
         }
-        if tokio::time::Instant::now() > deadline {
+        if causeway_gateway::clock::tokio_now() > deadline {
             bail!("timed out waiting for: {what}");
         }
         thread::sleep(Duration::from_millis(100));
