@@ -136,6 +136,21 @@ pub fn explain(
                     format!("{} is unreachable through its tunnel", d.cluster)
                 }
             };
+            // A remote address is the global one this cluster reaches it through.
+            let through = (d.cluster != *me)
+                .then(|| view.sync.view.clusters.get(&d.cluster))
+                .flatten()
+                .and_then(|c| {
+                    c.global.iter().find_map(|a| {
+                        let local = a.to_local(d.address)?;
+                        Some(format!(
+                            " (its {local}, reached as {} through {}'s global range {} for {})",
+                            d.address, d.cluster, a.global, a.local
+                        ))
+                    })
+                })
+                .unwrap_or_default();
+            let place = place + &through;
             let why = match (d.verdict, group) {
                 (Verdict::Answered, Some(g)) => format!("answered in group {g}: {place}"),
                 (Verdict::Answered, None) => format!("answered: {place}"),
