@@ -62,6 +62,7 @@ fn cluster(name: &str) -> ClusterInfo {
         cidrs: vec!["10.101.0.0/16".parse().expect("a CIDR")],
         region: None,
         zone: None,
+        global: vec![],
     }
 }
 

@@ -15,8 +15,18 @@
 //! passed in; a restart of the broker starts every cluster's lease afresh (the broker cannot
 //! know how long a cluster was gone while it was down).
 //!
+//! One cluster, one writer ([`writers`]): of several sessions presenting the same cluster's
+//! certificate, only the one holding the writer's seat has its Hello and Publish applied. A
+//! live incumbent keeps the seat and a newcomer is refused
+//! ([`Rejected::DuplicateSession`]); a newcomer takes the seat only from an incumbent whose
+//! connection stayed silent through a liveness probe (a gateway restarted after a crash), and
+//! the silent session is fenced (ended; nothing it sent later applies). Across replicas a
+//! newcomer is refused while another replica holds a session of the cluster.
+//!
 //! No I/O: the shell (`broker/server.rs`) persists the changes that `handle_*` returns through a
 //! `Store`, then calls [`BrokerState::apply`], then broadcasts.
+
+pub mod writers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
