@@ -1007,6 +1007,7 @@ async fn session_loop(
             .into_iter()
             .collect(),
         observed: Some(conn.remote_address().ip().to_canonical()),
+        certified: peer.locality.clone(),
     };
     let (reply, mut replies) = mpsc::channel(SESSION_QUEUE);
     let mut reply = Some(reply);
@@ -1119,6 +1120,7 @@ fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, certs::CertEr
     Ok(PeerIdentity {
         cluster: certs::cluster_id_from_cert(leaf)?,
         serial: certs::cert_serial(leaf)?,
+        locality: certs::locality_from_cert(leaf)?,
     })
 }
 

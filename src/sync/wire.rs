@@ -188,6 +188,10 @@ pub enum RejectReason {
         cluster: ClusterId,
         incumbent: Incumbent,
     },
+    /// The Hello's region or zone is not the one the clusterset vouches for (the cluster's
+    /// certificate, or the broker's `--locality`; `model::locality`). Appended.
+    #[error("locality: {0}")]
+    Locality(crate::model::locality::LocalityRefusal),
 }
 
 /// Where the session that keeps a cluster's writer's seat is, in a

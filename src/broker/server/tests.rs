@@ -1292,3 +1292,73 @@ async fn restarted_gateway_takes_over_from_its_silent_old_session() {
     drop(old);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn locality_is_the_one_the_certificate_vouches_for() {
+    use crate::model::Locality;
+    use crate::model::locality::{LocalityRefusal, Voucher};
+    let pki = Pki::new();
+    let eu_a = Locality {
+        region: Some("eu".into()),
+        zone: Some("eu-a".into()),
+    };
+    certs::issue_cluster_at(&pki.path("ca"), &id("c1"), &eu_a, &pki.path("c1-eu-a")).unwrap();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let mut observer = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    observer.wait_for("c2 to connect", |s| s.connected).await;
+    let claiming = |region: &str, zone: &str| ClusterInfo {
+        region: Some(region.into()),
+        zone: Some(zone.into()),
+        ..cluster("c1")
+    };
+
+    // c1 claims c2's zone: refused with the reason, never forwarded.
+    let config = certs::client_config(&pki.path("c1-eu-a")).unwrap();
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(claiming("us", "us-a"))])
+            .await
+            .unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
+    let BrokerMessage::Rejected {
+        reason: RejectReason::Locality(LocalityRefusal::Differs { vouched, by, .. }),
+    } = reply
+    else {
+        panic!("expected a locality refusal, got {reply:?}");
+    };
+    assert_eq!((vouched, by), (eu_a.clone(), Voucher::Certificate));
+
+    // A certificate without a locality vouches for none: claiming one is refused too.
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(claiming("eu", "eu-a"))])
+            .await
+            .unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
+    assert!(
+        matches!(
+            reply,
+            BrokerMessage::Rejected {
+                reason: RejectReason::Locality(LocalityRefusal::Unvouched { .. })
+            }
+        ),
+        "{reply:?}"
+    );
+
+    // The certified locality is accepted and reaches the other gateways.
+    let mut c1 = client(
+        &pki,
+        "c1-eu-a",
+        claiming("eu", "eu-a"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    c1.wait_for("c1 to connect", |s| s.connected).await;
+    let state = observer
+        .wait_for("c1 with its certified locality", |s| {
+            has_export(s, "c1", "web")
+        })
+        .await;
+    let info = &state.view.clusters[&id("c1")];
+    assert_eq!(Locality::of(info), eu_a);
+    broker.stop().await;
+}
