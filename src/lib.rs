@@ -18,6 +18,7 @@
 //! - `status`, `explain`, `diagnose`: what the operator commands compute and print (pure).
 //! - `inspect`: the CLI shell of `status`, `explain`, `diagnose` (reads the admin port).
 //! - `replica`: `causeway dns`, a DNS-only replica fed by a gateway's records long poll.
+//! - `fuzzing`: entry points for `tests/fuzz/` (public with the `fuzzing` feature).
 
 pub mod admin;
 pub mod app;
@@ -29,6 +30,10 @@ pub mod clock;
 pub mod conflict;
 pub mod diagnose;
 pub mod explain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+#[cfg(all(test, not(feature = "fuzzing")))]
+mod fuzzing;
 pub mod health;
 pub mod inspect;
 pub mod model;
