@@ -26,7 +26,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::clock;
-use crate::model::{ClusterId, IdError};
+use crate::model::{ClusterId, IdError, Locality};
 
 /// The ALPN protocol of the sync protocol, version 1.
 pub const ALPN: &[u8] = b"causeway/1";
@@ -34,6 +34,10 @@ pub const ALPN: &[u8] = b"causeway/1";
 pub const BROKER_SERVER_NAME: &str = "broker.causeway";
 /// The SAN URI prefix that names a cluster in its certificate.
 pub const CLUSTER_URI_PREFIX: &str = "causeway://cluster/";
+/// The SAN URI prefixes of the region and zone a cluster's certificate vouches for
+/// (`model::locality`).
+pub const REGION_URI_PREFIX: &str = "causeway://region/";
+pub const ZONE_URI_PREFIX: &str = "causeway://zone/";
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
@@ -117,6 +121,13 @@ pub enum CertError {
     ManyClusterIds,
     #[error("certificate names an invalid cluster id")]
     BadClusterId(#[source] IdError),
+    #[error("certificate names more than one {what}")]
+    ManyLocalities { what: &'static str },
+    #[error("invalid {what} {problem}")]
+    BadLocality {
+        what: &'static str,
+        problem: crate::model::bounds::Problem,
+    },
     #[error("{path} is not the key of the certificate beside it (files being replaced?)")]
     KeyMismatch { path: PathBuf },
     #[error("{path} is a certificate of cluster {found}, not {expected}")]
@@ -150,9 +161,22 @@ pub fn init_ca(out: &Path) -> Result<(), CertError> {
     write_new(&out.join(CA_CERT), cert.pem().as_bytes(), 0o644, true)
 }
 
-/// Issues a cluster's certificate (client auth) into `out`: `ca.crt`, `tls.crt`, `tls.key`.
+/// Issues a cluster's certificate (client auth), vouching for no locality, into `out`:
+/// `ca.crt`, `tls.crt`, `tls.key`.
 pub fn issue_cluster(ca_dir: &Path, cluster: &ClusterId, out: &Path) -> Result<(), CertError> {
-    let issued = sign(ca_dir, cluster_params(cluster)?)?;
+    issue_cluster_at(ca_dir, cluster, &Locality::default(), out)
+}
+
+/// [`issue_cluster`], vouching for `locality` too: its region and zone become SAN URIs
+/// (`causeway://region/<r>`, `causeway://zone/<z>`), which the broker holds the cluster's
+/// Hello to.
+pub fn issue_cluster_at(
+    ca_dir: &Path,
+    cluster: &ClusterId,
+    locality: &Locality,
+    out: &Path,
+) -> Result<(), CertError> {
+    let issued = sign(ca_dir, cluster_params(cluster, locality)?)?;
     write_issued(&issued, out)
 }
 
@@ -185,7 +209,9 @@ pub fn rotate_cluster(
         });
     }
     let old_serial = cert_serial(&old[0])?;
-    let issued = sign(ca_dir, cluster_params(cluster)?)?;
+    // The new certificate vouches for what the old one did.
+    let locality = locality_from_cert(&old[0])?;
+    let issued = sign(ca_dir, cluster_params(cluster, &locality)?)?;
     let new_serial = cert_serial(
         &CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).map_err(|source| {
             CertError::Pem {
@@ -214,16 +240,30 @@ pub fn cert_serial(der: &[u8]) -> Result<String, CertError> {
     Ok(if trimmed.is_empty() { "0" } else { trimmed }.to_owned())
 }
 
-fn cluster_params(cluster: &ClusterId) -> Result<CertificateParams, CertError> {
+fn cluster_params(
+    cluster: &ClusterId,
+    locality: &Locality,
+) -> Result<CertificateParams, CertError> {
     let mut params = leaf_params();
     params
         .distinguished_name
         .push(DnType::CommonName, cluster.as_str());
-    params.subject_alt_names = vec![SanType::URI(
-        format!("{CLUSTER_URI_PREFIX}{cluster}")
-            .try_into()
-            .map_err(CertError::Generate)?,
-    )];
+    let mut uris = vec![format!("{CLUSTER_URI_PREFIX}{cluster}")];
+    for (what, prefix, value) in [
+        ("region", REGION_URI_PREFIX, &locality.region),
+        ("zone", ZONE_URI_PREFIX, &locality.zone),
+    ] {
+        if let Some(value) = value {
+            crate::model::bounds::label(value)
+                .map_err(|problem| CertError::BadLocality { what, problem })?;
+            uris.push(format!("{prefix}{value}"));
+        }
+    }
+    params.subject_alt_names = uris
+        .into_iter()
+        .map(|uri| uri.try_into().map(SanType::URI))
+        .collect::<Result<_, _>>()
+        .map_err(CertError::Generate)?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     Ok(params)
 }
@@ -350,6 +390,39 @@ pub fn cluster_id_from_cert(der: &[u8]) -> Result<ClusterId, CertError> {
         return Err(CertError::ManyClusterIds);
     }
     ClusterId::new(id).map_err(CertError::BadClusterId)
+}
+
+/// The region and zone a (verified) certificate vouches for: its `causeway://region/<r>` and
+/// `causeway://zone/<z>` SAN URIs, each at most once and a DNS label. Empty if it has none.
+pub fn locality_from_cert(der: &[u8]) -> Result<Locality, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| CertError::Parse)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| CertError::Parse)?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    let one = |what: &'static str, prefix: &str| -> Result<Option<String>, CertError> {
+        let mut values = uris.iter().filter_map(|uri| uri.strip_prefix(prefix));
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(CertError::ManyLocalities { what });
+        }
+        crate::model::bounds::label(value)
+            .map_err(|problem| CertError::BadLocality { what, problem })?;
+        Ok(Some(value.to_owned()))
+    };
+    Ok(Locality {
+        region: one("region", REGION_URI_PREFIX)?,
+        zone: one("zone", ZONE_URI_PREFIX)?,
+    })
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -496,7 +569,7 @@ pub(crate) mod testing {
         not_before: std::time::SystemTime,
         not_after: std::time::SystemTime,
     ) -> Result<(), CertError> {
-        let mut params = cluster_params(cluster)?;
+        let mut params = cluster_params(cluster, &Locality::default())?;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         write_issued(&sign(ca_dir, params)?, out)
@@ -510,7 +583,7 @@ pub(crate) mod testing {
         out: &Path,
     ) -> Result<(), CertError> {
         let key = KeyPair::generate().map_err(CertError::Generate)?;
-        let cert = cluster_params(cluster)?
+        let cert = cluster_params(cluster, &Locality::default())?
             .self_signed(&key)
             .map_err(CertError::Generate)?;
         write_issued(
@@ -620,6 +693,38 @@ mod tests {
         issue_broker(&ca, &dir.path().join("broker")).unwrap();
         server_config(&dir.path().join("broker")).unwrap();
         client_config(&out).unwrap();
+    }
+
+    #[test]
+    fn cluster_certificate_vouches_for_its_locality_and_rotation_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, out) = (dir.path().join("ca"), dir.path().join("c1"));
+        init_ca(&ca).unwrap();
+        let eu_a = Locality {
+            region: Some("eu".into()),
+            zone: Some("eu-a".into()),
+        };
+        issue_cluster_at(&ca, &id("c1"), &eu_a, &out).unwrap();
+        let leaf = |out: &Path| TlsFiles::load(out).unwrap().chain[0].clone();
+        assert_eq!(locality_from_cert(&leaf(&out)).unwrap(), eu_a);
+        assert_eq!(cluster_id_from_cert(&leaf(&out)).unwrap(), id("c1"));
+        rotate_cluster(&ca, &id("c1"), &out).unwrap();
+        assert_eq!(locality_from_cert(&leaf(&out)).unwrap(), eu_a, "rotated");
+
+        let plain = dir.path().join("plain");
+        issue_cluster(&ca, &id("c2"), &plain).unwrap();
+        assert_eq!(
+            locality_from_cert(&leaf(&plain)).unwrap(),
+            Locality::default()
+        );
+        let bad = Locality {
+            region: Some("EU west".into()),
+            zone: None,
+        };
+        assert!(matches!(
+            issue_cluster_at(&ca, &id("c3"), &bad, &dir.path().join("bad")),
+            Err(CertError::BadLocality { what: "region", .. })
+        ));
     }
 
     #[test]

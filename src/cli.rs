@@ -199,6 +199,13 @@ pub enum CertsCommand {
         /// Issue the broker's server certificate instead.
         #[arg(long)]
         broker: bool,
+        /// The region the certificate vouches for (a DNS label): the broker accepts a Hello
+        /// from this cluster only with exactly this --region.
+        #[arg(long, value_name = "REGION", conflicts_with = "broker")]
+        region: Option<String>,
+        /// The zone the certificate vouches for (a DNS label), as --region.
+        #[arg(long, value_name = "ZONE", conflicts_with = "broker")]
+        zone: Option<String>,
         /// Directory holding the CA (ca.crt, ca.key) made by `certs init`.
         #[arg(long, value_name = "DIR", default_value = "causeway-ca")]
         ca_dir: PathBuf,
@@ -226,7 +233,8 @@ pub enum CertsCommand {
 impl CertsCommand {
     /// Runs the command and says what it did, in a sentence for the operator.
     pub fn run(self) -> Result<String, crate::certs::CertError> {
-        use crate::certs::{init_ca, issue_broker, issue_cluster, rotate_cluster};
+        use crate::certs::{init_ca, issue_broker, issue_cluster_at, rotate_cluster};
+        use crate::model::Locality;
         Ok(match self {
             CertsCommand::Init { out } => {
                 init_ca(&out)?;
@@ -236,11 +244,14 @@ impl CertsCommand {
                 cluster: Some(id),
                 ca_dir,
                 out,
+                region,
+                zone,
                 ..
             } => {
-                issue_cluster(&ca_dir, &id, &out)?;
+                let locality = Locality { region, zone };
+                issue_cluster_at(&ca_dir, &id, &locality, &out)?;
                 format!(
-                    "Issued the certificate of cluster {id} into {}",
+                    "Issued the certificate of cluster {id} ({locality}) into {}",
                     out.display()
                 )
             }
@@ -343,6 +354,33 @@ pub struct BrokerArgs {
     /// advertise the address its broker session comes from.
     #[arg(long = "endpoint", value_name = "ID=IP", value_parser = parse_vouched_endpoint)]
     pub endpoints: Vec<(ClusterId, std::net::IpAddr)>,
+    /// A cluster's locality as the operator vouches for it, `ID=REGION[/ZONE]` (repeatable),
+    /// for a cluster whose certificate carries none (`certs issue --region --zone`). A Hello's
+    /// region and zone must equal what the certificate, else this list, vouches for; with
+    /// neither, a Hello may claim no locality.
+    #[arg(long = "locality", value_name = "ID=REGION[/ZONE]", value_parser = parse_vouched_locality)]
+    pub localities: Vec<(ClusterId, crate::model::Locality)>,
+}
+
+fn parse_vouched_locality(s: &str) -> Result<(ClusterId, crate::model::Locality), String> {
+    let (id, place) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=REGION[/ZONE]"))?;
+    let id = ClusterId::new(id).map_err(|e| e.to_string())?;
+    let (region, zone) = match place.split_once('/') {
+        Some((region, zone)) => (region, Some(zone)),
+        None => (place, None),
+    };
+    for value in std::iter::once(region).chain(zone) {
+        crate::model::bounds::label(value).map_err(|p| format!("{value:?}: {p}"))?;
+    }
+    Ok((
+        id,
+        crate::model::Locality {
+            region: Some(region.to_owned()),
+            zone: zone.map(str::to_owned),
+        },
+    ))
 }
 
 fn parse_vouched_endpoint(s: &str) -> Result<(ClusterId, std::net::IpAddr), String> {
@@ -374,6 +412,7 @@ impl BrokerArgs {
                         ..Default::default()
                     },
                     endpoints: self.endpoints.into_iter().collect(),
+                    localities: self.localities.into_iter().collect(),
                     ..Default::default()
                 },
                 max_message_bytes: self.max_message_bytes as usize,
@@ -932,5 +971,23 @@ mod tests {
             "x",
         ]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn broker_locality_list_takes_id_region_and_optional_zone() {
+        let table = [
+            ("c1=eu/eu-a", Some(("c1", Some("eu"), Some("eu-a")))),
+            ("c2=us", Some(("c2", Some("us"), None))),
+            ("c1=EU/eu-a", None),
+            ("c1", None),
+            ("c1=eu/", None),
+        ];
+        for (arg, expected) in table {
+            let got = parse_vouched_locality(arg).ok();
+            let got = got
+                .as_ref()
+                .map(|(id, l)| (id.as_str(), l.region.as_deref(), l.zone.as_deref()));
+            assert_eq!(got, expected, "{arg}");
+        }
     }
 }

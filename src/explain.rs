@@ -5,6 +5,7 @@
 //! The ranking is `answers::rank_service`, the very rule the DNS snapshot is built from, and every
 //! candidate carries `select`'s verdict and rank turned into words.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -23,6 +24,105 @@ pub enum ExplainError {
     NotAService { name: String, zone: String },
     #[error("no cluster exports {service}")]
     UnknownService { service: String },
+}
+
+/// What `GET /explain?name=NAME&type=A|AAAA|SRV` (the gateway's admin API) asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplainQuery {
+    pub name: String,
+    pub qtype: QueryType,
+    pub service: ServiceKey,
+}
+
+/// The record types `explain` looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryType {
+    A,
+    Aaaa,
+    Srv,
+}
+
+impl QueryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryType::A => "A",
+            QueryType::Aaaa => "AAAA",
+            QueryType::Srv => "SRV",
+        }
+    }
+}
+
+/// Why an explain query string was refused (the admin API answers 400 with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("missing ?name=")]
+    MissingName,
+    #[error("type \"{}\" is not one of A, AAAA, SRV", crate::model::Escaped(.0))]
+    BadType(String),
+    #[error(transparent)]
+    Name(#[from] ExplainError),
+}
+
+/// Parses the admin API's explain query string (`name=…&type=…`, `%XX` and `+` decoded, the
+/// first of repeated keys wins; type defaults to A, any case) against the zones served.
+pub fn parse_query(
+    query: &str,
+    zone: &str,
+    clusterset_zone: Option<&str>,
+) -> Result<ExplainQuery, QueryError> {
+    let params = query_params(query);
+    let name = params.get("name").ok_or(QueryError::MissingName)?;
+    let qtype = match params
+        .get("type")
+        .map(|t| t.to_ascii_uppercase())
+        .as_deref()
+    {
+        None | Some("A") => QueryType::A,
+        Some("AAAA") => QueryType::Aaaa,
+        Some("SRV") => QueryType::Srv,
+        Some(other) => return Err(QueryError::BadType(other.to_owned())),
+    };
+    let service = parse_name(name, zone, clusterset_zone)?;
+    Ok(ExplainQuery {
+        name: name.clone(),
+        qtype,
+        service,
+    })
+}
+
+/// `a=b&c=d` with `%XX` and `+` decoded; the first of repeated keys wins.
+fn query_params(query: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.entry(percent_decode(k))
+            .or_insert_with(|| percent_decode(v));
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The service a name asks for: `S.N.<zone>`, `S.N.svc.<clusterset zone>`, optionally behind

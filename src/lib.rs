@@ -40,6 +40,9 @@
 //! - `app` (may import: model, clock, select, health, sync, answers, changes, replica, status,
 //!   source, admin, cli): the gateway daemon's wiring: source → broker, broker → tunnels and
 //!   DNS.
+//! - `fuzzing` (may import: model, clock, broker, sync, source, explain): entry points for
+//!   `tests/fuzz/` (public with the `fuzzing` feature; replayed over the seed corpora by
+//!   `cargo test`).
 //!
 //! Test-only modules, which may import anything:
 //! - `testing`: shared test support (deadline polling, PKI, sync clients).
@@ -57,6 +60,10 @@ pub mod clock;
 pub mod conflict;
 pub mod diagnose;
 pub mod explain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+#[cfg(all(test, not(feature = "fuzzing")))]
+mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod inspect;

@@ -4,7 +4,8 @@
 //! itself (`ClusterInfo`) and what it exports (`Export`, `PortSpec`, `Endpoint`). No Kubernetes
 //! types, no I/O: the file source and the Kubernetes source translate into these, the broker
 //! stores them, and `app` translates them into the gateway's and the DNS server's own inputs.
-//! `bounds` holds every field's documented bound and the checks the broker applies.
+//! `bounds` holds every field's documented bound and the checks the broker applies;
+//! `locality` says whose word a cluster's region and zone rest on.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,9 +16,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod bounds;
+pub mod locality;
 pub mod plan;
 
 pub use bounds::Escaped;
+pub use locality::Locality;
 pub use plan::Allocation;
 
 /// Why an identifier was refused.

@@ -459,6 +459,7 @@ impl World {
                     broker: vec![],
                     // Each gateway's session comes from its own endpoint's address.
                     observed: Some(cluster_info(&cert, gw).wg_endpoint.ip()),
+                    certified: Default::default(),
                 },
             ) {
                 Ok(changes) => {

@@ -186,10 +186,13 @@ pub fn certs_init(bin: &Path, ca_dir: &Path) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertFor<'a> {
     Broker,
-    Cluster(&'a str),
+    /// A cluster, and the (region, zone) its certificate vouches for: the broker accepts its
+    /// gateway's `--region`/`--zone` only if they are exactly these.
+    Cluster(&'a str, Option<(&'a str, &'a str)>),
 }
 
-/// Runs `causeway certs issue (--broker | --cluster ID) --ca-dir CA --out DIR`.
+/// Runs `causeway certs issue (--broker | --cluster ID [--region R --zone Z]) --ca-dir CA
+/// --out DIR`.
 pub fn certs_issue(
     bin: &Path,
     ca_dir: &Path,
@@ -200,7 +203,10 @@ pub fn certs_issue(
     command.args(["certs", "issue"]);
     match subject {
         CertFor::Broker => command.arg("--broker"),
-        CertFor::Cluster(id) => command.args(["--cluster", id]),
+        CertFor::Cluster(id, None) => command.args(["--cluster", id]),
+        CertFor::Cluster(id, Some((region, zone))) => {
+            command.args(["--cluster", id, "--region", region, "--zone", zone])
+        }
     };
     command.arg("--ca-dir").arg(ca_dir).arg("--out").arg(out);
     ns::run_ok(&mut command, CERTS_TIMEOUT)

@@ -51,8 +51,9 @@ pub struct LabSpec {
     /// `/tmp/causeway-lab-<prefix>`. Cleared of a previous run's files on start.
     pub work_dir: Option<PathBuf>,
     pub clusters: usize,
-    /// `(region, zone)` per cluster number, passed to its gateway as `--region`/`--zone`;
-    /// clusters not listed get neither (the failover lab makes c1 nearer to c2 than c3).
+    /// `(region, zone)` per cluster number, vouched for by its certificate (`certs issue
+    /// --region --zone`) and passed to its gateway as `--region`/`--zone`; clusters not listed
+    /// get neither (the failover lab makes c1 nearer to c2 than c3).
     pub localities: BTreeMap<usize, (String, String)>,
     /// Distinct CIDRs per cluster, or kind's defaults in every cluster.
     pub addressing: Addressing,
@@ -550,7 +551,13 @@ impl Lab {
             cluster::certs_issue(
                 bin,
                 &ca,
-                CertFor::Cluster(&id),
+                CertFor::Cluster(
+                    &id,
+                    self.spec
+                        .localities
+                        .get(&c)
+                        .map(|(r, z)| (r.as_str(), z.as_str())),
+                ),
                 &self.cluster_dir(c).join("tls"),
             )?;
         }

@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use crate::admin::lookup::lookup;
 use crate::admin::metrics::{self, Recorders, Scrape};
 use crate::admin::{Sources, link_mtu, readiness};
-use crate::explain::{ExplainError, explain, parse_name};
+use crate::explain::{ExplainError, QueryType, explain, parse_query};
 use crate::status::api::{ApiError, Explanation, Status};
 use crate::status::{GatewayInfo, GatewayView};
 use crate::status::{Live, build};
@@ -182,39 +182,26 @@ fn api_error(code: StatusCode, error: String) -> Response {
 }
 
 async fn explain_json(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
-    let params = query_params(uri.query().unwrap_or(""));
-    let Some(name) = params.get("name") else {
-        return api_error(StatusCode::BAD_REQUEST, "missing ?name=".into());
-    };
-    let qtype_text = params
-        .get("type")
-        .map_or("A".to_owned(), |t| t.to_ascii_uppercase());
-    let qtype = match qtype_text.as_str() {
-        "A" => RecordType::A,
-        "AAAA" => RecordType::AAAA,
-        "SRV" => RecordType::SRV,
-        other => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                format!("type {other:?} is not one of A, AAAA, SRV"),
-            );
-        }
-    };
-    let service = match parse_name(
-        name,
+    let query = match parse_query(
+        uri.query().unwrap_or(""),
         &ctx.info.dns_zone,
         ctx.info.clusterset_zone.as_deref(),
     ) {
-        Ok(service) => service,
+        Ok(query) => query,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let answer = lookup(ctx.info.dns_listen, name, qtype).await;
+    let qtype = match query.qtype {
+        QueryType::A => RecordType::A,
+        QueryType::Aaaa => RecordType::AAAA,
+        QueryType::Srv => RecordType::SRV,
+    };
+    let answer = lookup(ctx.info.dns_listen, &query.name, qtype).await;
     let view = ctx.view.borrow().clone();
     let explained: Result<Explanation, ExplainError> = explain(
         &view,
-        &service,
-        name,
-        &qtype_text,
+        &query.service,
+        &query.name,
+        query.qtype.as_str(),
         answer,
         crate::clock::now(),
     );
@@ -224,54 +211,5 @@ async fn explain_json(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
             api_error(StatusCode::NOT_FOUND, e.to_string())
         }
         Err(e) => api_error(StatusCode::BAD_REQUEST, e.to_string()),
-    }
-}
-
-/// `a=b&c=d` with `%XX` and `+` decoded; the first of repeated keys wins.
-fn query_params(query: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.entry(percent_decode(k))
-            .or_insert_with(|| percent_decode(v));
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_strings_decode() {
-        let p = query_params("name=web.shop.svc.global&type=aaaa&x=%41%2b+b&name=second&bad=%zz%4");
-        assert_eq!(p["name"], "web.shop.svc.global");
-        assert_eq!(p["type"], "aaaa");
-        assert_eq!(p["x"], "A+ b");
-        assert_eq!(p["bad"], "%zz%4");
     }
 }

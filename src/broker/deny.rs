@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::model::{ClusterId, IdError};
+use crate::model::{ClusterId, IdError, Locality};
 
 /// Who a connection is, from its verified certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct PeerIdentity {
     pub cluster: ClusterId,
     /// The certificate's serial number, lowercase hex without separators.
     pub serial: String,
+    /// The region and zone the certificate vouches for (`model::locality`).
+    pub locality: Locality,
 }
 
 /// Why a peer is denied.
@@ -136,6 +138,7 @@ mod tests {
         PeerIdentity {
             cluster: ClusterId::new(cluster).unwrap(),
             serial: serial.into(),
+            locality: Locality::default(),
         }
     }
 

@@ -123,6 +123,11 @@ impl RemotePresence {
         self.held.remove(&(cluster.clone(), replica.to_owned()))
     }
 
+    /// Whether another replica holds a session of `cluster`.
+    pub fn has(&self, cluster: &ClusterId) -> bool {
+        self.held.iter().any(|(c, _)| c == cluster)
+    }
+
     /// The clusters with a session at another replica, once per replica.
     pub fn sessions(&self) -> impl Iterator<Item = &ClusterId> {
         self.held.iter().map(|(c, _)| c)

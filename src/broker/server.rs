@@ -11,7 +11,7 @@
 //! re-reads the deny list file when it changes; sessions it denies are closed at once.
 //! Decisions live in `broker::state` and `broker::deny`; this file only moves data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::broker::deny::{DenyList, PeerIdentity};
 use crate::broker::etcd::EtcdStore;
 use crate::broker::replica::{self, Follow, LocalPresence, RemotePresence};
+use crate::broker::state::writers::{self, Claim, LivenessProbe, Verdict, Writers};
 use crate::broker::state::{BrokerState, SessionOrigin, StateConfig};
 use crate::broker::store::{RedbStore, Store, StoreError, StoreEvent, StoreLocation};
 use crate::certs;
@@ -185,6 +186,10 @@ impl Broker {
                 pending_changes: 0,
                 local: LocalPresence::default(),
                 absent: vec![],
+                writers: Writers::default(),
+                held: BTreeMap::new(),
+                promoted: vec![],
+                reassert: BTreeSet::new(),
             }
             .run(command_rx)
         });
@@ -248,9 +253,16 @@ enum Command {
     Hello {
         session: u64,
         cert: ClusterId,
-        hello: Hello,
+        hello: Box<Hello>,
         origin: SessionOrigin,
         reply: mpsc::Sender<BrokerMessage>,
+        /// The state task asks the session to show its peer is alive (see `state::writers`).
+        probe: mpsc::Sender<()>,
+    },
+    /// The answer to a probe: whether the peer sent anything within `writers::PROBE_WINDOW`.
+    Liveness {
+        session: u64,
+        alive: bool,
     },
     Publish {
         session: u64,
@@ -273,6 +285,23 @@ enum Command {
 struct SessionHandle {
     cluster: ClusterId,
     reply: mpsc::Sender<BrokerMessage>,
+    probe: mpsc::Sender<()>,
+    /// What the session said, to write again if another replica's commit overwrote it.
+    hello: Hello,
+    origin: SessionOrigin,
+    /// Its last accepted publish.
+    publish: Option<Arc<Publish>>,
+}
+
+/// A session that said Hello, held while the cluster's current writer is probed.
+struct Held {
+    cert: ClusterId,
+    hello: Hello,
+    origin: SessionOrigin,
+    reply: mpsc::Sender<BrokerMessage>,
+    probe: mpsc::Sender<()>,
+    /// Its latest publish meanwhile, judged once it is admitted.
+    publish: Option<Publish>,
 }
 
 /// Owns the state and the store; one per broker.
@@ -285,7 +314,7 @@ struct StateDriver {
     /// Accepted publishes not stored yet, the latest per cluster (a publish is the full set, so
     /// it supersedes an earlier one): diffed against the state when stored, so that a diff
     /// recomputed after another replica's commit is still right.
-    pending: BTreeMap<ClusterId, Publish>,
+    pending: BTreeMap<ClusterId, Arc<Publish>>,
     /// The changes `pending` made when each was accepted (an estimate: diffs are computed
     /// again when stored), to bound a group commit.
     pending_changes: usize,
@@ -293,6 +322,15 @@ struct StateDriver {
     /// Clusters whose last session here ended: their presence keys are to be deleted.
     absent: Vec<ClusterId>,
     remote: RemotePresence,
+    /// One cluster, one writer (`state::writers`).
+    writers: Writers,
+    /// Newcomers waiting for a probe of their cluster's writer.
+    held: BTreeMap<u64, Held>,
+    /// Held newcomers whose incumbent ended: admit them.
+    promoted: Vec<u64>,
+    /// Clusters whose writer here must write its records again (another replica's commit
+    /// touched them).
+    reassert: BTreeSet<ClusterId>,
 }
 
 impl StateDriver {
@@ -314,6 +352,27 @@ impl StateDriver {
     }
 
     fn handle(&mut self, command: Command) -> Result<(), StoreError> {
+        self.handle_command(command)?;
+        self.settle()
+    }
+
+    /// Admits newcomers whose cluster's writer ended, and has writers write their records
+    /// again where another replica's commit overwrote them.
+    fn settle(&mut self) -> Result<(), StoreError> {
+        while !self.promoted.is_empty() || !self.reassert.is_empty() {
+            for session in std::mem::take(&mut self.promoted) {
+                if let Some(held) = self.held.remove(&session) {
+                    self.admit(session, held)?;
+                }
+            }
+            for cluster in std::mem::take(&mut self.reassert) {
+                self.write_again(&cluster)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_command(&mut self, command: Command) -> Result<(), StoreError> {
         if !matches!(
             command,
             Command::Publish { .. } | Command::Ack { .. } | Command::Store(_)
@@ -328,80 +387,71 @@ impl StateDriver {
                 hello,
                 origin,
                 reply,
-            } => match self.state.handle_hello(&cert, &hello, &origin) {
-                Err(reason) => {
+                probe,
+            } => {
+                if let Err(reason) = self.state.handle_hello(&cert, &hello, &origin) {
                     warn!(session, cluster = %cert, %reason, "Hello rejected");
                     let _ = reply.try_send(BrokerMessage::Rejected { reason });
+                    return Ok(());
                 }
-                Ok(_) => {
-                    // The other replicas learn of the session before its Hello's changes (they
-                    // read both in the store's order): one that sees the cluster restored
-                    // already counts its session, and does not withhold it again. Any pending
-                    // deletion of its presence goes first.
-                    self.publish_absence()?;
-                    if self.local.handle_start(&cert) {
-                        self.store.set_presence(&cert, true)?;
+                let held = Held {
+                    cert,
+                    hello: *hello,
+                    origin,
+                    reply,
+                    probe,
+                    publish: None,
+                };
+                let elsewhere = self.remote.has(&held.cert);
+                match self.writers.handle_claim(&held.cert, session, elsewhere) {
+                    Claim::Granted => self.admit(session, held)?,
+                    Claim::Probe { incumbent } => {
+                        info!(session, cluster = %held.cert, incumbent, "Another session claims a connected cluster; checking whether the current one is alive");
+                        self.held.insert(session, held);
+                        self.probe(incumbent);
                     }
-                    // Recomputed after losing a race to another replica, a Hello could turn into
-                    // a refusal (another cluster took the endpoint or the space it claims in
-                    // between); it then changes nothing, and is judged again on reconnect.
-                    let changes = self.commit_with(|s| {
-                        s.handle_hello(&cert, &hello, &origin).unwrap_or_default()
-                    })?;
-                    for change in &changes {
-                        if let Change::RestoreCluster { cluster, exports } = change {
-                            info!(%cluster, exports = exports.len(), "Cluster back; its exports are served again");
+                    Claim::Refused(reason) => {
+                        warn!(session, cluster = %held.cert, %reason, "Hello refused");
+                        let _ = held.reply.try_send(BrokerMessage::Rejected { reason });
+                    }
+                }
+            }
+            Command::Liveness { session, alive } => {
+                match self.writers.handle_liveness(session, alive) {
+                    None => {}
+                    Some(Verdict::Refuse { newcomer, reason }) => {
+                        if let Some(held) = self.held.remove(&newcomer) {
+                            warn!(session = newcomer, cluster = %held.cert, %reason, "Hello refused");
+                            let _ = held.reply.try_send(BrokerMessage::Rejected { reason });
                         }
                     }
-                    let catch_up = hello
-                        .resume
-                        .and_then(|r| self.state.changes_since(r.epoch, r.revision));
-                    let message = match catch_up {
-                        Some(changes) => BrokerMessage::Delta(Delta {
-                            epoch: self.state.epoch(),
-                            revision: self.state.revision(),
-                            changes,
-                        }),
-                        None => BrokerMessage::Snapshot(self.state.snapshot()),
-                    };
-                    let resumed = matches!(message, BrokerMessage::Delta(_));
-                    if reply.try_send(message).is_ok() {
-                        info!(session, cluster = %cert, resumed, "Cluster connected");
-                        self.state.handle_session_start(&cert, clock::now());
-                        self.sessions.insert(
-                            session,
-                            SessionHandle {
-                                cluster: cert,
-                                reply,
-                            },
-                        );
-                    } else if self.local.handle_end(&cert) {
-                        self.absent.push(cert);
+                    Some(Verdict::Fence {
+                        incumbent,
+                        newcomer,
+                    }) => {
+                        if let Some(cluster) = self.end_session(incumbent) {
+                            info!(session = incumbent, %cluster, newcomer, "Session silent while another claimed its cluster; fenced");
+                        }
+                        self.promoted.push(newcomer);
                     }
                 }
-            },
+            }
             Command::Publish {
                 session,
                 cert,
                 publish,
             } => {
-                if !self.sessions.contains_key(&session) {
-                    return Ok(()); // dropped as too slow; its connection is closing
-                }
-                match self.state.handle_publish(&cert, &publish) {
-                    Err(reason) => {
-                        warn!(session, cluster = %cert, %reason, "Publish rejected");
-                        self.send(session, BrokerMessage::Rejected { reason });
-                    }
-                    Ok(changes) => {
-                        self.pending_changes += changes.len();
-                        self.pending.insert(cert, publish);
-                    }
+                if let Some(held) = self.held.get_mut(&session) {
+                    held.publish = Some(publish);
+                } else {
+                    self.accept_publish(session, cert, publish);
                 }
             }
             Command::Ack { session, revision } => debug!(session, revision, "Ack"),
             Command::Disconnected { session } => {
-                if let Some(cluster) = self.end_session(session) {
+                if self.held.remove(&session).is_some() {
+                    self.writers.handle_session_end(session);
+                } else if let Some(cluster) = self.end_session(session) {
                     info!(session, %cluster, "Cluster disconnected");
                 }
             }
@@ -425,13 +475,168 @@ impl StateDriver {
         Ok(())
     }
 
+    /// `session` holds its cluster's writer's seat: applies its Hello, sends it the clusterset,
+    /// then judges the publish it sent while held.
+    fn admit(&mut self, session: u64, held: Held) -> Result<(), StoreError> {
+        let Held {
+            cert,
+            hello,
+            origin,
+            reply,
+            probe,
+            publish,
+        } = held;
+        // The other replicas learn of the session before its Hello's changes (they read both
+        // in the store's order): one that sees the cluster restored already counts its
+        // session, and does not withhold it again. Any pending deletion of its presence goes
+        // first.
+        self.publish_absence()?;
+        if self.local.handle_start(&cert) {
+            self.store.set_presence(&cert, true)?;
+        }
+        // Recomputed after losing a race to another replica, a Hello could turn into a refusal
+        // (another cluster took the endpoint or the space it claims in between); it then
+        // changes nothing, and is judged again on reconnect.
+        let changes =
+            self.commit_with(|s| s.handle_hello(&cert, &hello, &origin).unwrap_or_default())?;
+        for change in &changes {
+            if let Change::RestoreCluster { cluster, exports } = change {
+                info!(%cluster, exports = exports.len(), "Cluster back; its exports are served again");
+            }
+        }
+        let catch_up = hello
+            .resume
+            .and_then(|r| self.state.changes_since(r.epoch, r.revision));
+        let message = match catch_up {
+            Some(changes) => BrokerMessage::Delta(Delta {
+                epoch: self.state.epoch(),
+                revision: self.state.revision(),
+                changes,
+            }),
+            None => BrokerMessage::Snapshot(self.state.snapshot()),
+        };
+        let resumed = matches!(message, BrokerMessage::Delta(_));
+        if reply.try_send(message).is_err() {
+            if self.local.handle_end(&cert) {
+                self.absent.push(cert);
+            }
+            if let Some(next) = self.writers.handle_session_end(session) {
+                self.promoted.push(next);
+            }
+            return Ok(());
+        }
+        info!(session, cluster = %cert, resumed, "Cluster connected");
+        self.state.handle_session_start(&cert, clock::now());
+        self.sessions.insert(
+            session,
+            SessionHandle {
+                cluster: cert.clone(),
+                reply,
+                probe,
+                hello,
+                origin,
+                publish: None,
+            },
+        );
+        if let Some(publish) = publish {
+            self.accept_publish(session, cert, publish);
+        }
+        Ok(())
+    }
+
+    /// Judges a writer's publish; an accepted one is stored with the next group commit.
+    fn accept_publish(&mut self, session: u64, cert: ClusterId, publish: Publish) {
+        if !self.sessions.contains_key(&session) {
+            return; // fenced or dropped as too slow: never applied
+        }
+        match self.state.handle_publish(&cert, &publish) {
+            Err(reason) => {
+                warn!(session, cluster = %cert, %reason, "Publish rejected");
+                self.send(session, BrokerMessage::Rejected { reason });
+            }
+            Ok(changes) => {
+                self.pending_changes += changes.len();
+                let publish = Arc::new(publish);
+                if let Some(handle) = self.sessions.get_mut(&session) {
+                    handle.publish = Some(publish.clone());
+                }
+                self.pending.insert(cert, publish);
+            }
+        }
+    }
+
+    /// Asks `incumbent`'s session to show life; a session that is gone is silent.
+    fn probe(&mut self, incumbent: u64) {
+        let asked =
+            self.sessions
+                .get(&incumbent)
+                .is_some_and(|handle| match handle.probe.try_send(()) {
+                    // Full: a probe is under way, and its answer will do.
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => true,
+                    Err(mpsc::error::TrySendError::Closed(())) => false,
+                });
+        if !asked && self.end_session(incumbent).is_none() {
+            // No session behind the seat: free it for the newcomer.
+            if let Some(next) = self.writers.handle_session_end(incumbent) {
+                self.promoted.push(next);
+            }
+        }
+    }
+
+    /// The writer of `cluster` here writes its Hello and last publish again (nothing changes
+    /// if the records still hold them).
+    fn write_again(&mut self, cluster: &ClusterId) -> Result<(), StoreError> {
+        let Some(handle) = self
+            .writers
+            .writer(cluster)
+            .and_then(|session| self.sessions.get(&session))
+        else {
+            return Ok(());
+        };
+        let (hello, origin, publish) = (
+            handle.hello.clone(),
+            handle.origin.clone(),
+            handle.publish.clone(),
+        );
+        let changes =
+            self.commit_with(|s| s.handle_hello(cluster, &hello, &origin).unwrap_or_default())?;
+        if let Some(publish) = publish {
+            self.pending_changes += publish.exports.len();
+            self.pending.entry(cluster.clone()).or_insert(publish);
+        }
+        if !changes.is_empty() {
+            warn!(%cluster, "Another replica's session overwrote this cluster's records; writing them again");
+        }
+        Ok(())
+    }
+
+    /// Marks the clusters whose records another replica's `changes` touched and whose writer
+    /// is here, to write again.
+    fn note_foreign(&mut self, changes: &[Change]) {
+        for change in changes {
+            let cluster = match change {
+                Change::UpsertCluster(info) => &info.id,
+                Change::UpsertExport { cluster, .. } | Change::RemoveExport { cluster, .. } => {
+                    cluster
+                }
+                _ => continue,
+            };
+            if self.writers.writer(cluster).is_some() {
+                self.reassert.insert(cluster.clone());
+            }
+        }
+    }
+
     /// Another replica's commit or session, from the shared store.
     fn handle_store_event(&mut self, event: StoreEvent) -> Result<(), StoreError> {
         match event {
             StoreEvent::Committed { revision, changes } => {
                 match replica::follow(self.state.revision(), revision, changes.len()) {
                     Follow::Skip => {}
-                    Follow::Apply => self.broadcast(changes),
+                    Follow::Apply => {
+                        self.note_foreign(&changes);
+                        self.broadcast(changes);
+                    }
                     Follow::Gap => self.catch_up()?,
                 }
             }
@@ -443,6 +648,13 @@ impl StateDriver {
                 if self.remote.handle_put(&cluster, &replica) {
                     debug!(%cluster, %replica, "Cluster has a session at another replica");
                     self.state.handle_session_start(&cluster, clock::now());
+                    let me = self.store.replica().to_owned();
+                    if let Some(session) =
+                        self.writers.handle_remote_session(&cluster, &replica, &me)
+                    {
+                        warn!(session, %cluster, %replica, "Cluster also has a session at another replica, which keeps it; ending ours");
+                        self.end_session(session);
+                    }
                 }
             }
             StoreEvent::Presence {
@@ -504,6 +716,7 @@ impl StateDriver {
         match replica::chain(self.state.revision(), batches) {
             Some(batches) => {
                 for (_, changes) in batches {
+                    self.note_foreign(&changes);
                     self.broadcast(changes);
                 }
                 Ok(())
@@ -601,6 +814,9 @@ impl StateDriver {
     /// was the cluster's last here, the other replicas are told (by `publish_absence`).
     fn end_session(&mut self, session: u64) -> Option<ClusterId> {
         let handle = self.sessions.remove(&session)?;
+        if let Some(next) = self.writers.handle_session_end(session) {
+            self.promoted.push(next);
+        }
         self.state.handle_session_end(&handle.cluster, clock::now());
         if self.local.handle_end(&handle.cluster) {
             self.absent.push(handle.cluster.clone());
@@ -791,9 +1007,15 @@ async fn session_loop(
             .into_iter()
             .collect(),
         observed: Some(conn.remote_address().ip().to_canonical()),
+        certified: peer.locality.clone(),
     };
     let (reply, mut replies) = mpsc::channel(SESSION_QUEUE);
     let mut reply = Some(reply);
+    let (probe, mut probes) = mpsc::channel(1);
+    let mut probe = Some(probe);
+    let mut probing: Option<LivenessProbe> = None;
+    let mut probe_poll = tokio::time::interval(writers::PROBE_POLL);
+    probe_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut decoder = Decoder::with_max(limits.max_message_bytes);
     let mut buf = vec![0u8; 64 * 1024];
     // False once the deny list watcher is gone (its last list stays in force).
@@ -818,7 +1040,10 @@ async fn session_loop(
                         Err(e) => return Err(e.into()),
                     };
                     let command = match (message, reply.take()) {
-                        (ClientMessage::Hello(hello), Some(reply)) => Command::Hello { session, cert: cert.clone(), hello, origin: origin.clone(), reply },
+                        (ClientMessage::Hello(hello), Some(reply)) => {
+                            let probe = probe.take().expect("the probe sender goes with the one Hello");
+                            Command::Hello { session, cert: cert.clone(), hello: Box::new(hello), origin: origin.clone(), reply, probe }
+                        }
                         (ClientMessage::Publish(publish), None) => Command::Publish { session, cert: cert.clone(), publish },
                         (ClientMessage::Ack { revision }, None) => Command::Ack { session, revision },
                         _ => {
@@ -864,6 +1089,16 @@ async fn session_loop(
                     return Ok(());
                 }
             },
+            Some(()) = probes.recv(), if probing.is_none() => {
+                probing = Some(LivenessProbe::new(conn.stats().udp_rx.datagrams, clock::now()));
+            }
+            _ = probe_poll.tick(), if probing.is_some() => {
+                let received = conn.stats().udp_rx.datagrams;
+                if let Some(alive) = probing.and_then(|p| p.handle_check(received, clock::now())) {
+                    probing = None;
+                    commands.send(Command::Liveness { session, alive }).await.map_err(|_| SessionEnd::StateGone)?;
+                }
+            }
             changed = deny.changed(), if deny_open => match changed {
                 Ok(()) => check_revoked(&conn, &deny.borrow_and_update(), &peer)?,
                 Err(_) => deny_open = false,
@@ -885,6 +1120,7 @@ fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, certs::CertEr
     Ok(PeerIdentity {
         cluster: certs::cluster_id_from_cert(leaf)?,
         serial: certs::cert_serial(leaf)?,
+        locality: certs::locality_from_cert(leaf)?,
     })
 }
 

@@ -3,7 +3,9 @@
 //!
 //! A cluster's certificate decides which records it may write; a Hello or Publish that claims
 //! another cluster is [`Rejected`], as is a Publish over the [`StateConfig`] limits and a Hello
-//! or Publish with a field out of its bound (`model::bounds`, checked here). A Publish
+//! or Publish with a field out of its bound (`model::bounds`, checked here), and a Hello whose
+//! region or zone is not the one its certificate or the broker's `--locality` vouches for
+//! (`model::locality`: a cluster cannot claim another's zone to draw its traffic). A Publish
 //! carries the cluster's full export set and is diffed into [`Change`]s. Each change advances
 //! the revision by one; the last `log_capacity` changes are kept so a gateway resuming from a
 //! recent revision gets a Delta instead of a Snapshot.
@@ -15,8 +17,18 @@
 //! passed in; a restart of the broker starts every cluster's lease afresh (the broker cannot
 //! know how long a cluster was gone while it was down).
 //!
+//! One cluster, one writer ([`writers`]): of several sessions presenting the same cluster's
+//! certificate, only the one holding the writer's seat has its Hello and Publish applied. A
+//! live incumbent keeps the seat and a newcomer is refused
+//! ([`Rejected::DuplicateSession`]); a newcomer takes the seat only from an incumbent whose
+//! connection stayed silent through a liveness probe (a gateway restarted after a crash), and
+//! the silent session is fenced (ended; nothing it sent later applies). Across replicas a
+//! newcomer is refused while another replica holds a session of the cluster.
+//!
 //! No I/O: the shell (`broker/server.rs`) persists the changes that `handle_*` returns through a
 //! `Store`, then calls [`BrokerState::apply`], then broadcasts.
+
+pub mod writers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -26,7 +38,7 @@ use std::net::IpAddr;
 use crate::broker::Rejected;
 use crate::broker::store::Persisted;
 use crate::model::plan::{self, ClaimContext, PlanConfig, PlanRefusal};
-use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey, bounds};
+use crate::model::{ClusterId, ClusterInfo, Export, Locality, ServiceKey, bounds, locality};
 use crate::sync::wire::{Change, Hello, Publish, Snapshot};
 
 /// How many recent changes are kept for resuming gateways: at ~10 changes per cluster
@@ -54,6 +66,9 @@ pub struct StateConfig {
     /// c1=IP`): a cluster listed here must advertise exactly this address; one not listed must
     /// advertise the address its sessions come from.
     pub endpoints: BTreeMap<ClusterId, IpAddr>,
+    /// Localities the operator vouches for, by cluster (`--locality c1=eu/eu-a`), for clusters
+    /// whose certificate carries none (`model::locality`).
+    pub localities: BTreeMap<ClusterId, Locality>,
 }
 
 impl Default for StateConfig {
@@ -67,6 +82,7 @@ impl Default for StateConfig {
             log_capacity: DEFAULT_LOG_CAPACITY,
             plan: PlanConfig::default(),
             endpoints: BTreeMap::new(),
+            localities: BTreeMap::new(),
         }
     }
 }
@@ -79,6 +95,8 @@ pub struct SessionOrigin {
     pub broker: Vec<IpAddr>,
     /// The session's source address.
     pub observed: Option<IpAddr>,
+    /// The locality the session's certificate vouches for (empty if it carries none).
+    pub certified: Locality,
 }
 
 /// Everything the broker holds, and how a change modifies it. Shared by [`BrokerState`] and
@@ -232,6 +250,12 @@ impl BrokerState {
     ) -> Result<Vec<Change>, Rejected> {
         check_owner(cert, &hello.cluster.id)?;
         bounds::check_cluster(&hello.cluster).map_err(Rejected::OutOfBounds)?;
+        locality::check(
+            &Locality::of(&hello.cluster),
+            &origin.certified,
+            self.config.localities.get(cert),
+        )
+        .map_err(Rejected::Locality)?;
         let context = ClaimContext {
             broker: origin.broker.clone(),
             observed: origin.observed,
@@ -510,6 +534,7 @@ mod tests {
         SessionOrigin {
             broker: vec![],
             observed: Some("127.0.0.1".parse().unwrap()),
+            ..Default::default()
         }
     }
 
@@ -599,6 +624,7 @@ mod tests {
         let broker_origin = SessionOrigin {
             broker: vec!["192.0.2.2".parse().unwrap()],
             observed: Some("127.0.0.1".parse().unwrap()),
+            ..Default::default()
         };
         for claim in [
             "0.0.0.0/0",
@@ -720,6 +746,65 @@ mod tests {
             s.handle_publish(&id("c1"), &publish("c1", twice)),
             Err(Rejected::DuplicateService {
                 service: key("web")
+            })
+        );
+    }
+
+    #[test]
+    fn hello_locality_must_be_the_vouched_one() {
+        let at = |region: &str, zone: &str| Locality {
+            region: Some(region.into()),
+            zone: Some(zone.into()),
+        };
+        let claiming = |l: &Locality| Hello {
+            cluster: ClusterInfo {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                ..cluster("c1")
+            },
+            resume: None,
+        };
+        let certified = |l: Locality| SessionOrigin {
+            certified: l,
+            ..origin()
+        };
+        let mut listed = state();
+        listed.config.localities = [(id("c1"), at("us", "us-a"))].into();
+        let plain = state();
+        let refused = |s: &BrokerState, claim: &Locality, o: SessionOrigin| {
+            matches!(
+                s.handle_hello(&id("c1"), &claiming(claim), &o),
+                Err(Rejected::Locality(_))
+            )
+        };
+        let accepted = |s: &BrokerState, claim: &Locality, o: SessionOrigin| {
+            s.handle_hello(&id("c1"), &claiming(claim), &o).is_ok()
+        };
+        let (eu_a, eu_b, us_a) = (at("eu", "eu-a"), at("eu", "eu-b"), at("us", "us-a"));
+        assert!(
+            accepted(&plain, &eu_a, certified(eu_a.clone())),
+            "as certified"
+        );
+        assert!(
+            refused(&plain, &eu_b, certified(eu_a.clone())),
+            "another zone"
+        );
+        assert!(refused(&plain, &eu_a, origin()), "self-asserted");
+        assert!(
+            accepted(&plain, &Locality::default(), origin()),
+            "no claim, none vouched"
+        );
+        assert!(accepted(&listed, &us_a, origin()), "as the broker lists");
+        assert!(refused(&listed, &eu_a, origin()), "not as listed");
+        let refusal = plain
+            .handle_hello(&id("c1"), &claiming(&eu_b), &certified(eu_a.clone()))
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Rejected::Locality(locality::LocalityRefusal::Differs {
+                claimed: eu_b,
+                vouched: eu_a,
+                by: locality::Voucher::Certificate,
             })
         );
     }

@@ -227,3 +227,39 @@ fn a_remote_answer_names_the_local_address_behind_its_global_one() {
     let own = e.candidates.iter().find(|c| c.cluster == "c1").unwrap();
     assert!(!own.why.contains("global range"), "{}", own.why);
 }
+
+#[test]
+fn query_strings_decode() {
+    let p = query_params("name=web.shop.svc.global&type=aaaa&x=%41%2b+b&name=second&bad=%zz%4");
+    assert_eq!(p["name"], "web.shop.svc.global");
+    assert_eq!(p["type"], "aaaa");
+    assert_eq!(p["x"], "A+ b");
+    assert_eq!(p["bad"], "%zz%4");
+}
+
+#[test]
+fn explain_query_strings_parse_or_say_why_not() {
+    let parse = |q: &str| parse_query(q, "global", Some("clusterset.local"));
+    let web = ServiceKey::new("shop", "web").unwrap();
+    let ok = parse("name=web.shop.global&type=aaaa").unwrap();
+    assert_eq!((ok.qtype, &ok.service), (QueryType::Aaaa, &web));
+    assert_eq!(
+        parse("name=web.shop.svc.clusterset.local").unwrap().qtype,
+        QueryType::A
+    );
+    assert_eq!(parse("type=A"), Err(QueryError::MissingName));
+    assert_eq!(
+        parse("name=web.shop.global&type=MX%0Aforged"),
+        Err(QueryError::BadType("MX\nFORGED".into()))
+    );
+    assert_eq!(
+        parse("name=web.shop.global&type=MX%0Aforged")
+            .unwrap_err()
+            .to_string(),
+        "type \"MX\\nFORGED\" is not one of A, AAAA, SRV"
+    );
+    assert!(matches!(
+        parse("name=example.com"),
+        Err(QueryError::Name(ExplainError::NotInZone { .. }))
+    ));
+}

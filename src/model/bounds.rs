@@ -346,7 +346,7 @@ fn count(count: usize, max: usize) -> Result<(), Problem> {
 }
 
 /// An RFC 1123 label: `[a-z0-9-]`, ≤ 63, no `-` at either end.
-fn label(value: &str) -> Result<(), Problem> {
+pub fn label(value: &str) -> Result<(), Problem> {
     too_long(value, MAX_LABEL_VALUE)?;
     check_dns_label("", value, false).map_err(|_| malformed(value))
 }

@@ -181,6 +181,39 @@ pub enum RejectReason {
     /// clusterset's address plan (`model::plan`).
     #[error("address plan: {0}")]
     AddressPlan(crate::model::plan::PlanRefusal),
+    /// Another session of the same cluster holds the writer's seat (`broker::state::writers`:
+    /// one cluster, one writer). Nothing of the refused session was applied; retry later.
+    #[error("cluster {cluster} already has a live session ({incumbent}); one cluster, one writer")]
+    DuplicateSession {
+        cluster: ClusterId,
+        incumbent: Incumbent,
+    },
+    /// The Hello's region or zone is not the one the clusterset vouches for (the cluster's
+    /// certificate, or the broker's `--locality`; `model::locality`). Appended.
+    #[error("locality: {0}")]
+    Locality(crate::model::locality::LocalityRefusal),
+}
+
+/// Where the session that keeps a cluster's writer's seat is, in a
+/// [`RejectReason::DuplicateSession`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Incumbent {
+    /// At this broker, and it answered the liveness check.
+    Answered,
+    /// At another broker replica (its presence key is in the shared store).
+    OtherReplica,
+    /// At this broker, and another newcomer is already being judged against it.
+    Contested,
+}
+
+impl std::fmt::Display for Incumbent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Incumbent::Answered => "at this broker, and it answered a liveness check",
+            Incumbent::OtherReplica => "at another broker replica",
+            Incumbent::Contested => "at this broker, and another newcomer is being checked",
+        })
+    }
 }
 
 /// A frame that could not be made or read.

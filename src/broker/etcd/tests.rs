@@ -19,6 +19,7 @@ use crate::broker::{Broker, BrokerConfig, BrokerOptions, StoreLocation};
 use crate::model::fixtures::{cluster, id};
 use crate::model::{Export, ServiceKey};
 use crate::sync::SyncState;
+use crate::sync::wire::BrokerMessage;
 use crate::testing::{Pki, SyncClient};
 
 const TEST_DEADLINE: Duration = Duration::from_secs(60);
@@ -631,6 +632,102 @@ async fn catch_up_past_a_compaction() {
     .await;
     assert!(!exports_of(&c2.state.borrow(), "c1").contains_key(&gone));
     drop((c1, c2));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_session_of_a_cluster_at_another_replica_is_refused_until_the_first_goes() {
+    tokio::time::timeout(TEST_DEADLINE, one_writer_across_replicas())
+        .await
+        .expect("the one-writer test finishes within its deadline");
+}
+
+/// A raw session at `broker` presenting c1's certificate with another key; the broker's
+/// first answer.
+async fn impostor_hello(pki: &Path, broker: SocketAddr) -> BrokerMessage {
+    use crate::sync::wire::{ClientMessage, Decoder, Hello};
+    let config = crate::certs::client_config(&pki.join("c1")).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, broker, crate::certs::BROKER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut info = cluster("c1");
+    info.wg_public_key = [0xEE; 32];
+    let hello = ClientMessage::Hello(Hello {
+        cluster: info,
+        resume: None,
+    });
+    send.write_all(&crate::sync::wire::encode(&hello).unwrap())
+        .await
+        .unwrap();
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if let Some(message) = decoder.decode::<BrokerMessage>().unwrap() {
+            conn.close(0u32.into(), b"done");
+            return message;
+        }
+        let n = recv.read(&mut buf).await.unwrap().expect("an answer");
+        decoder.extend(&buf[..n]);
+    }
+}
+
+async fn one_writer_across_replicas() {
+    use crate::sync::wire::{Incumbent, RejectReason};
+    let pki = Pki::new(&["c1", "c2"]);
+    let etcd = EtcdCluster::start();
+    etcd.wait_healthy().await;
+    let tls = pki.path("broker");
+    let a = Replica::start(&etcd, &tls).await;
+    let b = Replica::start(&etcd, &tls).await;
+    let mut c1 = SyncClient::start(pki.path("c1"), cluster("c1"), vec![a.addr], step(1, 0));
+    let mut c2 = SyncClient::start(pki.path("c2"), cluster("c2"), vec![b.addr], vec![]);
+    c1.wait_for("c1 to connect at A", |s| s.connected).await;
+    c2.wait_for("c2 to see c1's exports", |s| {
+        s.connected && exports_of(s, "c1") == as_map(&step(1, 0))
+    })
+    .await;
+
+    let reply = impostor_hello(&pki.path(""), b.addr).await;
+    assert!(
+        matches!(
+            &reply,
+            BrokerMessage::Rejected {
+                reason: RejectReason::DuplicateSession {
+                    incumbent: Incumbent::OtherReplica,
+                    ..
+                }
+            }
+        ),
+        "{reply:?}"
+    );
+    // A barrier: c1's next publish reaches c2 after anything the refused session could have
+    // written; c1's key is still its own.
+    c1.exports.send_replace(step(1, 1));
+    c2.wait_for("c1's next publish", |s| {
+        exports_of(s, "c1") == as_map(&step(1, 1))
+    })
+    .await;
+    assert_eq!(
+        c2.state.borrow().view.clusters[&id("c1")].wg_public_key,
+        cluster("c1").wg_public_key
+    );
+
+    // Once c1's session at A ends, a session at B is its writer.
+    drop(c1);
+    let mut moved = SyncClient::start(pki.path("c1"), cluster("c1"), vec![b.addr], step(1, 2));
+    moved
+        .wait_for("c1 to connect at B once A's session went", |s| s.connected)
+        .await;
+    c2.wait_for("c1's records from B", |s| {
+        exports_of(s, "c1") == as_map(&step(1, 2))
+    })
+    .await;
+    drop((moved, c2));
     a.stop().await;
     b.stop().await;
 }

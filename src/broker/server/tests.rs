@@ -14,7 +14,7 @@ use super::*;
 use crate::certs::{ALPN, BROKER_SERVER_NAME, TlsFiles};
 use crate::model::{ClusterInfo, Export, ServiceKey};
 use crate::sync::SyncState;
-use crate::sync::wire::{RejectReason, Resume};
+use crate::sync::wire::{Incumbent, RejectReason, Resume};
 use crate::testing::{DEADLINE, Pki, SyncClient};
 
 struct RunningBroker {
@@ -970,5 +970,338 @@ async fn out_of_bounds_fields_are_refused_to_the_sender_and_never_forwarded() {
         !has_export(&state, "c1", "web"),
         "the refused export was forwarded"
     );
+    broker.stop().await;
+}
+
+/// `c1` as an impostor holding a copy of its certificate would present it: another key, another
+/// endpoint.
+fn impostor_info() -> ClusterInfo {
+    let mut info = cluster("c1");
+    info.wg_public_key = [0xEE; 32];
+    info.wg_endpoint = "127.0.0.1:51999".parse().unwrap();
+    info
+}
+
+/// Whether `state` holds exactly the real c1's records: its key, its endpoint, its exports.
+fn holds_real_c1(state: &SyncState, exports: &[&str]) -> bool {
+    let real = cluster("c1");
+    let Some(info) = state.view.clusters.get(&id("c1")) else {
+        return false;
+    };
+    let names: Vec<&str> = state
+        .view
+        .exports
+        .keys()
+        .filter(|(c, _)| *c == id("c1"))
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    info.wg_public_key == real.wg_public_key
+        && info.wg_endpoint == real.wg_endpoint
+        && names == exports
+}
+
+/// The impostor's Hello and Publish, sent raw; returns the broker's answer.
+async fn impostor_attempt(pki: &Pki, broker: SocketAddr) -> BrokerMessage {
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let publish = ClientMessage::Publish(Publish {
+        cluster: id("c1"),
+        exports: vec![export("evil", "10.101.0.66")],
+    });
+    let (conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker, &[hello(impostor_info()), publish])
+            .await
+            .unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
+    conn.close(0u32.into(), b"done");
+    reply
+}
+
+fn is_duplicate(message: &BrokerMessage, expected: Incumbent) -> bool {
+    matches!(
+        message,
+        BrokerMessage::Rejected {
+            reason: RejectReason::DuplicateSession { cluster, incumbent }
+        } if *cluster == id("c1") && *incumbent == expected
+    )
+}
+
+#[tokio::test]
+async fn impostor_after_the_real_gateway_is_refused_and_never_writes() {
+    let pki = Pki::new(&["c1", "c2"]);
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let mut real = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut observer = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    real.wait_for("the real c1 to connect", |s| s.connected)
+        .await;
+    observer
+        .wait_for("the real c1's records", |s| holds_real_c1(s, &["web"]))
+        .await;
+
+    let reply = impostor_attempt(&pki, broker.addr).await;
+    assert!(is_duplicate(&reply, Incumbent::Answered), "{reply:?}");
+
+    // A barrier: the real gateway's next publish reaches the observer after anything the
+    // impostor could have written.
+    real.exports.send_replace(vec![
+        export("api", "10.101.0.12"),
+        export("web", "10.101.0.10"),
+    ]);
+    let state = observer
+        .wait_for("the real c1's next publish", |s| has_export(s, "c1", "api"))
+        .await;
+    assert!(holds_real_c1(&state, &["api", "web"]), "{state:#?}");
+    assert!(real.state.borrow().connected, "the real session stayed up");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn real_gateway_after_an_impostor_gets_its_records_back_once_the_impostor_goes() {
+    let pki = Pki::new(&["c1", "c2"]);
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let mut observer = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    let mut impostor = client(
+        &pki,
+        "c1",
+        impostor_info(),
+        broker.addr,
+        vec![export("evil", "10.101.0.66")],
+    );
+    impostor
+        .wait_for("the impostor to connect", |s| s.connected)
+        .await;
+    observer
+        .wait_for("the impostor's records", |s| has_export(s, "c1", "evil"))
+        .await;
+
+    // The real gateway is refused while the impostor is live; its retries go on.
+    let mut real = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    real.wait_for("the real c1 to be refused", |s| s.last_error.is_some())
+        .await;
+    assert!(!real.state.borrow().connected);
+
+    drop(impostor);
+    real.wait_for("the real c1 to take over", |s| s.connected)
+        .await;
+    observer
+        .wait_for("the real c1's records back", |s| holds_real_c1(s, &["web"]))
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn flapping_impostor_never_displaces_the_real_gateway() {
+    let pki = Pki::new(&["c1", "c2"]);
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let mut real = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut observer = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    real.wait_for("the real c1 to connect", |s| s.connected)
+        .await;
+    observer
+        .wait_for("the real c1's records", |s| holds_real_c1(s, &["web"]))
+        .await;
+
+    for attempt in 0..5 {
+        let reply = impostor_attempt(&pki, broker.addr).await;
+        assert!(
+            is_duplicate(&reply, Incumbent::Answered),
+            "attempt {attempt}: {reply:?}"
+        );
+        assert!(
+            holds_real_c1(&observer.state.borrow(), &["web"]),
+            "attempt {attempt}"
+        );
+    }
+    real.exports.send_replace(vec![
+        export("api", "10.101.0.12"),
+        export("web", "10.101.0.10"),
+    ]);
+    let state = observer
+        .wait_for("the real c1's next publish", |s| has_export(s, "c1", "api"))
+        .await;
+    assert!(holds_real_c1(&state, &["api", "web"]), "{state:#?}");
+    assert!(real.state.borrow().connected, "never displaced");
+    broker.stop().await;
+}
+
+/// A UDP relay on loopback between one client and `target`, which can be cut (everything
+/// dropped both ways), as a gateway whose host died would look to the broker.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let outer = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let inner = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        inner.connect(target).await.unwrap();
+        let addr = outer.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let (is_cut, stopped) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = outer.recv_from(&mut a) => {
+                        client = Some(from);
+                        if !is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                            let _ = inner.send(&a[..n]).await;
+                        }
+                    }
+                    Ok(n) = inner.recv(&mut b) => {
+                        if let (Some(to), false) = (client, is_cut.load(std::sync::atomic::Ordering::SeqCst)) {
+                            let _ = outer.send_to(&b[..n], to).await;
+                        }
+                    }
+                    _ = stopped.cancelled() => return,
+                }
+            }
+        });
+        Self {
+            addr,
+            cut,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn restarted_gateway_takes_over_from_its_silent_old_session() {
+    let pki = Pki::new(&["c1", "c2"]);
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let relay = Relay::start(broker.addr).await;
+    let mut old = client(
+        &pki,
+        "c1",
+        cluster("c1"),
+        relay.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    let mut observer = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    old.wait_for("the first c1 to connect", |s| s.connected)
+        .await;
+    observer
+        .wait_for("the first c1's records", |s| holds_real_c1(s, &["web"]))
+        .await;
+
+    // Its host dies: no close, no reset; its session at the broker just goes silent.
+    relay.cut();
+    let mut restarted_info = cluster("c1");
+    restarted_info.wg_public_key = [0x42; 32]; // a new key after the restart
+    let mut restarted = client(
+        &pki,
+        "c1",
+        restarted_info.clone(),
+        broker.addr,
+        vec![export("api", "10.101.0.12")],
+    );
+    restarted
+        .wait_for("the restarted c1 to take over", |s| s.connected)
+        .await;
+    let state = observer
+        .wait_for("the restarted c1's records", |s| {
+            has_export(s, "c1", "api") && !has_export(s, "c1", "web")
+        })
+        .await;
+    assert_eq!(
+        state.view.clusters[&id("c1")].wg_public_key,
+        restarted_info.wg_public_key
+    );
+    drop(old);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn locality_is_the_one_the_certificate_vouches_for() {
+    use crate::model::Locality;
+    use crate::model::locality::{LocalityRefusal, Voucher};
+    let pki = Pki::new(&["c1", "c2"]);
+    let eu_a = Locality {
+        region: Some("eu".into()),
+        zone: Some("eu-a".into()),
+    };
+    certs::issue_cluster_at(&pki.path("ca"), &id("c1"), &eu_a, &pki.path("c1-eu-a")).unwrap();
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let mut observer = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    observer.wait_for("c2 to connect", |s| s.connected).await;
+    let claiming = |region: &str, zone: &str| ClusterInfo {
+        region: Some(region.into()),
+        zone: Some(zone.into()),
+        ..cluster("c1")
+    };
+
+    // c1 claims c2's zone: refused with the reason, never forwarded.
+    let config = certs::client_config(&pki.path("c1-eu-a")).unwrap();
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(claiming("us", "us-a"))])
+            .await
+            .unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
+    let BrokerMessage::Rejected {
+        reason: RejectReason::Locality(LocalityRefusal::Differs { vouched, by, .. }),
+    } = reply
+    else {
+        panic!("expected a locality refusal, got {reply:?}");
+    };
+    assert_eq!((vouched, by), (eu_a.clone(), Voucher::Certificate));
+
+    // A certificate without a locality vouches for none: claiming one is refused too.
+    let config = certs::client_config(&pki.path("c1")).unwrap();
+    let (_conn, mut recv, _send, mut decoder) =
+        raw_session(config, broker.addr, &[hello(claiming("eu", "eu-a"))])
+            .await
+            .unwrap();
+    let reply = next_message(&mut recv, &mut decoder).await;
+    assert!(
+        matches!(
+            reply,
+            BrokerMessage::Rejected {
+                reason: RejectReason::Locality(LocalityRefusal::Unvouched { .. })
+            }
+        ),
+        "{reply:?}"
+    );
+
+    // The certified locality is accepted and reaches the other gateways.
+    let mut c1 = client(
+        &pki,
+        "c1-eu-a",
+        claiming("eu", "eu-a"),
+        broker.addr,
+        vec![export("web", "10.101.0.10")],
+    );
+    c1.wait_for("c1 to connect", |s| s.connected).await;
+    let state = observer
+        .wait_for("c1 with its certified locality", |s| {
+            has_export(s, "c1", "web")
+        })
+        .await;
+    let info = &state.view.clusters[&id("c1")];
+    assert_eq!(Locality::of(info), eu_a);
     broker.stop().await;
 }
