@@ -453,9 +453,19 @@ pub enum LabCommand {
     /// Build the lab, run the story (export, resolve and reach from another cluster, only
     /// WireGuard on the wire, nearest first, withdrawal, broker restart), print each step and
     /// tear everything down.
-    Demo,
+    Demo {
+        /// Every cluster runs a real Kubernetes control plane (built from pinned Go modules by
+        /// tests/k8s/build.sh on first use, then cached) and the gateways run `--source kube`;
+        /// tells the user story through kubectl.
+        #[arg(long)]
+        kube: bool,
+    },
     /// Build the lab and leave it running for exploration; prints how to get into a pod.
-    Up,
+    Up {
+        /// As `demo --kube`: real control planes; prints how to use the lab's kubeconfig.
+        #[arg(long)]
+        kube: bool,
+    },
     /// Tear down a lab left by `lab up` (or a crashed run).
     Down,
     /// Measure failover from a client's seat: build a lab, kill c1's endpoint, kill c1's

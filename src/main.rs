@@ -33,8 +33,16 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
         Command::Dns(args) => daemon(|shutdown| causeway::replica::run(args, shutdown)),
-        Command::Lab(LabCommand::Demo) => causeway_netlab::demo::demo(&current_exe()?),
-        Command::Lab(LabCommand::Up) => causeway_netlab::demo::up(&current_exe()?),
+        Command::Lab(LabCommand::Demo { kube: false }) => {
+            causeway_netlab::demo::demo(&current_exe()?)
+        }
+        Command::Lab(LabCommand::Demo { kube: true }) => {
+            causeway_netlab::demo::demo_kube(&current_exe()?)
+        }
+        Command::Lab(LabCommand::Up { kube: false }) => causeway_netlab::demo::up(&current_exe()?),
+        Command::Lab(LabCommand::Up { kube: true }) => {
+            causeway_netlab::demo::up_kube(&current_exe()?)
+        }
         Command::Lab(LabCommand::Down) => {
             causeway_netlab::demo::down(causeway_netlab::DEFAULT_PREFIX)
         }

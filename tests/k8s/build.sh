@@ -2,9 +2,11 @@
 # Builds the real Kubernetes parts the kube lab and its tests run, from the Go modules of pinned
 # versions, into a cache keyed by version. A second run finds them and returns at once.
 #
-#   tests/k8s/build.sh            build whatever is missing (kube, helm, mcs)
-#   tests/k8s/build.sh kube       only etcd, kube-apiserver, kube-controller-manager, kubectl
-#   tests/k8s/build.sh --dir      print the cache directory
+#   tests/k8s/build.sh             build whatever is missing (kube, agent, helm)
+#   tests/k8s/build.sh kube agent  only etcd, kube-apiserver, kube-controller-manager, kubectl
+#                                  and the lab's node agent
+#   tests/k8s/build.sh --dir       print the cache directory
+#   tests/k8s/build.sh --path NAME print where NAME (etcd, kubectl, node-agent...) is cached
 #
 # The cache is $CAUSEWAY_BIN_CACHE (default /var/cache/causeway/bin); each binary is stored as
 # NAME-VERSION, so changing a pin builds the new version beside the old one. Nothing is fetched
@@ -16,6 +18,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.env"
 cache=${CAUSEWAY_BIN_CACHE:-/var/cache/causeway/bin}
 if [ "${1:-}" = "--dir" ]; then echo "$cache"; exit 0; fi
+# The node agent (our own Go code, in the kube module) is keyed by the hash of its sources.
+AGENT=$(cat "$here"/kube/nodeagent/*.go "$here/kube/go.mod" "$here/kube/go.sum" | sha256sum | cut -c1-12)
+if [ "${1:-}" = "--path" ]; then # --path NAME: where NAME of the pinned version is (built or not)
+  case ${2:-} in
+    etcd) echo "$cache/etcd-$ETCD" ;;
+    kube-apiserver|kube-controller-manager|kubectl) echo "$cache/$2-$KUBERNETES" ;;
+    node-agent) echo "$cache/node-agent-$AGENT" ;;
+    helm) echo "$cache/helm-$HELM" ;;
+    *) echo "k8s/build: --path etcd|kube-apiserver|kube-controller-manager|kubectl|node-agent|helm" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
 
 export PATH=$PATH:/usr/local/go/bin
 export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0
@@ -72,20 +86,14 @@ for w in "${what[@]}"; do
         "k8s.io/kubernetes/cmd/kube-controller-manager:kube-controller-manager-$KUBERNETES" \
         "k8s.io/kubernetes/cmd/kubectl:kubectl-$KUBERNETES"
       ;;
+    agent)
+      have "node-agent-$AGENT" && continue
+      build "$here/kube" "" "causeway.test/k8s/kube/nodeagent:node-agent-$AGENT"
+      ;;
     helm)
       have "helm-$HELM" && continue
       build "$here/helm" "-X helm.sh/helm/v3/internal/version.version=$HELM" "helm.sh/helm/v3/cmd/helm:helm-$HELM"
       ;;
-    mcs)
-      have "mcs-conformance-$MCS_API" && continue
-      need_go
-      mkdir -p "$cache"
-      echo "k8s/build: building the MCS conformance suite $MCS_API" >&2
-      start=$SECONDS
-      (cd "$here/mcs" && nice -n 10 go test -c -trimpath -o "$cache/.mcs-conformance.tmp" sigs.k8s.io/mcs-api/conformance)
-      mv -f "$cache/.mcs-conformance.tmp" "$cache/mcs-conformance-$MCS_API"
-      echo "k8s/build: built mcs-conformance-$MCS_API in $((SECONDS - start))s" >&2
-      ;;
-    *) echo "k8s/build: unknown part $w (kube, helm, mcs)" >&2; exit 2 ;;
+    *) echo "k8s/build: unknown part $w (kube, agent, helm)" >&2; exit 2 ;;
   esac
 done
