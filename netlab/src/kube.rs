@@ -46,7 +46,7 @@ const NAMESPACE_YAML: &str = include_str!("../../deploy/base/namespace.yaml");
 
 /// The kube-controller-manager controllers the lab runs (serviceaccount: every namespace's
 /// `default` ServiceAccount, which pod admission requires).
-pub const CONTROLLERS: &str = "endpointslice-controller,endpointslice-mirroring-controller,deployment-controller,replicaset-controller,statefulset-controller,namespace-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller";
+pub const CONTROLLERS: &str = "endpointslice-controller,endpointslice-mirroring-controller,deployment-controller,replicaset-controller,statefulset-controller,namespace-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,service-cidr-controller";
 /// The API server's port inside each gateway namespace.
 pub const API_PORT: u16 = 6443;
 /// The kubelet (exec) port the node agent serves on the node address.

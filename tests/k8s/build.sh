@@ -2,7 +2,7 @@
 # Builds the real Kubernetes parts the kube lab and its tests run, from the Go modules of pinned
 # versions, into a cache keyed by version. A second run finds them and returns at once.
 #
-#   tests/k8s/build.sh             build whatever is missing (kube, agent, helm)
+#   tests/k8s/build.sh             build whatever is missing of kube and agent (helm: on request)
 #   tests/k8s/build.sh kube agent  only etcd, kube-apiserver, kube-controller-manager, kubectl
 #                                  and the lab's node agent
 #   tests/k8s/build.sh --dir       print the cache directory
@@ -34,7 +34,7 @@ fi
 export PATH=$PATH:/usr/local/go/bin
 export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0
 what=("$@")
-[ ${#what[@]} -gt 0 ] || what=(kube agent helm)
+[ ${#what[@]} -gt 0 ] || what=(kube agent)
 
 have() { # have NAME... : every NAME-version is in the cache
   local n
@@ -53,13 +53,18 @@ build() {
   need_go
   mkdir -p "$cache"
   tmp=$(mktemp -d "$cache/.build.XXXXXX")
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf -- ${tmp:+"$tmp"}' RETURN EXIT
   for spec in "$@"; do pkgs+=("${spec%%:*}"); done
   echo "k8s/build: building ${*##*:} (cold: many minutes on 2 cores)" >&2
   local start=$SECONDS
   (cd "$dir" && nice -n 10 go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
+  local pkg out
   for spec in "$@"; do
-    mv -f "$tmp/$(basename "${spec%%:*}")" "$cache/${spec##*:}"
+    pkg=${spec%%:*}
+    out=$(basename "$pkg")
+    # go build names a .../server/v3 binary "server": a major-version suffix is skipped.
+    if [[ $out =~ ^v[0-9]+$ ]]; then out=$(basename "$(dirname "$pkg")"); fi
+    mv -f "$tmp/$out" "$cache/${spec##*:}"
   done
   echo "k8s/build: built ${*##*:} in $((SECONDS - start))s into $cache" >&2
 }

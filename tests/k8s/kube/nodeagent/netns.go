@@ -114,10 +114,10 @@ func closeWrite(c net.Conn) {
 
 // ip runs `ip ARGS...` and returns its error with stderr.
 func ip(args ...string) error {
-	return run("ip", args...)
+	return runCmd("ip", args...)
 }
 
-func run(name string, args ...string) error {
+func runCmd(name string, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
