@@ -327,6 +327,7 @@ impl KubeLab {
         )?;
         let sa = KeyPair::generate().context("generating the service-account signing key")?;
         write_file(&dir.join("sa.key"), sa.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&dir.join("sa.pub"), sa.public_key_pem().as_bytes(), 0o644)?;
         // Inside the gateway namespace: the API server on loopback.
         let local = format!("https://127.0.0.1:{API_PORT}");
         for (name, user) in [
@@ -414,7 +415,7 @@ impl KubeLab {
             format!("--kubelet-certificate-authority={}", p("ca.crt")),
             "--kubelet-preferred-address-types=InternalIP".to_owned(),
             format!("--service-account-issuer=https://kubernetes.default.svc.cluster.local/{id}"),
-            format!("--service-account-key-file={}", p("sa.key")),
+            format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),

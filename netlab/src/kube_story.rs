@@ -11,7 +11,6 @@
 //! 5. Scaling the Deployment to 0 withdraws the service (no endpoints, no svc.global answer).
 //! 6. Deleting the ServiceExport removes the ServiceImport everywhere.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -193,7 +192,7 @@ pub fn run(kube: &mut KubeLab, say: &mut dyn FnMut(&str)) -> anyhow::Result<Stor
             ),
             &mut report,
         );
-        let slices = check_slices(kube, c, 2)?;
+        let slices = check_slices(kube, c, true)?;
         out(format!("    {slices}"), &mut report);
     }
 
@@ -340,7 +339,7 @@ pub fn run(kube: &mut KubeLab, say: &mut dyn FnMut(&str)) -> anyhow::Result<Stor
         "    c2: getent hosts web.shop.svc.global answers nothing".into(),
         &mut report,
     );
-    let slices = check_slices(kube, 2, 0)?;
+    let slices = check_slices(kube, 2, false)?;
     out(format!("    c2: {slices}"), &mut report);
 
     out(
@@ -464,47 +463,56 @@ fn check_import(kube: &KubeLab, c: usize) -> anyhow::Result<String> {
 }
 
 /// Checks the MCS EndpointSlices in cluster c: labelled for web from c1, not managed by the
-/// endpointslice controller, with `ready` endpoints in total.
-fn check_slices(kube: &KubeLab, c: usize, ready: usize) -> anyhow::Result<String> {
+/// endpointslice controller. A ClusterSetIP import's slice has one endpoint per exporting
+/// cluster, that cluster's Service IP (its kube-proxy spreads over the pods), ready while any of
+/// its pods is: `ready` says which is wanted (false: unready or no slice at all).
+fn check_slices(kube: &KubeLab, c: usize, ready: bool) -> anyhow::Result<String> {
+    let c1_service_ip = kube.kubectl_ok(
+        1,
+        &[
+            "-n",
+            "shop",
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    )?;
+    let want = format!("{}={ready}", c1_service_ip.trim());
     poll_until(
-        &format!("c{c}'s MCS EndpointSlices with {ready} ready endpoints"),
+        &format!("c{c}'s MCS EndpointSlice with {want}"),
         IMPORT_TIMEOUT,
         || {
             let text = kube
             .kubectl_ok(c, &["-n", "shop", "get", "endpointslices", "-l", "multicluster.kubernetes.io/service-name=web", "-o",
                 "jsonpath={range .items[*]}{.metadata.labels.multicluster\\.kubernetes\\.io/source-cluster} {.metadata.labels.endpointslice\\.kubernetes\\.io/managed-by} {range .endpoints[*]}{.addresses[0]}={.conditions.ready},{end}{\"\\n\"}{end}"], None)
             .map_err(|e| format!("{e:#}"))?;
-            let mut n = 0;
-            let mut summary = String::new();
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let mut words = line.split_whitespace();
-                let source = words.next().unwrap_or_default();
-                let managed = words.next().unwrap_or_default();
-                let endpoints = words.next().unwrap_or_default();
-                if source != "c1"
-                    || managed.is_empty()
-                    || managed == "endpointslice-controller.k8s.io"
-                {
-                    return Err(format!(
-                        "slice labels source-cluster={source} managed-by={managed}"
-                    ));
-                }
-                n += endpoints
-                    .split(',')
-                    .filter(|e| e.ends_with("=true"))
-                    .count();
-                let _ = write!(
-                    summary,
-                    "slice from {source} (managed-by {managed}): {endpoints} "
-                );
-            }
-            if text.lines().all(|l| l.trim().is_empty()) && ready == 0 {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() && !ready {
                 return Ok("no MCS EndpointSlice left".to_owned());
             }
-            if n == ready {
-                Ok(summary.trim().to_owned())
+            let [line] = lines.as_slice() else {
+                return Err(format!("{} slices: {text}", lines.len()));
+            };
+            let mut words = line.split_whitespace();
+            let source = words.next().unwrap_or_default();
+            let managed = words.next().unwrap_or_default();
+            let endpoints = words.next().unwrap_or_default().trim_end_matches(',');
+            if source != "c1" || managed.is_empty() || managed == "endpointslice-controller.k8s.io"
+            {
+                return Err(format!(
+                    "slice labels source-cluster={source} managed-by={managed}"
+                ));
+            }
+            let summary = format!(
+                "slice from {source} (managed-by {managed}): {endpoints} (c1's Service IP)"
+            );
+            if endpoints == want {
+                Ok(summary)
             } else {
-                Err(format!("{n} ready endpoints: {summary}"))
+                Err(summary)
             }
         },
     )

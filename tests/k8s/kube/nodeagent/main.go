@@ -12,7 +12,8 @@
 //     status: Running, podIP(s), and Ready from a readiness check against those processes;
 //   - serves the kubelet's exec endpoint, so `kubectl exec` (proxied by the API server) runs the
 //     command inside the pod's namespace;
-//   - tears down and force-deletes terminating pods.
+//   - tears down and force-deletes terminating pods;
+//   - stands in for kube-proxy: Service IPs as nftables DNAT in the gateway namespace (proxy.go).
 //
 // It also forwards a loopback port of the host's network namespace to the API server, which
 // listens inside the cluster's gateway namespace, so that kubectl on the host reaches it.
@@ -136,6 +137,9 @@ func run(c config) error {
 		return err
 	}
 	if err := a.serveKubelet(ctx); err != nil {
+		return err
+	}
+	if err := a.runProxy(ctx); err != nil {
 		return err
 	}
 	go a.heartbeat(ctx)
