@@ -269,34 +269,36 @@ pub fn run(kube: &mut KubeLab, say: &mut dyn FnMut(&str)) -> anyhow::Result<Stor
             out(format!("    {line}"), &mut report);
         }
     }
-    out(
-        "  $ kubectl --context c2 -n shop exec client -- curl -s http://web.shop.svc.global/"
-            .into(),
-        &mut report,
-    );
-    let body = kube.kubectl_ok(
-        2,
-        &[
-            "-n",
-            "shop",
-            "exec",
-            "client",
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://web.shop.svc.global/",
-        ],
-        None,
-    )?;
-    if !c1_pods.iter().any(|p| p == body.trim()) {
-        bail!("curl from c2 answered {body:?}, not one of c1's pods {c1_pods:?}");
+    for name in ["web.shop.svc.global", "web.shop.svc.clusterset.local"] {
+        let url = format!("http://{name}/");
+        out(
+            format!("  $ kubectl --context c2 -n shop exec client -- curl -s {url}"),
+            &mut report,
+        );
+        let body = kube.kubectl_ok(
+            2,
+            &[
+                "-n",
+                "shop",
+                "exec",
+                "client",
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &url,
+            ],
+            None,
+        )?;
+        if !c1_pods.iter().any(|p| p == body.trim()) {
+            bail!("curl {url} from c2 answered {body:?}, not one of c1's pods {c1_pods:?}");
+        }
+        out(
+            format!("    {} (a c1 pod, through the tunnel)", body.trim()),
+            &mut report,
+        );
     }
-    out(
-        format!("    {} (a c1 pod, through the tunnel)", body.trim()),
-        &mut report,
-    );
 
     out(
         "Step 5: scaling web to 0 in c1 withdraws it".into(),
