@@ -57,5 +57,44 @@ fn kube_story_export_import_reach_withdraw_through_kubectl() {
             logs(&kube)
         ),
     }
+    install_is_accepted_by_a_real_api_server(&kube);
     kube.down().expect("tearing the kube lab down");
+}
+
+/// `causeway install … | kubectl apply -f -` against c1's real API server: server-side dry run
+/// (admission, schema and CRD validation run; nothing is stored, so no gateway pod needs a
+/// runtime), then the same with the ServiceMonitor left out by the flag.
+fn install_is_accepted_by_a_real_api_server(kube: &KubeLab) {
+    let t = kube.lab().topology();
+    let install = std::process::Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .args(["install", "--cluster-id", "c1", "--broker"])
+        .arg(t.broker_listen().to_string())
+        .arg("--cidr")
+        .arg(t.cluster_cidr(1))
+        .output()
+        .expect("running causeway install");
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let yaml = String::from_utf8(install.stdout).expect("UTF-8 manifests");
+    println!(
+        "$ causeway install --cluster-id c1 ... | kubectl --context c1 apply --dry-run=server -f -"
+    );
+    let applied = kube
+        .kubectl_ok(1, &["apply", "--dry-run=server", "-f", "-"], Some(&yaml))
+        .unwrap_or_else(|e| {
+            panic!("the real API server refused causeway install's objects: {e:#}")
+        });
+    let kinds = applied.lines().count();
+    println!("{applied}");
+    assert!(
+        kinds >= 15,
+        "expected every object applied, got:\n{applied}"
+    );
+    assert!(
+        applied.contains("deployment.apps/causeway-gateway"),
+        "{applied}"
+    );
 }
