@@ -44,9 +44,3 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
     || python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 
-# The real Kubernetes control plane for the kube lab tests (tests/lab_kube.rs) and
-# `causeway lab demo --kube`: etcd, kube-apiserver, kube-controller-manager, kubectl and the
-# lab's node agent, built from pinned Go modules (needs Go, /usr/local/go/bin/go) into
-# /var/cache/causeway/bin (or $CAUSEWAY_BIN_CACHE). A no-op once built; the first build takes
-# long (see README, "Kubernetes lab").
-"$(dirname "$0")/k8s/build.sh" kube agent
