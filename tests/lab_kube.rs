@@ -7,6 +7,8 @@
 use causeway_netlab::kube::KubeLab;
 use causeway_netlab::kube_story;
 use causeway_netlab::lab::LabSpec;
+use causeway_netlab::wait::poll_until;
+use std::time::Duration;
 
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
@@ -97,4 +99,193 @@ fn install_is_accepted_by_a_real_api_server(kube: &KubeLab) {
         applied.contains("deployment.apps/causeway-gateway"),
         "{applied}"
     );
+}
+
+/// What must not change across control-plane restarts: the c2 ServiceImport's uid (never
+/// deleted and re-created), its MCS slices, and the c1 ServiceExport's conditions with their
+/// transition times (no flapping).
+fn snapshot(kube: &KubeLab) -> (String, String, String) {
+    let get = |c: usize, what: &[&str]| -> String {
+        kube.kubectl_ok(c, what, None)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let uid = get(
+        2,
+        &[
+            "-n",
+            "shop",
+            "get",
+            "serviceimport",
+            "web",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    );
+    let slices = get(
+        2,
+        &[
+            "-n",
+            "shop",
+            "get",
+            "endpointslices",
+            "-l",
+            "multicluster.kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}:{.metadata.uid}:{.endpoints[*].addresses[0]} {end}",
+        ],
+    );
+    let conditions = get(
+        1,
+        &[
+            "-n",
+            "shop",
+            "get",
+            "serviceexport",
+            "web",
+            "-o",
+            "jsonpath={range .status.conditions[*]}{.type}={.status}@{.lastTransitionTime} {end}",
+        ],
+    );
+    (uid, slices, conditions)
+}
+
+const API_YAML: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 8080, targetPort: 80}]\n---\napiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: api, namespace: shop}\n";
+
+fn wait_import(kube: &KubeLab, c: usize, name: &str, present: bool) {
+    let what = format!(
+        "ServiceImport {name} {} in c{c}",
+        if present { "present" } else { "gone" }
+    );
+    poll_until(&what, Duration::from_secs(60), || {
+        let out = kube
+            .kubectl(
+                c,
+                &["-n", "shop", "get", "serviceimport", name, "-o", "name"],
+                None,
+            )
+            .map_err(|e| format!("{e:#}"))?;
+        if out.status.success() == present {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", logs(kube)));
+}
+
+#[test]
+#[ignore = "needs root: netlab"]
+fn kube_gateways_ride_out_api_server_restarts_and_a_stopped_etcd() {
+    let mut kube = match KubeLab::up(LabSpec::new("cwk", env!("CARGO_BIN_EXE_causeway"))) {
+        Ok(kube) => kube,
+        Err(e) => panic!("the kube lab did not come up: {e:#}"),
+    };
+    for c in kube.lab().topology().clusters() {
+        kube.kubectl_ok(c, &["create", "namespace", "shop"], None)
+            .expect("namespace shop");
+    }
+    kube.kubectl_ok(1, &["apply", "-f", "-"], Some(&kube_story::web_yaml()))
+        .expect("apply web");
+    kube.kubectl_ok(2, &["apply", "-f", "-"], Some(&kube_story::client_yaml()))
+        .expect("apply client");
+    kube.kubectl_ok(
+        2,
+        &[
+            "-n",
+            "shop",
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=60s",
+        ],
+        None,
+    )
+    .expect("client ready");
+    wait_import(&kube, 2, "web", true);
+    poll_until("ServiceExport web Ready", Duration::from_secs(60), || {
+        let (_, _, conditions) = snapshot(&kube);
+        if conditions.contains("Ready=True") {
+            Ok(())
+        } else {
+            Err(conditions)
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = snapshot(&kube);
+    println!("before: {before:?}");
+
+    // 1. Both API servers restart under their running gateways.
+    for name in ["c1-apiserver", "c2-apiserver"] {
+        kube.stop_daemon(name).expect("stopping");
+    }
+    for name in ["c1-apiserver", "c2-apiserver"] {
+        kube.start_daemon(name)
+            .unwrap_or_else(|e| panic!("restarting {name}: {e:#}"));
+    }
+    // The gateways resumed: a new export after the restart reaches c2...
+    kube.kubectl_ok(1, &["apply", "-f", "-"], Some(API_YAML))
+        .expect("apply api");
+    wait_import(&kube, 2, "api", true);
+    // ...and nothing that existed was re-created or flapped.
+    let after = snapshot(&kube);
+    println!("after the API server restarts: {after:?}");
+    assert_eq!(
+        before, after,
+        "the import, its slices or the export's conditions changed across the restart"
+    );
+
+    // 2. c1's etcd stops: its gateway keeps serving DNS and the tunnel from its last state.
+    kube.stop_daemon("c1-etcd").expect("stopping etcd");
+    let answer = kube
+        .lab()
+        .resolve(1, 1, "web.shop.svc.global")
+        .expect("resolving in c1");
+    assert!(
+        !answer.is_empty(),
+        "c1's DNS stopped answering without etcd"
+    );
+        .1
+        .split(':')
+        .nth(2)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let body = kube
+        .kubectl_ok(
+            2,
+            &[
+                "-n",
+                "shop",
+                "exec",
+                "client",
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://web.shop.svc.global/",
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("curl from c2 while c1's etcd is down: {e:#}"));
+    assert!(
+        body.starts_with("web-"),
+        "curl answered {body:?}, not a c1 web pod"
+    );
+    println!(
+        "c1 etcd down: c1 DNS answers {answer:?}, c2 reaches {}",
+        body.trim()
+    );
+    // ...and catches up when etcd returns.
+    kube.start_daemon("c1-etcd")
+        .unwrap_or_else(|e| panic!("restarting etcd: {e:#}"));
+    kube.kubectl_ok(1, &["-n", "shop", "delete", "serviceexport", "api"], None)
+        .expect("delete export api");
+    wait_import(&kube, 2, "api", false);
+    assert_eq!(
+        before,
+        snapshot(&kube),
+        "web changed across the etcd outage"
+    );
+    kube.down().expect("tearing the kube lab down");
 }

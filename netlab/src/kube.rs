@@ -512,6 +512,33 @@ impl KubeLab {
             .unwrap_or_default()
     }
 
+    /// Stops a kube daemon (`c1-apiserver`, `c1-etcd`...): SIGTERM, then SIGKILL after a grace.
+    pub fn stop_daemon(&mut self, name: &str) -> anyhow::Result<()> {
+        let daemon = self
+            .daemon_mut(name)
+            .with_context(|| format!("no kube daemon {name}"))?;
+        daemon.stop(STOP_GRACE);
+        Ok(())
+    }
+
+    /// Starts a stopped kube daemon again with the same flags (and, for an API server or etcd,
+    /// waits until the cluster's API server is ready).
+    pub fn start_daemon(&mut self, name: &str) -> anyhow::Result<()> {
+        self.daemon_mut(name)
+            .with_context(|| format!("no kube daemon {name}"))?
+            .start()?;
+        let cluster = name
+            .strip_prefix('c')
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        match cluster {
+            Some(c) if name.ends_with("-apiserver") || name.ends_with("-etcd") => {
+                self.wait_api_ready(c)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn wait_api_ready(&mut self, c: usize) -> anyhow::Result<()> {
         let ns = self.lab.topology().gw_ns(c);
         let name = format!("c{c}-apiserver");
