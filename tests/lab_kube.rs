@@ -244,12 +244,6 @@ fn kube_gateways_ride_out_api_server_restarts_and_a_stopped_etcd() {
         !answer.is_empty(),
         "c1's DNS stopped answering without etcd"
     );
-        .1
-        .split(':')
-        .nth(2)
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
     let body = kube
         .kubectl_ok(
             2,
