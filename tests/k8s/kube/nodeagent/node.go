@@ -44,6 +44,7 @@ func (a *agent) nodeStatus() corev1.NodeStatus {
 		NodeInfo: corev1.NodeSystemInfo{
 			KubeletVersion: a.cfg.version, OperatingSystem: "linux", Architecture: "amd64",
 			ContainerRuntimeVersion: "causeway-lab://netns", OSImage: "causeway lab node agent",
+			KernelVersion: kernelVersion(),
 		},
 	}
 }
@@ -176,4 +177,12 @@ func (a *agent) handleExec(w http.ResponseWriter, req *http.Request) {
 	klog.InfoS("exec", "pod", namespace+"/"+pod, "container", container, "command", cmd)
 	remotecommandserver.ServeExec(w, req, &netnsExecutor{netns: sb.netns, hostname: pod}, pod, string(sb.uid), container, cmd, opts,
 		4*time.Hour, remotecommandserver.DefaultStreamCreationTimeout, remotecommandserver.SupportedStreamingProtocols)
+}
+
+func kernelVersion() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
