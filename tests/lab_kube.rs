@@ -283,3 +283,192 @@ fn kube_gateways_ride_out_api_server_restarts_and_a_stopped_etcd() {
     );
     kube.down().expect("tearing the kube lab down");
 }
+
+/// One export's round trip with a time limit per wait: c1 exports `api`, c2 imports it, c1
+/// withdraws it, c2 drops it. `Err` names the wait that stalled.
+fn round_trip(kube: &KubeLab, limit: Duration) -> Result<(), String> {
+    let wait = |c: usize, present: bool| {
+        poll_until(
+            &format!("api {} in c{c}", if present { "imported" } else { "gone" }),
+            limit,
+            || {
+                let out = kube
+                    .kubectl(
+                        c,
+                        &["-n", "shop", "get", "serviceimport", "api", "-o", "name"],
+                        None,
+                    )
+                    .map_err(|e| format!("{e:#}"))?;
+                if out.status.success() == present {
+                    Ok(())
+                } else {
+                    Err("not yet".to_owned())
+                }
+            },
+        )
+        .map_err(|e| format!("{e:#}"))
+    };
+    kube.kubectl_ok(1, &["apply", "-f", "-"], Some(API_YAML))
+        .map_err(|e| format!("{e:#}"))?;
+    wait(2, true)?;
+    poll_until("ServiceExport api Valid", limit, || {
+        let out = kube
+            .kubectl_ok(
+                1,
+                &[
+                    "-n",
+                    "shop",
+                    "get",
+                    "serviceexport",
+                    "api",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Valid\")].status}",
+                ],
+                None,
+            )
+            .map_err(|e| format!("{e:#}"))?;
+        if out.trim() == "True" {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .map_err(|e| format!("{e:#}"))?;
+    kube.kubectl_ok(1, &["-n", "shop", "delete", "serviceexport", "api"], None)
+        .map_err(|e| format!("{e:#}"))?;
+    wait(2, false)
+}
+
+/// The first log line that says the API server forbade something.
+fn forbidden_line(log: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains("forbidden") || l.contains("Forbidden"))
+        .map(|l| l.chars().take(300).collect())
+}
+
+#[test]
+#[ignore = "needs root: netlab"]
+fn kube_gateway_without_each_verb_of_its_cluster_role_says_so_and_never_crashes() {
+    let mut kube = match KubeLab::up(LabSpec::new("cwk", env!("CARGO_BIN_EXE_causeway"))) {
+        Ok(kube) => kube,
+        Err(e) => panic!("the kube lab did not come up: {e:#}"),
+    };
+    for c in kube.lab().topology().clusters() {
+        kube.kubectl_ok(c, &["create", "namespace", "shop"], None)
+            .expect("namespace shop");
+    }
+    round_trip(&kube, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("with deploy/'s RBAC: {e}{}", logs(&kube)));
+    let role_json = kube
+        .kubectl_ok(
+            1,
+            &["get", "clusterrole", "causeway-gateway", "-o", "json"],
+            None,
+        )
+        .expect("reading the ClusterRole");
+    let role: serde_json::Value = serde_json::from_str(&role_json).expect("ClusterRole JSON");
+    let rules = role["rules"].as_array().expect("rules").clone();
+    // Replaced without a resourceVersion: the same role in both clusters, no conflicts.
+    let mut original = role.clone();
+    original["metadata"] = serde_json::json!({"name": "causeway-gateway"});
+    let original = original.to_string();
+    let mut table = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let resources = rule["resources"][0].as_str().unwrap_or_default().to_owned();
+        for verb in rule["verbs"].as_array().expect("verbs") {
+            let verb = verb.as_str().unwrap_or_default().to_owned();
+            let mut less = role.clone();
+            let mut reduced = rules.clone();
+            let verbs: Vec<serde_json::Value> = rules[i]["verbs"]
+                .as_array()
+                .expect("verbs")
+                .iter()
+                .filter(|v| v.as_str() != Some(&verb))
+                .cloned()
+                .collect();
+            if verbs.is_empty() {
+                reduced.remove(i);
+            } else {
+                reduced[i]["verbs"] = verbs.into();
+            }
+            less["rules"] = reduced.into();
+            less["metadata"] = serde_json::json!({"name": "causeway-gateway"});
+            for c in [1, 2] {
+                kube.kubectl_ok(c, &["replace", "-f", "-"], Some(&less.to_string()))
+                    .expect("replacing the ClusterRole");
+            }
+            let marks: Vec<usize> = [1, 2]
+                .iter()
+                .map(|&c| kube.lab().gateway_log(c).len())
+                .collect();
+            for c in [1, 2] {
+                kube.lab_mut().stop_gateway(c);
+                kube.lab_mut()
+                    .start_gateway(c)
+                    .unwrap_or_else(|e| panic!("gateway c{c} without {verb} {resources}: {e:#}"));
+            }
+            let outcome = round_trip(&kube, Duration::from_secs(8));
+            let since: Vec<String> = [1, 2]
+                .iter()
+                .zip(&marks)
+                .map(|(&c, &m)| {
+                    kube.lab()
+                        .gateway_log(c)
+                        .get(m..)
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect();
+            let said = since
+                .iter()
+                .zip(["c1", "c2"])
+                .find_map(|(log, c)| forbidden_line(log).map(|l| format!("{c}: {l}")));
+            for c in [1, 2] {
+                assert!(
+                    kube.lab_mut().gateway_running(c),
+                    "gateway c{c} crashed without {verb} {resources}:\n{}",
+                    since[c - 1]
+                );
+            }
+            let seen = match (&outcome, &said) {
+                (Ok(()), None) => "works: not needed by an export's round trip".to_owned(),
+                (Ok(()), Some(line)) => format!("works, and logs {line}"),
+                (Err(stalled), Some(line)) => format!("stalls at {stalled:.60}; logs {line}"),
+                (Err(stalled), None) => panic!(
+                    "without {verb} {resources} the round trip stalls ({stalled}) and no gateway says why:\n{}\n{}",
+                    since[0], since[1]
+                ),
+            };
+            println!("without {verb:>6} {resources:<28} {seen}");
+            table.push((verb.clone(), resources.clone(), seen));
+            // Back to deploy/'s RBAC, and the leftovers of a stalled round trip cleared.
+            for c in [1, 2] {
+                kube.kubectl_ok(c, &["replace", "-f", "-"], Some(&original))
+                    .expect("restoring the ClusterRole");
+            }
+            let _ = kube.kubectl(
+                1,
+                &[
+                    "-n",
+                    "shop",
+                    "delete",
+                    "serviceexport",
+                    "api",
+                    "--ignore-not-found",
+                ],
+                None,
+            );
+            for c in [1, 2] {
+                kube.lab_mut().stop_gateway(c);
+                kube.lab_mut()
+                    .start_gateway(c)
+                    .unwrap_or_else(|e| panic!("gateway c{c}: {e:#}"));
+            }
+            round_trip(&kube, Duration::from_secs(60)).unwrap_or_else(|e| {
+                panic!("after restoring {verb} {resources}: {e}{}", logs(&kube))
+            });
+        }
+    }
+    assert!(table.len() >= 15, "every verb tried: {table:?}");
+    kube.down().expect("tearing the kube lab down");
+}

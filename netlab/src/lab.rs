@@ -343,6 +343,13 @@ impl Lab {
         }
     }
 
+    /// Whether a cluster's gateway process is alive (false if it exited or never started).
+    pub fn gateway_running(&mut self, cluster: usize) -> bool {
+        self.gateways
+            .get_mut(&cluster)
+            .is_some_and(Daemon::is_running)
+    }
+
     pub fn gateway_log(&self, cluster: usize) -> String {
         self.gateways
             .get(&cluster)
