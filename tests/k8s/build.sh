@@ -3,6 +3,7 @@
 # versions, into a cache keyed by version. A second run finds them and returns at once.
 #
 #   tests/k8s/build.sh             build whatever is missing of kube and agent (helm: on request)
+#   tests/k8s/build.sh helm        helm, from its own wrapper module (helm/go.mod)
 #   tests/k8s/build.sh kube agent  only etcd, kube-apiserver, kube-controller-manager, kubectl
 #                                  and the lab's node agent
 #   tests/k8s/build.sh --dir       print the cache directory
