@@ -60,6 +60,7 @@ fn kube_story_export_import_reach_withdraw_through_kubectl() {
         ),
     }
     install_is_accepted_by_a_real_api_server(&kube);
+    helm_install_is_accepted_by_a_real_api_server(&kube);
     kube.down().expect("tearing the kube lab down");
 }
 
@@ -481,4 +482,52 @@ fn kube_gateway_without_each_verb_of_its_cluster_role_says_so_and_never_crashes(
         "deploy/'s ClusterRole grants verbs the gateway does not use: {unused:?}"
     );
     kube.down().expect("tearing the kube lab down");
+}
+
+/// `helm install` of deploy/helm into c3, server-side dry run (the lab already made the
+/// namespace and RBAC, so the release takes them over; nothing is stored, so no gateway pod
+/// needs a runtime).
+fn helm_install_is_accepted_by_a_real_api_server(kube: &KubeLab) {
+    let build = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/k8s/build.sh");
+    let out = std::process::Command::new(build)
+        .args(["--path", "helm"])
+        .output()
+        .expect("tests/k8s/build.sh --path helm");
+    let helm = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        helm.exists(),
+        "{} is not built: run tests/k8s/build.sh helm",
+        helm.display()
+    );
+    let t = kube.lab().topology();
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm");
+    println!(
+        "$ helm install causeway deploy/helm --kube-context c3 --namespace causeway-system --set clusterId=c3 ... --dry-run=server --take-ownership"
+    );
+    let out = std::process::Command::new(&helm)
+        .args(["install", "causeway", chart, "--kubeconfig"])
+        .arg(kube.kubeconfig())
+        .args([
+            "--kube-context",
+            "c3",
+            "--namespace",
+            "causeway-system",
+            "--dry-run=server",
+            "--take-ownership",
+        ])
+        .args(["--set", "clusterId=c3", "--set"])
+        .arg(format!("brokers={{{}}}", t.broker_listen()))
+        .arg("--set")
+        .arg(format!("cidrs={{{}}}", t.cluster_cidr(3)))
+        .output()
+        .expect("running helm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helm install refused: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("STATUS: pending-install"), "{stdout}");
+    println!("{}", stdout.lines().take(5).collect::<Vec<_>>().join("\n"));
 }
