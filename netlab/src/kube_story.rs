@@ -221,8 +221,14 @@ pub fn run(kube: &mut KubeLab, say: &mut dyn FnMut(&str)) -> anyhow::Result<Stor
         "Step 4: from a c2 pod, the names answer and curl reaches c1 through the tunnel".into(),
         &mut report,
     );
+    let client = kube.lab().work_dir().join("client.yaml");
+    std::fs::write(&client, client_yaml())
+        .with_context(|| format!("writing {}", client.display()))?;
     out(
-        "  $ kubectl --context c2 -n shop apply -f client.yaml".into(),
+        format!(
+            "  $ kubectl --context c2 -n shop apply -f {}",
+            client.display()
+        ),
         &mut report,
     );
     kube.kubectl_ok(2, &["-n", "shop", "apply", "-f", "-"], Some(&client_yaml()))?;
