@@ -10,6 +10,10 @@ use causeway_netlab::lab::LabSpec;
 use causeway_netlab::wait::poll_until;
 use std::time::Duration;
 
+/// The tests of this file run one at a time: each builds a whole kube lab with the same prefix
+/// and host forward ports (and three control planes are plenty for 2 cores).
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(25)..].join("\n")
@@ -36,6 +40,7 @@ fn logs(kube: &KubeLab) -> String {
 #[test]
 #[ignore = "needs root: netlab"]
 fn kube_story_export_import_reach_withdraw_through_kubectl() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut kube = match KubeLab::up(LabSpec::new("cwk", env!("CARGO_BIN_EXE_causeway"))) {
         Ok(kube) => kube,
         Err(e) => panic!("the kube lab did not come up: {e:#}"),
@@ -177,6 +182,7 @@ fn wait_import(kube: &KubeLab, c: usize, name: &str, present: bool) {
 #[test]
 #[ignore = "needs root: netlab"]
 fn kube_gateways_ride_out_api_server_restarts_and_a_stopped_etcd() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut kube = match KubeLab::up(LabSpec::new("cwk", env!("CARGO_BIN_EXE_causeway"))) {
         Ok(kube) => kube,
         Err(e) => panic!("the kube lab did not come up: {e:#}"),
@@ -350,6 +356,7 @@ fn forbidden_line(log: &str) -> Option<String> {
 #[test]
 #[ignore = "needs root: netlab"]
 fn kube_gateway_without_each_verb_of_its_cluster_role_says_so_and_never_crashes() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut kube = match KubeLab::up(LabSpec::new("cwk", env!("CARGO_BIN_EXE_causeway"))) {
         Ok(kube) => kube,
         Err(e) => panic!("the kube lab did not come up: {e:#}"),
