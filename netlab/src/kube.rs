@@ -665,9 +665,14 @@ impl KubeLab {
         )
     }
 
-    /// Stops the kube daemons (gateways with the lab), then tears the lab down, reporting
-    /// failures (Drop does the same, silently).
+    /// Stops the gateways, then the kube daemons, then tears the lab down, reporting failures
+    /// (Drop does the same, silently, stopping the kube daemons first).
     pub fn down(mut self) -> anyhow::Result<()> {
+        // Gateways first, so that none logs its API server going away.
+        let clusters: Vec<usize> = self.lab.topology().clusters().collect();
+        for c in clusters {
+            self.lab.stop_gateway(c);
+        }
         for d in &mut self.daemons {
             d.stop(STOP_GRACE);
         }

@@ -429,7 +429,7 @@ fn pod_names(kube: &KubeLab, c: usize) -> anyhow::Result<Vec<String>> {
 }
 
 /// Checks the ServiceImport in cluster c: ClusterSetIP, port 80/TCP, one IP in c's
-/// clusterset range, status.clusters [c1]; returns a one-line summary.
+/// clusterset range, status.clusters [c1], Ready=True; returns a one-line summary.
 fn check_import(kube: &KubeLab, c: usize) -> anyhow::Result<String> {
     let range_prefix = format!("10.{}.96.", 100 + c);
     poll_until(
@@ -456,13 +456,15 @@ fn check_import(kube: &KubeLab, c: usize) -> anyhow::Result<String> {
             let ports = get("{range .spec.ports[*]}{.name}/{.port}/{.protocol} {end}")?;
             let ips = get("{.spec.ips[*]}")?;
             let clusters = get("{.status.clusters[*].cluster}")?;
+            let ready = get("{.status.conditions[?(@.type==\"Ready\")].status}")?;
             let ok = kind == "ClusterSetIP"
+                && ready == "True"
                 && ports.trim() == "http/80/TCP"
                 && ips.split_whitespace().count() == 1
                 && ips.starts_with(&range_prefix)
                 && clusters.trim() == "c1";
             let summary = format!(
-                "type {kind}, ports {}, ips {ips}, status.clusters [{clusters}]",
+                "type {kind}, ports {}, ips {ips}, status.clusters [{clusters}], Ready={ready}",
                 ports.trim()
             );
             if ok { Ok(summary) } else { Err(summary) }
