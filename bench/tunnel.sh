@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Tunnel throughput and latency between two network namespaces joined by one veth pair:
 # the bare veth (segmentation offloads off), wireguard-go, boringtun-cli and causeway's data
-# plane (gateway/examples/tunnel.rs), each side pinned to its own core with taskset.
+# plane (gateway/examples/tunnel.rs), each side pinned to its own core with taskset; causeway
+# twice, right after each other: plain, and with the prefix translation on (causeway-nat: both
+# sides translate their local /24 to a global one, as clusters with the same pod CIDR do).
 #
 # Per setup: iperf3 TCP with 1 and 4 streams (DUR seconds each, default 10), ping RTT, and a
 # 1-byte TCP request/response rate (python3, so a relative figure). Reports Gbit/s and the
 # tunnel processes' CPU seconds per GB moved; the last line is
-#   tunnel ratio_vs_wireguard_go=X ratio_vs_boringtun_cli=Y fraction_of_veth=Z
-# (single stream). Needs root, iproute2, ethtool, iperf3, wireguard-go, wg, python3, and
+#   tunnel ratio_vs_wireguard_go=X ratio_vs_boringtun_cli=Y fraction_of_veth=Z translated_fraction=T
+# (single stream; T is causeway-nat's Gbit/s over causeway's). Needs root, iproute2, ethtool, iperf3, wireguard-go, wg, python3, and
 # optionally boringtun-cli (`cargo install boringtun-cli`); a setup whose tool is missing is
 # reported as skipped. Not part of CI: it measures, it does not assert.
 #
@@ -226,6 +228,24 @@ kill "$CA" "$CB" 2>/dev/null || true
 wait "$CA" "$CB" 2>/dev/null || true
 log "causeway drop counters: $(grep -h 'device stats' "$LOGS"/causeway-*.log | tr '\n' ' ')"
 
+# --- causeway with prefix translation ---
+# Both sides use 10.78.0.0/24 locally (A's 10.78.0.1 and B's 10.78.0.2 on lo); from outside A
+# is 10.79.1.0/24 and B 10.79.2.0/24. iperf3 in A dials B's global 10.79.2.2 from its local
+# 10.78.0.1 (the route's src); B's server sees 10.79.1.1 and answers it.
+ip netns exec "$A" taskset -c "$CPU_A" "$CAUSEWAY" --tun "${P}n" --listen 10.77.0.1:51821 --private-key "$KEY_A" \
+	--peer "$PUB_B" --endpoint 10.77.0.2:51821 --allowed 10.79.2.0/24 --mtu "$MTU" --route-source 10.78.0.1 \
+	--translate 10.78.0.0/24=10.79.1.0/24 2>"$LOGS/causeway-nat-a.log" &
+CA=$!
+ip netns exec "$B" taskset -c "$CPU_B" "$CAUSEWAY" --tun "${P}n" --listen 10.77.0.2:51821 --private-key "$KEY_B" \
+	--peer "$PUB_A" --endpoint 10.77.0.1:51821 --allowed 10.79.1.0/24 --mtu "$MTU" --route-source 10.78.0.2 \
+	--translate 10.78.0.0/24=10.79.2.0/24 2>"$LOGS/causeway-nat-b.log" &
+CB=$!
+PIDS+=("$CA" "$CB")
+wait_ping 10.79.2.2 && measure causeway-nat 10.79.2.2 "$CA" "$CB"
+kill "$CA" "$CB" 2>/dev/null || true
+wait "$CA" "$CB" 2>/dev/null || true
+log "causeway-nat counters: $(grep -h 'device stats' "$LOGS"/causeway-nat-*.log | tr '\n' ' ')"
+
 # --- summary (single stream) ---
 python3 - "${RESULTS[@]}" <<'EOF'
 import sys
@@ -236,6 +256,7 @@ for r in sys.argv[1:]:
 def ratio(a, b):
     x, y = rows.get((a, 1)), rows.get((b, 1))
     return "%.2f" % (x / y) if x and y else "n/a"
-print("tunnel ratio_vs_wireguard_go=%s ratio_vs_boringtun_cli=%s fraction_of_veth=%s" % (
-    ratio("causeway", "wireguard-go"), ratio("causeway", "boringtun-cli"), ratio("causeway", "veth")))
+print("tunnel ratio_vs_wireguard_go=%s ratio_vs_boringtun_cli=%s fraction_of_veth=%s translated_fraction=%s" % (
+    ratio("causeway", "wireguard-go"), ratio("causeway", "boringtun-cli"), ratio("causeway", "veth"),
+    ratio("causeway-nat", "causeway")))
 EOF

@@ -154,11 +154,16 @@ async fn start_client(
     let id = cluster_id(index);
     let info = ClusterInfo {
         id: id.clone(),
-        wg_endpoint: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 1)), 51820),
+        // The address the session comes from, as the broker's address plan requires.
+        wg_endpoint: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 51820),
         wg_public_key: [index as u8; 32],
-        cidrs: vec![],
+        cidrs: vec![
+            format!("10.{}.0.0/16", index % 250).parse()?,
+            "11.0.0.0/8".parse()?,
+        ],
         region: None,
         zone: None,
+        global: vec![],
     };
     send.write_all(&wire::encode(&ClientMessage::Hello(Hello {
         cluster: info,
@@ -329,6 +334,10 @@ async fn main() -> anyhow::Result<()> {
             "broker",
             "--listen",
             &broker_addr.to_string(),
+            // Every cluster claims its own 10.C.0.0/16 and the marker range 11.0.0.0/8 (see
+            // `marker`): 100 /8s need a global range larger than the default /10.
+            "--global-v4",
+            "128.0.0.0/1",
         ])
         .args(store)
         .arg("--tls-dir")

@@ -4,83 +4,38 @@
 //! - `GET /metrics`: Prometheus text exposition (see `metrics` for every family);
 //! - `GET /healthz`: 200 while the process serves HTTP at all;
 //! - `GET /readyz`: 200 once ready, 503 before, by the rule of [`readiness`];
-//! - `GET /api/v1/status`: the [`api::Status`] document `causeway status` and `diagnose` read;
-//! - `GET /api/v1/explain?name=NAME&type=A|AAAA|SRV`: the [`api::Explanation`] of `explain`;
+//! - `GET /api/v1/status`: the [`crate::status::api::Status`] document `causeway status` and `diagnose` read;
+//! - `GET /api/v1/explain?name=NAME&type=A|AAAA|SRV`: the [`crate::status::api::Explanation`] of `explain`;
 //! - `GET /api/v1/dns/records?instance=I&after=G&wait_ms=W`: the long poll DNS replicas
 //!   follow (`crate::replica`).
 //!
 //! The gateway loop publishes a [`GatewayView`] on every change; the server reads the latest
 //! one, and asks the data plane and the DNS server for their live counters per request
-//! ([`Sources`]). Module map: `api` (the JSON documents), `server` (the axum shell),
+//! ([`Sources`]). Module map: `server` (the axum shell),
 //! `metrics` (the exposition and the endpoint-probe recorder), `lookup` (one real DNS query),
-//! `client` (the CLI's HTTP GET), `link_mtu` (the kernel's MTU towards a peer).
+//! `client` (the CLI's JSON GET), `link_mtu` (the kernel's MTU towards a peer); the HTTP
+//! plumbing itself is `crate::http`.
 
-pub mod api;
 pub mod client;
 pub mod link_mtu;
 pub mod lookup;
 pub mod metrics;
 mod server;
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use futures::future::BoxFuture;
 
 use crate::model::{ClusterId, Export};
 use crate::select::Health;
-use crate::sync::quic::SyncState;
+use crate::status::GatewayView;
+use crate::sync::proto::SyncState;
 
-pub(crate) use server::serve_http;
 pub use server::{AdminServer, serve, serve_standby};
 
 /// The admin address unless `--admin-listen` says otherwise: loopback only, since the API
 /// shows the whole clusterset's topology.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9990";
-
-/// What the gateway loop knows, published to the admin server on every change.
-#[derive(Debug, Clone)]
-pub struct GatewayView {
-    pub cluster: ClusterId,
-    /// This cluster's exports, from its source.
-    pub local: Vec<Export>,
-    /// The broker link and the last synced view.
-    pub sync: SyncState,
-    /// What this gateway's tunnel probes say of the other clusters.
-    pub health: Health,
-    /// When the synced view last changed (its revision moved); `None` before the first sync.
-    pub last_update: Option<Instant>,
-}
-
-impl GatewayView {
-    /// Before anything is known.
-    pub fn new(cluster: ClusterId) -> Self {
-        Self {
-            cluster,
-            local: Vec::new(),
-            sync: SyncState::default(),
-            health: Health::default(),
-            last_update: None,
-        }
-    }
-
-    /// Whether a full view from the broker has been loaded in this process (it is kept, and
-    /// served, when the broker goes away later).
-    pub fn synced(&self) -> bool {
-        self.last_update.is_some()
-    }
-}
-
-/// The gateway's fixed facts, for the status document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewayInfo {
-    pub brokers: Vec<SocketAddr>,
-    /// Where DNS listens (the bound address).
-    pub dns_listen: SocketAddr,
-    pub dns_zone: String,
-    pub clusterset_zone: Option<String>,
-    pub tunnel_mtu: u16,
-}
 
 /// Where the server reads live counters; the gateway passes its data plane and DNS handles,
 /// tests pass fakes.

@@ -127,53 +127,6 @@ pub enum CertError {
     },
 }
 
-/// Runs one `causeway certs` command and says what it did, in a sentence for the operator.
-pub fn run(command: crate::cli::CertsCommand) -> Result<String, CertError> {
-    use crate::cli::CertsCommand;
-    Ok(match command {
-        CertsCommand::Init { out } => {
-            init_ca(&out)?;
-            format!("Created the clusterset CA in {}", out.display())
-        }
-        CertsCommand::Issue {
-            cluster: Some(id),
-            ca_dir,
-            out,
-            ..
-        } => {
-            issue_cluster(&ca_dir, &id, &out)?;
-            format!(
-                "Issued the certificate of cluster {id} into {}",
-                out.display()
-            )
-        }
-        CertsCommand::Issue {
-            cluster: None,
-            ca_dir,
-            out,
-            ..
-        } => {
-            issue_broker(&ca_dir, &out)?;
-            format!("Issued the broker's certificate into {}", out.display())
-        }
-        CertsCommand::Rotate {
-            cluster,
-            ca_dir,
-            out,
-        } => {
-            let rotated = rotate_cluster(&ca_dir, &cluster, &out)?;
-            format!(
-                "Rotated the certificate of cluster {cluster} in {}: serial {} replaces {} \
-                 (deny serial:{} on the broker once the gateway has moved)",
-                out.display(),
-                rotated.new_serial,
-                rotated.old_serial,
-                rotated.old_serial
-            )
-        }
-    })
-}
-
 /// Creates a new clusterset CA in `out`: `ca.crt` and `ca.key` (0600). Refuses to overwrite.
 pub fn init_ca(out: &Path) -> Result<(), CertError> {
     create_dir(out)?;

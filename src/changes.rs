@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use tracing::{info, warn};
 
-use crate::app::{exports_by_service, localities, rank_service};
+use crate::answers::{exports_by_service, localities, rank_service};
 use crate::model::{ClusterId, Export, ServiceKey};
 use crate::select::{Excluded, Health, Verdict};
 use crate::sync::proto::ClusterSetView;
@@ -235,6 +235,7 @@ mod tests {
                 cidrs: vec![],
                 region: None,
                 zone: None,
+                global: vec![],
             };
             v.clusters.insert(c.id.clone(), c);
         }
@@ -304,6 +305,7 @@ mod tests {
 
         let mut clusterip = web(&[("10.102.0.10", true)]);
         clusterip.cluster_ips = ips(&["10.96.2.1"]);
+        clusterip.props.kind = crate::model::ServiceKind::ClusterSetIp;
         assert_eq!(
             t.observe(&me, &local2, &view(Some(clusterip)), &all),
             [Change::ExportConflict {

@@ -100,6 +100,19 @@ pub struct DnsArgs {
     pub udp_sockets: Option<u16>,
 }
 
+impl From<&DnsArgs> for crate::replica::run::ReplicaConfig {
+    fn from(args: &DnsArgs) -> Self {
+        Self {
+            from: args.from.clone(),
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            upstream: args.upstream,
+            wait: crate::replica::proto::DEFAULT_WAIT,
+            udp_sockets: args.udp_sockets.map(usize::from),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// This cluster's id (a DNS label), as in its certificate.
@@ -210,6 +223,55 @@ pub enum CertsCommand {
     },
 }
 
+impl CertsCommand {
+    /// Runs the command and says what it did, in a sentence for the operator.
+    pub fn run(self) -> Result<String, crate::certs::CertError> {
+        use crate::certs::{init_ca, issue_broker, issue_cluster, rotate_cluster};
+        Ok(match self {
+            CertsCommand::Init { out } => {
+                init_ca(&out)?;
+                format!("Created the clusterset CA in {}", out.display())
+            }
+            CertsCommand::Issue {
+                cluster: Some(id),
+                ca_dir,
+                out,
+                ..
+            } => {
+                issue_cluster(&ca_dir, &id, &out)?;
+                format!(
+                    "Issued the certificate of cluster {id} into {}",
+                    out.display()
+                )
+            }
+            CertsCommand::Issue {
+                cluster: None,
+                ca_dir,
+                out,
+                ..
+            } => {
+                issue_broker(&ca_dir, &out)?;
+                format!("Issued the broker's certificate into {}", out.display())
+            }
+            CertsCommand::Rotate {
+                cluster,
+                ca_dir,
+                out,
+            } => {
+                let rotated = rotate_cluster(&ca_dir, &cluster, &out)?;
+                format!(
+                    "Rotated the certificate of cluster {cluster} in {}: serial {} replaces {} \
+                 (deny serial:{} on the broker once the gateway has moved)",
+                    out.display(),
+                    rotated.new_serial,
+                    rotated.old_serial,
+                    rotated.old_serial
+                )
+            }
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
     /// UDP address to serve QUIC on.
@@ -257,6 +319,39 @@ pub struct BrokerArgs {
     /// the sessions it denies are cut off.
     #[arg(long, value_name = "PATH", env = "CAUSEWAY_BROKER_DENY_LIST")]
     pub deny_list: Option<PathBuf>,
+    /// The IPv4 range from which every cluster's claimed CIDRs get their clusterset-unique
+    /// global ranges (same length as each claim; other clusters reach a cluster only through
+    /// them). Must not overlap any cluster's own addresses. The default /10 holds three
+    /// kind-sized clusters (a /16 of pods and a /12 of services each).
+    #[arg(
+        long,
+        value_name = "CIDR",
+        default_value = "100.64.0.0/10",
+        env = "CAUSEWAY_GLOBAL_V4"
+    )]
+    pub global_v4: ipnet::Ipv4Net,
+    /// The IPv6 range global ranges are cut from (see --global-v4).
+    #[arg(
+        long,
+        value_name = "CIDR",
+        default_value = "fd63:6175:7365::/48",
+        env = "CAUSEWAY_GLOBAL_V6"
+    )]
+    pub global_v6: ipnet::Ipv6Net,
+    /// A cluster's WireGuard endpoint address as the operator vouches for it, `ID=IP`
+    /// (repeatable): for a gateway behind NAT or a load balancer. A cluster not listed must
+    /// advertise the address its broker session comes from.
+    #[arg(long = "endpoint", value_name = "ID=IP", value_parser = parse_vouched_endpoint)]
+    pub endpoints: Vec<(ClusterId, std::net::IpAddr)>,
+}
+
+fn parse_vouched_endpoint(s: &str) -> Result<(ClusterId, std::net::IpAddr), String> {
+    let (id, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=IP"))?;
+    let id = ClusterId::new(id).map_err(|e| e.to_string())?;
+    let ip = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
+    Ok((id, ip))
 }
 
 impl BrokerArgs {
@@ -273,6 +368,12 @@ impl BrokerArgs {
                     retention: self.retention,
                     max_services: self.max_services,
                     max_endpoints: self.max_endpoints,
+                    plan: crate::model::plan::PlanConfig {
+                        v4: self.global_v4.trunc(),
+                        v6: self.global_v6.trunc(),
+                        ..Default::default()
+                    },
+                    endpoints: self.endpoints.into_iter().collect(),
                     ..Default::default()
                 },
                 max_message_bytes: self.max_message_bytes as usize,
@@ -373,7 +474,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "ZONE", default_value = "clusterset.local")]
     pub clusterset_zone: String,
     /// Most addresses one answer carries (the nearest ones; equally near ones rotate between
-    /// queries). 0 = no cap.
+    /// queries), per family. A headless service's name in the MCS zone carries at most this
+    /// many endpoints instead, the same ones for A and AAAA. 0 = no cap.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub dns_max_addresses: usize,
     /// UDP sockets to serve DNS with, each on a thread of its own (SO_REUSEPORT: the kernel
@@ -409,6 +511,20 @@ pub struct GatewayArgs {
     /// status`, `explain` and `diagnose` read. Keep it on loopback or a private network.
     #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_LISTEN, env = "CAUSEWAY_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
+}
+
+impl From<&GatewayArgs> for crate::source::k8s::run::RunConfig {
+    fn from(args: &GatewayArgs) -> Self {
+        Self {
+            kube: matches!(args.source, SourceSpec::Kube),
+            cluster_id: args.cluster_id.clone(),
+            clusterset_ip_ranges: args.clusterset_ip_ranges.clone(),
+            leader_elect: args.leader_elect,
+            leader_elect_identity: args.leader_elect_identity.clone(),
+            leader_elect_namespace: args.leader_elect_namespace.clone(),
+            leader_elect_lease: args.leader_elect_lease.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,24 +564,46 @@ fn parse_ifname(s: &str) -> Result<String, String> {
     }
 }
 
+/// How the lab's clusters are addressed.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LabShape {
+    /// Make every cluster as kind makes them, pods 10.244.0.0/16 and services 10.96.0.0/12
+    /// (the wan moves to 192.168.100.0/24): each is reached through the global ranges the
+    /// broker gives it.
+    #[arg(long)]
+    pub same_cidrs: bool,
+}
+
+/// `lab demo` and `lab up`: the lab's shape, and whether its clusters run Kubernetes.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LabRun {
+    #[command(flatten)]
+    pub shape: LabShape,
+    /// Every cluster runs a real Kubernetes control plane (built from pinned Go modules by
+    /// tests/k8s/build.sh on first use, then cached) and the gateways run `--source kube`;
+    /// `demo` tells the user story through kubectl, `up` prints how to use the kubeconfig.
+    #[arg(long, conflicts_with = "same_cidrs")]
+    pub kube: bool,
+}
+
+impl LabShape {
+    pub fn addressing(self) -> causeway_netlab::Addressing {
+        if self.same_cidrs {
+            causeway_netlab::Addressing::SameCidrs
+        } else {
+            causeway_netlab::Addressing::Distinct
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Build the lab, run the story (export, resolve and reach from another cluster, only
     /// WireGuard on the wire, nearest first, withdrawal, broker restart), print each step and
     /// tear everything down.
-    Demo {
-        /// Every cluster runs a real Kubernetes control plane (built from pinned Go modules by
-        /// tests/k8s/build.sh on first use, then cached) and the gateways run `--source kube`;
-        /// tells the user story through kubectl.
-        #[arg(long)]
-        kube: bool,
-    },
+    Demo(LabRun),
     /// Build the lab and leave it running for exploration; prints how to get into a pod.
-    Up {
-        /// As `demo --kube`: real control planes; prints how to use the lab's kubeconfig.
-        #[arg(long)]
-        kube: bool,
-    },
+    Up(LabRun),
     /// Tear down a lab left by `lab up` (or a crashed run).
     Down,
     /// Measure failover from a client's seat: build a lab, kill c1's endpoint, kill c1's
@@ -478,6 +616,8 @@ pub enum LabCommand {
         /// Where to write the SVG timeline.
         #[arg(long, default_value = "failover.svg")]
         svg: std::path::PathBuf,
+        #[command(flatten)]
+        shape: LabShape,
     },
     /// The failover lab's client: resolve, GET, print one line per request (used by the lab).
     #[command(hide = true)]

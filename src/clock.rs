@@ -8,6 +8,12 @@ pub fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Tokio's now, for deadlines handed to tokio's timers (`timeout_at`, `sleep_until`) and
+/// compared with tokio's instants.
+pub fn tokio_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 /// Wall-clock now, for timestamps that leave the process (certificates, records' ages).
 pub fn wall_now() -> std::time::SystemTime {
     std::time::SystemTime::now()

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::api::{DnsAnswer, PeerState, Status};
+use crate::status::api::{DnsAnswer, PeerState, Status};
 
 /// WireGuard rejects a session older than this (REJECT_AFTER_TIME, whitepaper §6.1): a
 /// healthy peer with traffic or keepalives re-handshakes well within it.
@@ -19,7 +19,7 @@ const HANDSHAKE_STALE_SECONDS: f64 = 180.0;
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    /// `broker`, `ready`, `handshake/c2`, `probe/c2`, `dns/shop/web`, `cidr-overlap`, `mtu/c2`.
+    /// `broker`, `ready`, `handshake/c2`, `probe/c2`, `dns/shop/web`, `address-plan`, `mtu/c2`.
     pub name: String,
     pub pass: bool,
     pub reason: String,
@@ -77,22 +77,10 @@ pub fn dns_questions(status: &Status) -> Vec<Question> {
 }
 
 /// Every check, in order: broker, readiness, each peer's handshake and probe, DNS answering
-/// each own export (`answers` pairs each [`Question`] with what the server said), CIDR
-/// overlaps, and each peer link's MTU against the tunnel's.
+/// each own export (`answers` pairs each [`Question`] with what the server said), the address
+/// plan, and each peer link's MTU against the tunnel's.
 pub fn checks(status: &Status, answers: &[(Question, DnsAnswer)]) -> Vec<Check> {
     let mut out = Vec::new();
-    let pass = |name: &str, reason: String| Check {
-        name: name.to_owned(),
-        pass: true,
-        reason,
-        hint: None,
-    };
-    let fail = |name: &str, reason: String, hint: &str| Check {
-        name: name.to_owned(),
-        pass: false,
-        reason,
-        hint: Some(hint.to_owned()),
-    };
 
     let b = &status.broker;
     let broker = b.address.map_or("no broker".to_owned(), |a| a.to_string());
@@ -225,22 +213,7 @@ pub fn checks(status: &Status, answers: &[(Question, DnsAnswer)]) -> Vec<Check> 
         });
     }
 
-    let overlaps = cidr_overlaps(status);
-    out.push(if overlaps.is_empty() {
-        pass(
-            "cidr-overlap",
-            format!(
-                "the CIDRs of {} clusters are disjoint",
-                status.clusters.len()
-            ),
-        )
-    } else {
-        fail(
-            "cidr-overlap",
-            overlaps.join("; "),
-            "overlapping ranges cannot be routed into distinct tunnels: give each cluster a distinct --cidr",
-        )
-    });
+    out.push(address_plan(status));
 
     for p in &status.peers {
         let Some(cluster) = &p.cluster else { continue };
@@ -277,25 +250,88 @@ pub fn checks(status: &Status, answers: &[(Question, DnsAnswer)]) -> Vec<Check> 
     out
 }
 
-/// Every pair of CIDRs of different clusters that overlap, as sentences.
-fn cidr_overlaps(status: &Status) -> Vec<String> {
-    let mut nets: Vec<(&str, ipnet::IpNet)> = Vec::new();
+fn pass(name: &str, reason: String) -> Check {
+    Check {
+        name: name.to_owned(),
+        pass: true,
+        reason,
+        hint: None,
+    }
+}
+
+fn fail(name: &str, reason: String, hint: &str) -> Check {
+    Check {
+        name: name.to_owned(),
+        pass: false,
+        reason,
+        hint: Some(hint.to_owned()),
+    }
+}
+
+/// The `address-plan` check: the broker accepted this cluster's claims, gave each its global
+/// range, and no two clusters' global ranges overlap. (Overlapping *local* ranges are normal:
+/// every cluster is reached through its global ones.)
+fn address_plan(status: &Status) -> Check {
+    const NAME: &str = "address-plan";
+    if let Some(reason) = &status.broker.rejected {
+        return fail(
+            NAME,
+            format!("the broker refused this gateway: {reason}"),
+            "fix the claim it names (--cidr, --wg-advertise, the exported addresses), or ask the clusterset's operator to vouch for it (causeway broker --endpoint)",
+        );
+    }
+    let Some(me) = status.clusters.iter().find(|c| c.id == status.cluster) else {
+        return fail(
+            NAME,
+            "this cluster is not registered at the broker yet".into(),
+            "wait for the broker link (see the broker check)",
+        );
+    };
+    let unplanned: Vec<&str> = me
+        .cidrs
+        .iter()
+        .filter(|c| !me.plan.iter().any(|m| &m.local == *c))
+        .map(String::as_str)
+        .collect();
+    if !unplanned.is_empty() {
+        return fail(
+            NAME,
+            format!("no global range for {}", unplanned.join(", ")),
+            "the broker is of an older version, or still applying the claim: other clusters cannot reach these ranges",
+        );
+    }
+    let mut globals: Vec<(&str, ipnet::IpNet)> = vec![];
     for c in &status.clusters {
-        for cidr in &c.cidrs {
-            if let Ok(net) = cidr.parse::<ipnet::IpNet>() {
-                nets.push((&c.id, net));
+        for m in &c.plan {
+            if let Ok(net) = m.global.parse::<ipnet::IpNet>() {
+                globals.push((&c.id, net));
             }
         }
     }
-    let mut out = Vec::new();
-    for (i, (a, x)) in nets.iter().enumerate() {
-        for (b, y) in &nets[i + 1..] {
-            if a != b && (x.contains(&y.network()) || y.contains(&x.network())) {
-                out.push(format!("{a} {x} overlaps {b} {y}"));
+    let mut overlaps = vec![];
+    for (i, (a, x)) in globals.iter().enumerate() {
+        for (b, y) in &globals[i + 1..] {
+            if x.contains(&y.network()) || y.contains(&x.network()) {
+                overlaps.push(format!("{a} {x} overlaps {b} {y}"));
             }
         }
     }
-    out
+    if overlaps.is_empty() {
+        pass(
+            NAME,
+            format!(
+                "{} claims of this cluster have global ranges; {} clusters' global ranges are disjoint",
+                me.cidrs.len(),
+                status.clusters.len()
+            ),
+        )
+    } else {
+        fail(
+            NAME,
+            overlaps.join("; "),
+            "the broker handed out overlapping global ranges: a bug; report it with `causeway status --output json`",
+        )
+    }
 }
 
 /// The checks for a terminal: one table row per check, then the hints of the failures.
@@ -338,14 +374,27 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::api::{
-        BrokerStatus, ClusterStatus, DnsStatus, PeerStatus, ServiceHealth, ServiceStatus,
+    use crate::status::api::{
+        AddressMapping, BrokerStatus, ClusterStatus, DnsStatus, PeerStatus, ServiceHealth,
+        ServiceStatus,
     };
 
     fn status() -> Status {
         let cluster = |id: &str, cidrs: &[&str]| ClusterStatus {
             id: id.into(),
             cidrs: cidrs.iter().map(|c| (*c).to_owned()).collect(),
+            plan: cidrs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| AddressMapping {
+                    local: (*c).to_owned(),
+                    global: if c.contains(':') {
+                        format!("fd63:6175:7365:{}{i}00::/56", id.len())
+                    } else {
+                        format!("100.{}.{i}.0/24", 64 + id.as_bytes()[1] - b'0')
+                    },
+                })
+                .collect(),
             region: None,
             zone: None,
             withheld: false,
@@ -375,6 +424,7 @@ mod tests {
                 revision: 3,
                 last_update_age_seconds: Some(1.0),
                 last_error: None,
+                rejected: None,
             },
             dns: DnsStatus {
                 listen: "0.0.0.0:53".parse().unwrap(),
@@ -430,10 +480,8 @@ mod tests {
         let found = checks(&s, &answers);
         assert!(found.iter().all(|c| c.pass), "{found:?}");
 
-        // c1's fd00:0:0:1::/64 lies inside c3's fd00::/48; the same cluster's ranges are not
-        // compared with each other.
+        // c1's claims overlap c3's: normal. But c1's newest claim has no global range yet.
         s.clusters[0].cidrs.push("fd00:0:0:1::/64".into());
-        s.clusters[0].cidrs.push("10.101.1.0/24".into());
         s.broker.connected = false;
         s.broker.last_error = Some("timed out after 5s".into());
         s.peers[0].state = PeerState::Degraded;
@@ -454,7 +502,7 @@ mod tests {
                 "probe/c2",
                 "handshake/c3",
                 "dns/shop/web",
-                "cidr-overlap",
+                "address-plan",
                 "mtu/c3"
             ]
         );
@@ -471,8 +519,20 @@ mod tests {
                 .contains("3 of the last 10")
         );
         assert_eq!(
-            outcome(&found, "cidr-overlap").reason,
-            "c1 fd00:0:0:1::/64 overlaps c3 fd00::/48"
+            outcome(&found, "address-plan").reason,
+            "no global range for fd00:0:0:1::/64"
+        );
+        s.clusters[0].cidrs.pop();
+        s.clusters[2].plan[0].global = "100.65.0.0/16".into();
+        assert_eq!(
+            outcome(&checks(&s, &answers), "address-plan").reason,
+            "c1 100.65.0.0/24 overlaps c3 100.65.0.0/16"
+        );
+        s.broker.rejected = Some("address plan: claim 0.0.0.0/0 is a default route".into());
+        assert!(
+            outcome(&checks(&s, &answers), "address-plan")
+                .reason
+                .contains("default route")
         );
         assert_eq!(
             outcome(&found, "mtu/c3").hint.as_deref(),

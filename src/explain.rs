@@ -2,17 +2,17 @@
 //! server calls [`explain`] with its current view and a real DNS answer (`admin::lookup`);
 //! the CLI fetches the result as JSON and prints it with [`render`].
 //!
-//! The ranking is `app::rank_service`, the very rule the DNS snapshot is built from, and every
+//! The ranking is `answers::rank_service`, the very rule the DNS snapshot is built from, and every
 //! candidate carries `select`'s verdict and rank turned into words.
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::admin::GatewayView;
-use crate::admin::api::{Candidate, DnsAnswer, Explanation};
-use crate::app::{exports_by_service, localities, rank_service};
+use crate::answers::{exports_by_service, localities, rank_service};
 use crate::model::ServiceKey;
 use crate::select::{Excluded, Rank, Rtt, Tier, Verdict};
+use crate::status::GatewayView;
+use crate::status::api::{Candidate, DnsAnswer, Explanation};
 
 /// Why a name cannot be explained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +136,21 @@ pub fn explain(
                     format!("{} is unreachable through its tunnel", d.cluster)
                 }
             };
+            // A remote address is the global one this cluster reaches it through.
+            let through = (d.cluster != *me)
+                .then(|| view.sync.view.clusters.get(&d.cluster))
+                .flatten()
+                .and_then(|c| {
+                    c.global.iter().find_map(|a| {
+                        let local = a.to_local(d.address)?;
+                        Some(format!(
+                            " (its {local}, reached as {} through {}'s global range {} for {})",
+                            d.address, d.cluster, a.global, a.local
+                        ))
+                    })
+                })
+                .unwrap_or_default();
+            let place = place + &through;
             let why = match (d.verdict, group) {
                 (Verdict::Answered, Some(g)) => format!("answered in group {g}: {place}"),
                 (Verdict::Answered, None) => format!("answered: {place}"),

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use anyhow::{Context as _, bail};
 use causeway_dns::proto::rr::RecordType;
 
-use crate::admin::api::{Explanation, Status};
 use crate::admin::{client, lookup};
 use crate::cli::{Command, ExplainType, OutputFormat};
 use crate::diagnose::{self, Report};
+use crate::status::api::{Explanation, Status};
 
 /// Runs one of the inspection commands on a small runtime of its own; the other commands
 /// are not for this function.

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Certs(c) => print(Ok(format!("{}\n", causeway::certs::run(c)?))),
+        Command::Certs(c) => print(Ok(format!("{}\n", c.run()?))),
         c @ (Command::Status(_) | Command::Explain(_) | Command::Diagnose(_)) => {
             causeway::inspect::run(c)
         }
@@ -32,22 +32,25 @@ fn run(command: Command) -> anyhow::Result<()> {
             )
         }
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
-        Command::Dns(args) => daemon(|shutdown| causeway::replica::run(args, shutdown)),
-        Command::Lab(LabCommand::Demo { kube: false }) => {
-            causeway_netlab::demo::demo(&current_exe()?)
-        }
-        Command::Lab(LabCommand::Demo { kube: true }) => {
+        Command::Dns(args) => daemon(|shutdown| causeway::replica::run((&args).into(), shutdown)),
+        Command::Lab(LabCommand::Demo(run)) if run.kube => {
             causeway_netlab::demo::demo_kube(&current_exe()?)
         }
-        Command::Lab(LabCommand::Up { kube: false }) => causeway_netlab::demo::up(&current_exe()?),
-        Command::Lab(LabCommand::Up { kube: true }) => {
+        Command::Lab(LabCommand::Demo(run)) => {
+            causeway_netlab::demo::demo(&current_exe()?, run.shape.addressing())
+        }
+        Command::Lab(LabCommand::Up(run)) if run.kube => {
             causeway_netlab::demo::up_kube(&current_exe()?)
+        }
+        Command::Lab(LabCommand::Up(run)) => {
+            causeway_netlab::demo::up(&current_exe()?, run.shape.addressing())
         }
         Command::Lab(LabCommand::Down) => {
             causeway_netlab::demo::down(causeway_netlab::DEFAULT_PREFIX)
         }
-        Command::Lab(LabCommand::Failover { rounds, svg }) => {
-            causeway_netlab::failover::failover(&current_exe()?, rounds.into(), &svg)
+        Command::Lab(LabCommand::Failover { rounds, svg, shape }) => {
+            let addressing = shape.addressing();
+            causeway_netlab::failover::failover(&current_exe()?, rounds.into(), &svg, addressing)
         }
         Command::Lab(LabCommand::FailoverClient(a)) => {
             causeway_netlab::failover::client::run(&a.name, a.port, a.interval_ms, a.timeout_ms)

@@ -4,6 +4,7 @@
 //! itself (`ClusterInfo`) and what it exports (`Export`, `PortSpec`, `Endpoint`). No Kubernetes
 //! types, no I/O: the file source and the Kubernetes source translate into these, the broker
 //! stores them, and `app` translates them into the gateway's and the DNS server's own inputs.
+//! `bounds` holds every field's documented bound and the checks the broker applies.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +13,12 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+pub mod bounds;
+pub mod plan;
+
+pub use bounds::Escaped;
+pub use plan::Allocation;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,10 +128,12 @@ impl ServiceKey {
     }
 }
 
-/// Displayed as users type it: `namespace/name`.
+/// Displayed as users type it: `namespace/name`. A key from the wire may be anything until
+/// it is checked, so both parts are [`Escaped`]: a newline in a name never starts a line of
+/// the log (valid keys display unchanged).
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        write!(f, "{}/{}", Escaped(&self.namespace), Escaped(&self.name))
     }
 }
 
@@ -248,6 +257,17 @@ pub struct ClusterInfo {
     pub cidrs: Vec<IpNet>,
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// The global range the broker gave each of `cidrs` (see [`plan`]): other clusters reach
+    /// this cluster's addresses only through these. Assigned by the broker; whatever a gateway
+    /// puts here in its Hello is ignored.
+    pub global: Vec<Allocation>,
+}
+
+impl ClusterInfo {
+    /// The address through which other clusters reach this cluster's `ip`.
+    pub fn global_addr(&self, ip: IpAddr) -> Option<IpAddr> {
+        plan::to_global(&self.global, ip)
+    }
 }
 
 /// Builders shared by the crate's tests.
@@ -259,19 +279,33 @@ pub(crate) mod fixtures {
         ClusterId::new(s).expect("test cluster ids are DNS labels")
     }
 
-    /// A cluster whose key and addresses derive from its name.
+    /// A cluster whose key derives from its name. Its endpoint is on loopback, where the tests'
+    /// sessions come from (the broker's address plan requires that); it claims every range the
+    /// tests' exports use.
     pub fn cluster(name: &str) -> ClusterInfo {
         ClusterInfo {
             id: id(name),
-            wg_endpoint: "10.100.0.11:51820".parse().expect("a socket address"),
+            wg_endpoint: "127.0.0.1:51820".parse().expect("a socket address"),
             wg_public_key: [name.bytes().last().unwrap_or(0); 32],
-            cidrs: vec!["10.101.0.0/16".parse().expect("a CIDR")],
+            cidrs: ["10.0.0.0/14", "10.101.0.0/16", "10.102.0.0/16"]
+                .iter()
+                .map(|c| c.parse().expect("a CIDR"))
+                .collect(),
             region: None,
             zone: None,
+            global: vec![],
         }
     }
 
-    /// `shop/<name>` with one named TCP port 80 and one ready endpoint at `address`.
+    /// The props of a headless export (the fixtures' exports have no cluster IPs).
+    fn headless() -> ServiceProps {
+        ServiceProps {
+            kind: ServiceKind::Headless,
+            ..ServiceProps::default()
+        }
+    }
+
+    /// `shop/<name>` (headless) with one named TCP port 80 and one ready endpoint at `address`.
     pub fn export(name: &str, address: &str) -> Export {
         Export {
             service: ServiceKey::new("shop", name).expect("test service names are DNS labels"),
@@ -288,11 +322,11 @@ pub(crate) mod fixtures {
                 hostname: None,
                 zone: None,
             }],
-            props: ServiceProps::default(),
+            props: headless(),
         }
     }
 
-    /// `shop/web` with no ports and these endpoints (address, ready).
+    /// `shop/web` (headless) with no ports and these endpoints (address, ready).
     pub fn web(endpoints: &[(&str, bool)]) -> Export {
         Export {
             service: ServiceKey::new("shop", "web").expect("a DNS label"),
@@ -307,7 +341,7 @@ pub(crate) mod fixtures {
                     zone: None,
                 })
                 .collect(),
-            props: ServiceProps::default(),
+            props: headless(),
         }
     }
 }

@@ -1,19 +1,69 @@
 //! `causeway status`: the status document of a gateway ([`build`], pure, called by the admin
 //! server with its view and live counters) and its rendering as tables ([`render`]) for the
-//! CLI, which fetches it from `/api/v1/status`.
+//! CLI, which fetches it from `/api/v1/status`. Also owns what that document and `explain`
+//! are computed from, the gateway loop's [`GatewayView`] and [`GatewayInfo`], and the admin
+//! API's JSON documents themselves (`api`).
+
+pub mod api;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::admin::api::{
-    BrokerStatus, ClusterStatus, DnsStatus, PeerState, PeerStatus, ServiceHealth, ServiceStatus,
-    Status,
-};
-use crate::admin::{GatewayInfo, GatewayView};
-use crate::app::{exports_by_service, localities, rank_service};
+use crate::answers::{exports_by_service, localities, rank_service};
+use crate::model::{ClusterId, Export};
+use crate::select::Health;
 use crate::select::Verdict;
+use crate::status::api::{
+    AddressMapping, BrokerStatus, ClusterStatus, DnsStatus, PeerState, PeerStatus, ServiceHealth,
+    ServiceStatus, Status,
+};
+use crate::sync::proto::SyncState;
+
+/// What the gateway loop knows, published to the admin server on every change.
+#[derive(Debug, Clone)]
+pub struct GatewayView {
+    pub cluster: ClusterId,
+    /// This cluster's exports, from its source.
+    pub local: Vec<Export>,
+    /// The broker link and the last synced view.
+    pub sync: SyncState,
+    /// What this gateway's tunnel probes say of the other clusters.
+    pub health: Health,
+    /// When the synced view last changed (its revision moved); `None` before the first sync.
+    pub last_update: Option<Instant>,
+}
+
+impl GatewayView {
+    /// Before anything is known.
+    pub fn new(cluster: ClusterId) -> Self {
+        Self {
+            cluster,
+            local: Vec::new(),
+            sync: SyncState::default(),
+            health: Health::default(),
+            last_update: None,
+        }
+    }
+
+    /// Whether a full view from the broker has been loaded in this process (it is kept, and
+    /// served, when the broker goes away later).
+    pub fn synced(&self) -> bool {
+        self.last_update.is_some()
+    }
+}
+
+/// The gateway's fixed facts, for the status document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayInfo {
+    pub brokers: Vec<SocketAddr>,
+    /// Where DNS listens (the bound address).
+    pub dns_listen: SocketAddr,
+    pub dns_zone: String,
+    pub clusterset_zone: Option<String>,
+    pub tunnel_mtu: u16,
+}
 
 /// What the admin server measured for one request, beside the view.
 #[derive(Debug, Clone, Default)]
@@ -132,6 +182,7 @@ pub fn build(info: &GatewayInfo, view: &GatewayView, live: Live, now: Instant) -
                 .last_update
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
             last_error: view.sync.last_error.clone(),
+            rejected: view.sync.rejected.clone(),
         },
         dns: DnsStatus {
             listen: info.dns_listen,
@@ -149,6 +200,14 @@ pub fn build(info: &GatewayInfo, view: &GatewayView, live: Live, now: Instant) -
             .map(|c| ClusterStatus {
                 id: c.id.to_string(),
                 cidrs: c.cidrs.iter().map(ToString::to_string).collect(),
+                plan: c
+                    .global
+                    .iter()
+                    .map(|a| AddressMapping {
+                        local: a.local.to_string(),
+                        global: a.global.to_string(),
+                    })
+                    .collect(),
                 region: c.region.clone(),
                 zone: c.zone.clone(),
                 withheld: clusterset.withheld.contains(&c.id),
@@ -182,11 +241,33 @@ pub fn render(s: &Status) -> String {
             b.revision
         );
     }
+    if let Some(reason) = &b.rejected {
+        let _ = writeln!(out, "broker REFUSED this gateway: {reason}");
+    }
     let _ = writeln!(
         out,
         "dns {} ({}), {} queries; tunnel mtu {}",
         s.dns.listen, s.dns.zone, s.dns.queries, s.tunnel_mtu
     );
+
+    // Local ↔ global for every cluster: how this gateway reaches each one's addresses.
+    let _ = writeln!(out, "\nADDRESS PLAN");
+    let rows: Vec<Vec<String>> = s
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            let me = c.id == s.cluster;
+            c.plan.iter().map(move |m| {
+                vec![
+                    c.id.clone(),
+                    m.local.clone(),
+                    m.global.clone(),
+                    if me { "own" } else { "remote" }.to_owned(),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&table(&["CLUSTER", "LOCAL", "GLOBAL", "USE"], &rows));
 
     let _ = writeln!(out, "\nCONNECTIONS");
     let rows: Vec<Vec<String>> = s

@@ -12,8 +12,9 @@ pub mod proto;
 pub mod quic;
 pub mod wire;
 
+pub use proto::SyncState;
 pub use proto::{ClusterSession, ClusterSetView};
-pub use quic::{SyncConfig, SyncState, spawn_client};
+pub use quic::{SyncConfig, spawn_client};
 
 use crate::certs::CertError;
 

@@ -121,7 +121,7 @@ fn pods_resolve_every_name_and_reach_a_cluster_ip_through_nftables() {
     let t = lab.topology().clone();
     let (c1p1, c1p2) = (IpAddr::V4(t.pod_addr(1, 1)), IpAddr::V4(t.pod_addr(1, 2)));
     let (c2p1, c2p2) = (IpAddr::V4(t.pod_addr(2, 1)), IpAddr::V4(t.pod_addr(2, 2)));
-    let vip = nat::lab_cluster_ip(1, 10);
+    let vip = t.cluster_ip(1, 10);
 
     // c1: web behind a cluster IP, on both pods.
     for pod in [1, 2] {
@@ -142,6 +142,8 @@ fn pods_resolve_every_name_and_reach_a_cluster_ip_through_nftables() {
     let vip = IpAddr::V4(vip);
     let written = lab.write_service(1, "web.yaml", &web_yaml(vip, &[c1p1, c1p2]));
     check(&lab, "writing web.yaml", written);
+    // From here on, c1's cluster IP as c2 reaches it: through c1's global range.
+    let vip = lab.seen_from(2, 1, vip);
     // c2: headless db with hostnames, and idle whose only endpoint is not ready.
     let db = headless_yaml("db", &[("db-0", c2p1, true), ("db-1", c2p2, true)]);
     check(

@@ -7,6 +7,7 @@
 
 use std::sync::Mutex;
 
+use causeway_netlab::Addressing;
 use causeway_netlab::failover::{FailoverLab, Measurement, Scenario};
 use causeway_netlab::lab::LabSpec;
 
@@ -15,10 +16,16 @@ static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Builds a failover lab, runs `scenarios` once each and returns what they measured; on any
 /// failure, panics with the logs' location and the gateways' log tails.
 fn run(prefix: &str, scenarios: &[Scenario]) -> Vec<Measurement> {
+    run_with(prefix, Addressing::Distinct, scenarios)
+}
+
+fn run_with(prefix: &str, addressing: Addressing, scenarios: &[Scenario]) -> Vec<Measurement> {
     let _one = ONE_LAB_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut lab = match FailoverLab::up(LabSpec::new(prefix, env!("CARGO_BIN_EXE_causeway"))) {
+    let mut spec = LabSpec::new(prefix, env!("CARGO_BIN_EXE_causeway"));
+    spec.addressing = addressing;
+    let mut lab = match FailoverLab::up(spec) {
         Ok(lab) => lab,
         Err(e) => panic!("the failover lab did not come up: {e:#}"),
     };
@@ -136,4 +143,34 @@ fn scenario5_failed_parts_come_back_and_traffic_returns_to_the_nearest_cluster()
             m.scenario.title()
         );
     }
+}
+
+/// The five scenarios again in one lab whose three clusters all have kind's CIDRs (pods
+/// 10.244.0.0/16, services 10.96.0.0/12): every cluster is reached through its global ranges,
+/// and failover works as with distinct CIDRs.
+#[test]
+#[ignore = "needs root: netlab"]
+fn all_five_scenarios_pass_when_every_cluster_has_the_same_cidrs() {
+    let runs = run_with(
+        "fvs",
+        Addressing::SameCidrs,
+        &[
+            Scenario::EndpointKilled,
+            Scenario::GatewayKilled,
+            Scenario::WanCut,
+            Scenario::BrokerDown,
+        ],
+    );
+    let [endpoint, gateway, wan, broker] = &runs[..] else {
+        unreachable!()
+    };
+    // Scenarios 1-3, and 5: each failed over and came back to c1.
+    for m in [endpoint, gateway, wan] {
+        assert_failed_over_and_back(m);
+    }
+    assert_eq!(wan.bystander_kept_target, Some(true), "{wan:?}");
+    // Scenario 4.
+    assert_eq!(broker.failed, 0, "no client request fails: {broker:?}");
+    assert_eq!(broker.served_elsewhere, 0, "{broker:?}");
+    assert!(broker.withdraw_ms.is_some(), "{broker:?}");
 }

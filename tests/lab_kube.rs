@@ -78,7 +78,7 @@ fn install_is_accepted_by_a_real_api_server(kube: &KubeLab) {
         .args(["install", "--cluster-id", "c1", "--broker"])
         .arg(t.broker_listen().to_string())
         .arg("--cidr")
-        .arg(t.cluster_cidr(1))
+        .arg(t.cluster_cidrs(1).join(","))
         .output()
         .expect("running causeway install");
     assert!(
@@ -525,7 +525,7 @@ fn helm_install_is_accepted_by_a_real_api_server(kube: &KubeLab) {
         .args(["--set", "clusterId=c3", "--set"])
         .arg(format!("brokers={{{}}}", t.broker_listen()))
         .arg("--set")
-        .arg(format!("cidrs={{{}}}", t.cluster_cidr(3)))
+        .arg(format!("cidrs={{{}}}", t.cluster_cidrs(3).join(",")))
         .output()
         .expect("running helm");
     let stdout = String::from_utf8_lossy(&out.stdout);

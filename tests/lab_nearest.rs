@@ -77,6 +77,8 @@ fn the_nearer_remote_cluster_is_answered_first_and_the_order_follows_the_latency
     check(&lab, "exporting web from c1", written);
     let written = lab.write_service(2, "web.yaml", &service_yaml("shop", "web", 80, &[c2_web]));
     check(&lab, "exporting web from c2", written);
+    // As c3 reaches them: through c1's and c2's global ranges.
+    let (c1_web, c2_web) = (lab.seen_from(3, 1, c1_web), lab.seen_from(3, 2, c2_web));
 
     // c1 is 60 ms away from c3, c2 5 ms: c2 first.
     wait_for_order(&lab, &[c2_web, c1_web]);

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use causeway::admin::api::{Explanation, PeerState, Status};
 use causeway::diagnose::Report;
+use causeway::status::api::{Explanation, PeerState, Status};
 use causeway_netlab::cluster::service_yaml;
 use causeway_netlab::lab::{Lab, LabSpec};
 use causeway_netlab::story;
@@ -50,7 +50,8 @@ fn status_explain_and_diagnose_describe_a_real_gateway() {
         fail(&lab, "c1 exports web", format!("{e:#}"));
     }
     let topo = lab.topology().clone();
-    let c1_pod = IpAddr::V4(topo.pod_addr(1, 1));
+    // As c2 (whose admin port the commands read) reaches c1's pod: its global address.
+    let c1_pod = lab.pod_seen_from(2, 1, 1);
     let c2_pod = IpAddr::V4(topo.pod_addr(2, 1));
     // c2 exports a service of its own, for diagnose's "DNS answers its own exports".
     if let Err(e) = lab.write_service(2, "api.yaml", &service_yaml("shop", "api", 80, &[c2_pod])) {
@@ -160,7 +161,7 @@ fn status_explain_and_diagnose_describe_a_real_gateway() {
         "handshake/c3",
         "probe/c3",
         "dns/shop/api",
-        "cidr-overlap",
+        "address-plan",
         "mtu/c1",
         "mtu/c3",
     ] {

@@ -2,6 +2,9 @@
 # Runs every check and test of causeway: installs the Debian packages the tests need, then lints
 # and runs the whole workspace's tests, the lab end-to-end tests included (they build network
 # namespaces, so this runs as root).
+# The fast tier, `cargo test --workspace --lib`, needs neither root nor etcd (about 20 s of
+# tests once built); the tests that do are `#[ignore = "needs root: …"]` or
+# `#[ignore = "needs etcd …"]`, and run here through --include-ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

@@ -195,7 +195,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         shutdown.clone(),
     )
     .await?;
-    let started = tokio::time::Instant::now();
+    let started = causeway_dns::clock::now();
     let snapshot = Snapshot::new(&zones, table)?;
     let names = snapshot.names();
     handle.publish(snapshot);
@@ -221,14 +221,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut next = 0usize;
     let mut published = 0u64;
     let mut building = Duration::ZERO;
-    let mut last = tokio::time::Instant::now();
+    let mut last = causeway_dns::clock::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = interrupt.recv() => break,
         }
         // Updates due since the last batch, at the configured rate.
-        let now = tokio::time::Instant::now();
+        let now = causeway_dns::clock::now();
         let due = (now - last).as_secs_f64() * args.updates_per_sec as f64;
         last = now;
         let per_batch = due.round() as usize;
@@ -247,7 +247,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|&i| service(i, args.clusters, &moved[i]))
             .collect();
-        let started = tokio::time::Instant::now();
+        let started = causeway_dns::clock::now();
         let base = handle.current();
         let snapshot = tokio::task::spawn_blocking(move || base.patch(upserts, &[])).await??;
         handle.publish(snapshot);
@@ -271,11 +271,11 @@ async fn check_torn(server: SocketAddr, args: &Args) -> Result<(), Box<dyn std::
     use std::str::FromStr;
 
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let until = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    let until = causeway_dns::clock::now() + Duration::from_secs(args.seconds);
     let (mut checked, mut torn, mut unanswered) = (0u64, 0u64, 0u64);
     let mut buf = vec![0u8; 4096];
     let mut n = 0usize;
-    while tokio::time::Instant::now() < until {
+    while causeway_dns::clock::now() < until {
         let i = n.wrapping_mul(104_729) % args.services;
         let srv = n % 2 == 1;
         n += 1;

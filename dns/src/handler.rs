@@ -74,7 +74,7 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let started = tokio::time::Instant::now();
+        let started = crate::clock::now();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let snapshot = self.current.load_full();
         let mut sections = Sections {
@@ -120,6 +120,8 @@ impl RequestHandler for Handler {
             edns.set_version(EDNS_VERSION);
             edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             edns.set_rcode_high(metadata.response_code.high());
+            // RFC 3225 §3: the DO bit of the query is copied into the response.
+            edns.set_dnssec_ok(req.flags().dnssec_ok);
             edns
         });
         let rcode = metadata.response_code.low();

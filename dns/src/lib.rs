@@ -7,18 +7,24 @@
 //! model: `app.rs` in the `causeway` package translates into [`ServiceRecords`].
 //!
 //! Module map:
+//! - `clock`: the package's one clock read (public for the package's own tests and benches).
 //! - `zone`: pure: the [`Snapshot`] (names → records, built in `zone/build.rs`) and
 //!   query → [`Answer`] (RFC 1034/2308/2782/8482), rotating within preference groups.
 //! - `handler`: the hickory `RequestHandler` adapter: converts types, forwards out-of-zone
 //!   queries to the upstream when one is configured.
 //! - `stats`: query counters by zone, type and rcode, and answer latency (plain atomics).
 //! - `server`: the shell: binds UDP+TCP, runs until shutdown, hands out the [`Handle`].
+//! - `truncate`: pure: cutting an encoded response to the asker's UDP payload at a record
+//!   boundary, OPT kept, TC set (RFC 1035/2181/6891).
 //! - `udp`: batched UDP (`recvmmsg`/`sendmmsg` into preallocated buffers) for the server's
 //!   receive threads; the crate's only `unsafe`.
 
+#[doc(hidden)]
+pub mod clock;
 mod handler;
 mod server;
 mod stats;
+mod truncate;
 mod udp;
 mod zone;
 
@@ -85,7 +91,7 @@ pub enum Error {
         reason: NameProblem,
     },
     /// A service's namespace or name cannot be a label under the zone.
-    #[error("bad service name {namespace}/{name} for dns")]
+    #[error("bad service name {namespace:?}/{name:?} for dns")]
     BadServiceName {
         namespace: String,
         name: String,
@@ -93,7 +99,7 @@ pub enum Error {
         reason: NameProblem,
     },
     /// A cluster id, hostname or port name of a service cannot be a label under the zone.
-    #[error("bad {what} {value:?} of service {namespace}/{name} for dns")]
+    #[error("bad {what} {value:?} of service {namespace:?}/{name:?} for dns")]
     BadRecordName {
         namespace: String,
         name: String,
@@ -109,7 +115,7 @@ pub enum Error {
         clusterset_zone: String,
     },
     /// Two services map to the same DNS name (names are case-insensitive).
-    #[error("duplicate service {namespace}/{name} in dns snapshot")]
+    #[error("duplicate service {namespace:?}/{name:?} in dns snapshot")]
     DuplicateService { namespace: String, name: String },
     /// The upstream resolver could not be set up.
     #[error("setting up the dns upstream {upstream}: {reason}")]

@@ -29,9 +29,9 @@ use hickory_server::Server;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::op::{Header, ResponseCode};
 use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -41,6 +41,7 @@ use tracing::{debug, error, info};
 
 use crate::handler::Handler;
 use crate::stats::{QueryStats, StatsSnapshot};
+use crate::truncate;
 use crate::udp::{self, Batch, Stop, Wakeup};
 use crate::zone::Snapshot;
 use crate::{Config, Error};
@@ -205,7 +206,7 @@ impl UdpLoop {
                     continue;
                 }
             }
-            let received = tokio::time::Instant::now();
+            let received = crate::clock::now();
             self.answer(&mut batch);
             let (skipped, error) = batch.send(self.socket.as_fd());
             if let Some(error) = error {
@@ -279,7 +280,7 @@ fn format_error(query: &[u8]) -> Option<[u8; 12]> {
 }
 
 /// Sends a hickory response to one UDP client, within the size its EDNS allows (512 without),
-/// truncating with TC set as hickory's own UDP path does.
+/// truncated to whole records with the OPT kept and TC set (`truncate.rs`).
 /// Sends without blocking (the caller is a runtime task): with the socket's send buffer full
 /// the answer is dropped, as the network might have, and the client asks again.
 #[derive(Clone)]
@@ -303,9 +304,16 @@ impl ResponseHandler for UdpResponder {
     ) -> Result<ResponseInfo, NetError> {
         let max_size = response.edns().map_or(512, |edns| edns.max_payload());
         let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max_size);
-        let info = response.destructive_emit(&mut encoder)?;
+        // Encoded whole, then cut at a record boundary with the OPT kept (`truncate.rs`):
+        // hickory's own size limit leaves a half-written record behind the last counted one.
+        let mut info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
+        let limit = usize::from(max_size.max(512));
+        if bytes.len() > limit {
+            // Our own encoding fails to parse only through a bug: nothing is sent, and the
+            // client asks again (over TCP if it insists).
+            truncate::fit(&mut bytes, limit).map_err(|error| NetError::Msg(error.to_string()))?;
+            info = ResponseInfo::from(Header::read(&mut BinDecoder::new(&bytes))?);
+        }
         self.socket
             .send_to_with_flags(&bytes, &SockAddr::from(self.dst), libc::MSG_DONTWAIT)?;
         Ok(info)

@@ -46,8 +46,13 @@ pub struct ZoneConfig {
     pub ttl: u32,
     /// Most A records (and, separately, most AAAA records) in one answer; 0 = no cap. Each
     /// address costs 16 (A) or 28 (AAAA) octets of a UDP answer that must fit 512 without EDNS.
-    /// Not applied to a headless service's name in the MCS zone, whose A and AAAA answers must
-    /// cover the same endpoints (MCS DNS specification): it answers every ready endpoint.
+    ///
+    /// In the MCS zone it applies as in causeway's own, with one difference: a headless
+    /// service's name `S.N.svc.<clusterset zone>`, whose A and AAAA answers must cover the same
+    /// endpoints (MCS DNS specification), answers at most this many *endpoints* (a hostname in
+    /// a cluster, with all its addresses), the best-ranked ones, fixed for the snapshot: every
+    /// query type sees the same subset, and rotation only reorders it. SRV answers list every
+    /// target; their additional addresses are capped per target like an answer.
     pub max_addresses: usize,
 }
 

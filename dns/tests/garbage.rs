@@ -144,7 +144,7 @@ async fn hostile_packets_never_stop_the_server() {
             .send_to(&valid_query(probe_id), addr)
             .await
             .expect("send");
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let deadline = causeway_dns::clock::now() + TIMEOUT;
         loop {
             let mut buf = vec![0; 65535];
             let (len, _) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf))

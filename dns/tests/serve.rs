@@ -224,14 +224,14 @@ async fn publish_changes_the_answer_and_raises_the_serial() {
             .expect("valid snapshot"),
     );
 
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let deadline = causeway_dns::clock::now() + TIMEOUT;
     loop {
         let a = query(&mut client, "web.shop.svc.global.", RecordType::A).await;
         if rdata(&a) == ["10.103.0.10"] {
             break;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
+            causeway_dns::clock::now() < deadline,
             "new snapshot not answered before the deadline: {:?}",
             rdata(&a)
         );
@@ -553,7 +553,7 @@ async fn shutdown_releases_the_port() {
     let handle = start(&shutdown).await;
     let addr = handle.local_addr();
     shutdown.cancel();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let deadline = causeway_dns::clock::now() + TIMEOUT;
     loop {
         match (
             std::net::UdpSocket::bind(addr),
@@ -562,7 +562,7 @@ async fn shutdown_releases_the_port() {
             (Ok(_), Ok(_)) => break,
             _ => {
                 assert!(
-                    tokio::time::Instant::now() < deadline,
+                    causeway_dns::clock::now() < deadline,
                     "port {addr} still bound after shutdown"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -5,7 +5,10 @@
 //! tunnel --tun cwb0 --listen 10.77.0.1:51820 --private-key BASE64 \
 //!        --peer BASE64 --endpoint 10.77.0.2:51820 --allowed 10.78.2.0/24 \
 //!        [--mtu 1420] [--route-source 10.78.1.1] [--keepalive 25]
+//!        [--translate 10.244.0.0/24=100.64.0.0/24 ...]
 //! ```
+//! `--translate LOCAL=GLOBAL` (repeatable) turns on the prefix translation with these
+//! mappings (`Handle::set_translation`); the peer's `--allowed` are then its global prefixes.
 //! Keys are WireGuard's base64 (as `wg genkey` / `wg pubkey` print them). Runs until SIGINT or
 //! SIGTERM, on one thread (one packet loop per core: pin it with `taskset`).
 
@@ -13,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use causeway_gateway::{Config, HealthConfig, PeerSpec, start};
+use causeway_gateway::{Config, HealthConfig, Mapping, PeerSpec, start};
 use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +31,7 @@ struct Args {
     mtu: u16,
     route_source: Option<IpAddr>,
     keepalive: Option<u16>,
+    translate: Vec<Mapping>,
 }
 
 fn key(text: &str) -> Result<[u8; 32]> {
@@ -44,6 +48,7 @@ fn parse() -> Result<Args> {
     let (mut tun, mut listen, mut private_key, mut peer, mut endpoint) =
         (None, None, None, None, None);
     let mut allowed = Vec::new();
+    let mut translate = Vec::new();
     let (mut mtu, mut route_source, mut keepalive) = (causeway_gateway::DEFAULT_MTU, None, None);
     while let Some(flag) = args.next() {
         let value = args
@@ -59,6 +64,15 @@ fn parse() -> Result<Args> {
             "--mtu" => mtu = value.parse().context("--mtu")?,
             "--route-source" => route_source = Some(value.parse().context("--route-source")?),
             "--keepalive" => keepalive = Some(value.parse().context("--keepalive")?),
+            "--translate" => {
+                let (local, global) = value
+                    .split_once('=')
+                    .context("--translate takes LOCAL=GLOBAL")?;
+                translate.push(Mapping {
+                    local: local.parse().context("--translate local CIDR")?,
+                    global: global.parse().context("--translate global prefix")?,
+                });
+            }
             other => bail!("unknown flag {other}"),
         }
     }
@@ -72,6 +86,7 @@ fn parse() -> Result<Args> {
         mtu,
         route_source,
         keepalive,
+        translate,
     })
 }
 
@@ -103,6 +118,9 @@ fn main() -> Result<()> {
                 allowed_ips: args.allowed,
             }])
             .await?;
+        if !args.translate.is_empty() {
+            handle.set_translation(args.translate).await?;
+        }
         eprintln!("tunnel {} up on {}", args.tun, handle.local_addr());
         let mut term = signal(SignalKind::terminate())?;
         tokio::select! {

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, trace};
 
 use crate::health::{PeerHealth, ProbeId};
+use crate::nat::{Translator, Verdict};
 use crate::peers::{self, PeerId, PeerTable, Rejected};
 use crate::probe::{self, Kind as ProbeKind};
 use crate::tunnel::{self, Received, Tunnel};
@@ -70,6 +71,8 @@ pub struct DataPlane {
     inbox: Vec<probe::Message>,
     /// Probe replies for the shell to pass to the prober.
     replies: VecDeque<([u8; 32], ProbeId)>,
+    /// Our prefix translation (empty: none) and its counters.
+    translation: Translation,
 }
 
 impl DataPlane {
@@ -89,6 +92,7 @@ impl DataPlane {
             mac1: RateLimiter::new(&public, u64::MAX),
             inbox: Vec::new(),
             replies: VecDeque::new(),
+            translation: Translation::default(),
         }
     }
 
@@ -120,14 +124,26 @@ impl DataPlane {
         Ok(self.table.routes())
     }
 
+    /// Replaces our prefix translation (see [`crate::nat`]); the empty translator turns it
+    /// off. Counters carry on.
+    pub fn set_translation(&mut self, translator: Translator) {
+        self.translation.translator = translator;
+    }
+
     /// An IP packet the kernel routed into the TUN device: encrypt it for the peer that owns
-    /// its destination, or drop it if nobody does. TCP SYNs get their MSS clamped first.
+    /// its destination, or drop it if nobody does. A local source is translated to our global
+    /// prefix first (the destination, which picks the peer, never changes on the way out), and
+    /// TCP SYNs get their MSS clamped.
     pub fn handle_tun_packet(&mut self, packet: &mut [u8], io: &mut impl Io) {
         let Some(destination) = Tunn::dst_address(packet) else {
             self.counters.malformed_tun_packets += 1;
             trace!(len = packet.len(), "Dropping non-IP packet from TUN");
             return;
         };
+        if !self.translation.egress(packet) {
+            return;
+        }
+        // After translation, so that no mapping can turn a packet into a probe either.
         if probe::Message::is_probe_shaped(packet) {
             // Only the data plane may originate probes (see `probe`).
             self.counters.malformed_tun_packets += 1;
@@ -188,6 +204,7 @@ impl DataPlane {
             endpoint: from,
             mtu: self.mtu,
             probes: Some(&mut self.inbox),
+            translation: Some(&mut self.translation),
         };
         let table = &self.table;
         let accepts = |source: IpAddr| table.accepts_source(id, source);
@@ -294,7 +311,11 @@ impl DataPlane {
     }
 
     pub fn counters(&self) -> DeviceStats {
-        self.counters
+        DeviceStats {
+            translated_packets: self.translation.translated,
+            untranslatable_packets: self.translation.untranslatable,
+            ..self.counters
+        }
     }
 
     /// Which peer a datagram is for: by the sender's static key for handshake initiations
@@ -351,14 +372,55 @@ enum Kind {
     Data,
 }
 
-/// Binds an [`Io`] to one peer's endpoint for the tunnel's [`tunnel::Output`]; clamps the MSS
-/// of decrypted SYNs and collects decrypted probes.
+/// Our prefix translation ([`crate::nat`]) and what it did: a packet that needs translating
+/// but cannot be rewritten consistently is dropped, never sent half-translated.
+#[derive(Debug, Default)]
+struct Translation {
+    translator: Translator,
+    translated: u64,
+    untranslatable: u64,
+}
+
+impl Translation {
+    /// Translates a packet on its way out; false if it must be dropped.
+    fn egress(&mut self, packet: &mut [u8]) -> bool {
+        let verdict = self.translator.egress(packet);
+        self.count(verdict, "out")
+    }
+
+    /// Translates a decrypted packet on its way in; false if it must be dropped.
+    fn ingress(&mut self, packet: &mut [u8]) -> bool {
+        let verdict = self.translator.ingress(packet);
+        self.count(verdict, "in")
+    }
+
+    fn count(&mut self, verdict: Verdict, direction: &'static str) -> bool {
+        match verdict {
+            Verdict::Unchanged => true,
+            Verdict::Translated => {
+                self.translated += 1;
+                true
+            }
+            Verdict::Malformed => {
+                self.untranslatable += 1;
+                trace!(direction, "Dropping packet that cannot be translated");
+                false
+            }
+        }
+    }
+}
+
+/// Binds an [`Io`] to one peer's endpoint for the tunnel's [`tunnel::Output`]; translates
+/// decrypted packets' destinations, clamps the MSS of decrypted SYNs and collects decrypted
+/// probes.
 struct PeerOutput<'a, I: Io> {
     io: &'a mut I,
     endpoint: SocketAddr,
     mtu: u16,
     /// Where decrypted probes go; `None` where nothing is decrypted (encapsulation, timers).
     probes: Option<&'a mut Vec<probe::Message>>,
+    /// Translates decrypted packets; `None` where nothing is decrypted.
+    translation: Option<&'a mut Translation>,
 }
 
 impl<'a, I: Io> PeerOutput<'a, I> {
@@ -369,6 +431,7 @@ impl<'a, I: Io> PeerOutput<'a, I> {
             endpoint,
             mtu: u16::MAX,
             probes: None,
+            translation: None,
         }
     }
 }
@@ -379,6 +442,13 @@ impl<I: Io> tunnel::Output for PeerOutput<'_, I> {
     }
 
     fn to_tun(&mut self, packet: &mut [u8]) {
+        // Before the TUN write, where segments of one flow may be coalesced: the coalescer
+        // then sees (and computes its partial checksum over) the translated addresses.
+        if let Some(translation) = self.translation.as_mut()
+            && !translation.ingress(packet)
+        {
+            return;
+        }
         mss::clamp(packet, self.mtu);
         self.io.write_tun(packet);
     }

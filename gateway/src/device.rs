@@ -5,7 +5,8 @@
 //! out through [`ShellIo`], a 250 ms tick runs boringtun's timers, and `set_peers` commands
 //! apply the data plane's route changes over netlink. The same task owns the [`Prober`]: it
 //! wakes it when it asks, sends its probes through the data plane, feeds it the probe replies
-//! the data plane decrypted, and publishes its transitions on the health watch channel. Every
+//! the data plane decrypted, and publishes its transitions on the health watch channel.
+//! `set_translation` commands hand the data plane a new (already validated) translator. Every
 //! decision is in [`crate::dataplane`] and [`crate::health`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::dataplane::{BUF_LEN, DataPlane, Io, RouteChanges};
 use crate::device::udp::{Queued, RecvBatch, SendQueue};
@@ -55,6 +56,7 @@ pub(crate) async fn spawn(
         dev: tun.name.clone(),
         source: config.route_source,
         installed: BTreeSet::new(),
+        conflicts: BTreeSet::new(),
     };
     let link = LinkUnspec::new_with_index(tun.index)
         .mtu(u32::from(config.mtu))
@@ -148,7 +150,7 @@ impl Driver {
             let wake = self.prober.poll_timeout().map(|(at, _why)| at);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = sleep_until(wake) => self.prober.handle_timeout(now()),
+                _ = sleep_until(wake) => self.prober.handle_timeout(crate::clock::now()),
                 Some(command) = commands.recv() => self.handle_command(command).await,
                 ready = self.tun.readable() => {
                     let mut guard = match ready {
@@ -233,7 +235,7 @@ impl Driver {
             coalescer: &mut self.coalescer,
         };
         while let Some((peer, id)) = self.plane.poll_probe_reply() {
-            self.prober.handle_reply(peer, id, now());
+            self.prober.handle_reply(peer, id, crate::clock::now());
         }
         while let Some(probe) = self.prober.poll_probe() {
             self.plane.send_probe(&probe.peer, probe.id, &mut io);
@@ -265,7 +267,8 @@ impl Driver {
                     Ok(desired) => self.routes.apply(&desired).await,
                     Err(rejected) => Err(rejected.into()),
                 };
-                self.prober.set_targets(self.plane.peer_keys(), now());
+                self.prober
+                    .set_targets(self.plane.peer_keys(), crate::clock::now());
                 let health = self.prober.health();
                 self.health.send_if_modified(|current| {
                     let membership_changed = !current.keys().eq(health.keys());
@@ -275,6 +278,14 @@ impl Driver {
                     membership_changed
                 });
                 let _ = reply.send(result);
+            }
+            Command::SetTranslation(translator, reply) => {
+                info!(
+                    mappings = translator.mappings().len(),
+                    "Address translation set"
+                );
+                self.plane.set_translation(translator);
+                let _ = reply.send(());
             }
             Command::Stats(reply) => {
                 let prober = &self.prober;
@@ -290,12 +301,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// The shell's one clock read, as the cores' `std` instant (tokio's clock, so that
-/// `tokio::time::pause` works).
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Sleeps until `at`, or forever without a deadline.
@@ -381,12 +386,24 @@ struct Routes {
     source: Option<IpAddr>,
     /// Routes this process installed and has not removed.
     installed: BTreeSet<IpNet>,
+    /// Desired routes not installed because a route that is not ours holds the prefix: warned
+    /// about once, tried again on every apply.
+    conflicts: BTreeSet<IpNet>,
 }
 
+/// The routing protocol number our routes carry (`ip route show proto 202`), so that they can
+/// be told apart from everybody else's: the gateway adds, changes and removes only routes with
+/// this number on its own TUN device, and never replaces a route it did not install.
+pub const ROUTE_PROTOCOL: u8 = 202;
+
 impl Routes {
-    /// Brings the installed routes to `desired`: removes, then adds (`replace`, so a route
-    /// someone else made for the same prefix is taken over). Keeps going past errors and
-    /// returns the first; what failed is retried on the next call.
+    /// Brings the installed routes to `desired`: removes, then adds. A removal names our
+    /// device and [`ROUTE_PROTOCOL`], so it can only remove a route of ours. An add never
+    /// replaces: when a route that is not ours already holds the prefix (same prefix and
+    /// metric), ours is left out and the prefix is not tunnelled: what was there stays
+    /// (`conflicts`). Since nothing is ever replaced, removing our routes, or the TUN device
+    /// going away when the gateway stops, restores exactly the routes there were before. Keeps
+    /// going past errors and returns the first; what failed is retried on the next call.
     async fn apply(&mut self, desired: &BTreeSet<IpNet>) -> Result<(), Error> {
         let changes = RouteChanges::between(&self.installed, desired);
         let mut first_error = None;
@@ -407,17 +424,20 @@ impl Routes {
             }
         }
         for cidr in changes.add {
-            let result = self
-                .netlink
-                .route()
-                .add(self.message(cidr))
-                .replace()
-                .execute()
-                .await;
+            let result = self.netlink.route().add(self.message(cidr)).execute().await;
             match result {
                 Ok(()) => {
                     self.installed.insert(cidr);
-                    debug!(%cidr, "Route added");
+                    if self.conflicts.remove(&cidr) {
+                        info!(%cidr, "Route added: the route that held the prefix is gone");
+                    } else {
+                        debug!(%cidr, "Route added");
+                    }
+                }
+                Err(e) if is_exists(&e) => {
+                    if self.conflicts.insert(cidr) {
+                        warn!(%cidr, dev = %self.dev, "Route not added: a route that is not ours holds the prefix, and is left as it is");
+                    }
                 }
                 Err(source) => {
                     first_error.get_or_insert(self.error("adding", cidr, source));
@@ -435,7 +455,10 @@ impl Routes {
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(cidr.addr(), cidr.prefix_len())
             .expect("an IpNet's prefix length fits its family")
-            .output_interface(self.index);
+            .output_interface(self.index)
+            .protocol(rtnetlink::packet_route::route::RouteProtocol::Other(
+                ROUTE_PROTOCOL,
+            ));
         let source = self.source.filter(|s| s.is_ipv4() == cidr.addr().is_ipv4());
         match source {
             Some(src) => builder
@@ -454,6 +477,10 @@ impl Routes {
             source: Box::new(source),
         }
     }
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
 }
 
 fn is_no_such_route(e: &rtnetlink::Error) -> bool {

@@ -3,12 +3,15 @@
 //!
 //! [`datagram`] is what arrives on the WireGuard UDP port (it also goes through the MSS clamp
 //! and probe parser as if it were a TUN packet, and is replayed once, as an attacker would).
+//! [`translate`] is a packet through the prefix translation both ways (a TUN read on its way
+//! out, a decrypted packet on its way in).
 //! Nothing here may panic; the unit test below replays the committed corpus, so CI covers it
 //! without a fuzzer.
 
 use std::net::SocketAddr;
 
 use crate::dataplane::{DataPlane, Io};
+use crate::nat::{Mapping, Translator, Verdict};
 use crate::{PeerSpec, mss, probe, public_key};
 
 /// Our key and the one peer's; fixed so the corpus can hold real handshakes for them.
@@ -38,6 +41,54 @@ pub fn datagram(data: &[u8]) {
     plane.handle_timers(&mut io);
 }
 
+/// The translation [`translate`] applies, as (local, global): one IPv4 and one IPv6 mapping.
+pub const TRANSLATION: [(&str, &str); 2] = [
+    ("10.244.0.0/16", "100.64.0.0/16"),
+    ("fd00:10:244::/56", "fd63:6177:0:100::/56"),
+];
+
+/// One packet through [`Translator::egress`] and [`Translator::ingress`] with
+/// [`TRANSLATION`]. Beyond not panicking, checks what holds for any input: a packet that was
+/// not translated is byte for byte as it was, and a translated one is translated back by the
+/// list with local and global swapped (the same headers parse, the same addresses match).
+///
+/// # Panics
+/// When one of those properties is violated: that is the finding.
+pub fn translate(data: &[u8]) {
+    let mappings = |swap: bool| {
+        TRANSLATION
+            .iter()
+            .map(|(l, g)| {
+                let (local, global) = if swap { (g, l) } else { (l, g) };
+                Mapping {
+                    local: local.parse().expect("literal"),
+                    global: global.parse().expect("literal"),
+                }
+            })
+            .collect()
+    };
+    let forward = Translator::new(mappings(false)).expect("a valid list");
+    let inverse = Translator::new(mappings(true)).expect("a valid list");
+    type Way = fn(&Translator, &mut [u8]) -> Verdict;
+    let ways: [Way; 2] = [Translator::egress, Translator::ingress];
+    for way in ways {
+        let mut packet = data.to_vec();
+        match way(&forward, &mut packet) {
+            Verdict::Translated => {
+                assert_eq!(packet.len(), data.len());
+                assert_eq!(
+                    way(&inverse, &mut packet),
+                    Verdict::Translated,
+                    "the inverse list translates back"
+                );
+            }
+            Verdict::Unchanged | Verdict::Malformed => {
+                assert_eq!(packet, data, "untranslated packets are untouched");
+            }
+        }
+    }
+}
+
 struct Discard;
 
 impl Io for Discard {
@@ -60,6 +111,23 @@ mod tests {
         for entry in std::fs::read_dir(dir).expect("the corpus is committed") {
             let data = std::fs::read(entry.expect("readable dir").path()).expect("readable");
             datagram(&data);
+            replayed += 1;
+        }
+        assert!(replayed >= 5, "corpus has {replayed} inputs");
+    }
+
+    /// The committed corpus of the `gateway_translate` fuzz target, replayed (it is written
+    /// by `nat::tests::write_translate_corpus`).
+    #[test]
+    fn translate_corpus_replays_without_panicking() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fuzz/corpus/gateway_translate"
+        );
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).expect("the corpus is committed") {
+            let data = std::fs::read(entry.expect("readable dir").path()).expect("readable");
+            translate(&data);
             replayed += 1;
         }
         assert!(replayed >= 5, "corpus has {replayed} inputs");

@@ -14,11 +14,16 @@
 //! - `probe`: the in-tunnel probe packet the data planes exchange and answer themselves.
 //! - `gso`: TUN offloads: the virtio_net_hdr and splitting TCP super-packets (pure).
 //! - `mss`: TCP MSS clamping of SYNs crossing the tunnel (pure byte surgery).
+//! - `nat`: stateless 1:1 prefix translation between our local CIDRs and our global prefixes
+//!   ([`Translator`]; pure byte surgery, checksums patched incrementally).
 //! - `fuzzing`: entry points for `tests/fuzz/` (public with the `fuzzing` feature).
 //! - `device`: the tokio shell — TUN device, UDP socket, netlink, 250 ms timer tick, prober
 //!   timer.
+//! - `clock`: the package's one clock read (public for the package's own tests).
 //! - this file: the public API ([`start`], [`Handle`]) and its types.
 
+#[doc(hidden)]
+pub mod clock;
 mod dataplane;
 mod device;
 #[cfg(feature = "fuzzing")]
@@ -28,11 +33,13 @@ mod fuzzing;
 mod gso;
 mod health;
 mod mss;
+mod nat;
 mod peers;
 mod probe;
 mod tunnel;
 
 pub use health::{HealthConfig, HealthEvent, HealthState, PeerHealth, Probe, ProbeId, Prober};
+pub use nat::{InvalidMapping, Mapping, Translator, Verdict};
 pub use peers::Rejected;
 
 use std::collections::BTreeMap;
@@ -133,6 +140,14 @@ pub struct DeviceStats {
     /// Datagrams that arrived coalesced with others in one UDP GRO receive (a sending peer's
     /// GSO run kept whole by the kernel); split again before decryption.
     pub gro_datagrams: u64,
+    /// Packets whose addresses the prefix translation rewrote (see
+    /// [`Handle::set_translation`]), both directions: TUN packets leaving with a local source,
+    /// decrypted packets arriving for a global destination, and ICMP errors quoting either.
+    pub translated_packets: u64,
+    /// Packets dropped because they needed translating but their headers could not be
+    /// rewritten consistently ([`Verdict::Malformed`]: lengths past the end, a cut-off
+    /// extension header, a first fragment without its transport checksum).
+    pub untranslatable_packets: u64,
 }
 
 /// Errors from [`start`] and [`Handle`].
@@ -170,6 +185,8 @@ pub enum Error {
     },
     #[error("invalid peer set")]
     InvalidPeers(#[from] peers::Rejected),
+    #[error("invalid address translation")]
+    InvalidTranslation(#[from] nat::InvalidMapping),
     #[error("the gateway has shut down")]
     Closed,
 }
@@ -226,6 +243,7 @@ pub struct Handle {
 #[derive(Debug)]
 enum Command {
     SetPeers(Vec<PeerSpec>, oneshot::Sender<Result<(), Error>>),
+    SetTranslation(Translator, oneshot::Sender<()>),
     Stats(oneshot::Sender<Vec<PeerStats>>),
     DeviceStats(oneshot::Sender<DeviceStats>),
 }
@@ -240,6 +258,21 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::SetPeers(peers, tx)).await?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Replaces our own cluster's address translation with `mappings` (the full list: each
+    /// of our local CIDRs and the global prefix of the same length that stands for it). From
+    /// the moment this returns, packets leaving through the tunnel with a local source leave
+    /// with the global one, and packets arriving for a global destination are delivered to
+    /// the local one (ICMP errors quoting them included; see [`Translator`]). The peers'
+    /// allowed IPs (and so the routes into the TUN device) are then their global prefixes.
+    /// An empty list turns translation off (the default). An invalid list is refused before
+    /// anything changes.
+    pub async fn set_translation(&self, mappings: Vec<Mapping>) -> Result<(), Error> {
+        let translator = Translator::new(mappings)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::SetTranslation(translator, tx)).await?;
+        rx.await.map_err(|_| Error::Closed)
     }
 
     /// Our public key.

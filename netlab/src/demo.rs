@@ -16,7 +16,7 @@ use crate::kube_story;
 use crate::lab::{Lab, LabSpec, PODS_PER_CLUSTER, default_work_dir};
 use crate::ns;
 use crate::story::{self, STEPS, WEB};
-use crate::topology::Topology;
+use crate::topology::{Addressing, Topology};
 use crate::wait::{self, Interrupted};
 
 /// The prefix `demo`, `up` and `down` use: namespaces `cw-c1-gw`, `cw-c2-pod1`, ...
@@ -24,13 +24,16 @@ pub const DEFAULT_PREFIX: &str = "cw";
 
 /// Builds a lab, runs the six story steps printing each and its outcome, tears down.
 /// Fails on the first failed step (after teardown).
-pub fn demo(bin: &Path) -> anyhow::Result<()> {
+pub fn demo(bin: &Path, addressing: Addressing) -> anyhow::Result<()> {
     wait::install_interrupt_handler().context("installing the SIGINT/SIGTERM handler")?;
     println!(
         "Building a lab of 3 clusters (namespaces {DEFAULT_PREFIX}-*) and starting the broker and gateways..."
     );
-    let mut lab = Lab::up(LabSpec::new(DEFAULT_PREFIX, bin))?;
+    let mut spec = LabSpec::new(DEFAULT_PREFIX, bin);
+    spec.addressing = addressing;
+    let mut lab = Lab::up(spec)?;
     println!("Lab up; logs in {}\n", lab.log_dir().display());
+    println!("{}", describe_plan(&lab));
     let mut outcome = Ok(());
     for (number, (title, step)) in STEPS.iter().enumerate() {
         println!("Step {}: {title}", number + 1);
@@ -62,9 +65,12 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
 
 /// Builds a lab, exports `web` from c1 (story step 1) and leaves it all running, printing
 /// how to look around. `down` removes it.
-pub fn up(bin: &Path) -> anyhow::Result<()> {
+pub fn up(bin: &Path, addressing: Addressing) -> anyhow::Result<()> {
     wait::install_interrupt_handler().context("installing the SIGINT/SIGTERM handler")?;
-    let mut lab = Lab::up(LabSpec::new(DEFAULT_PREFIX, bin))?;
+    let mut spec = LabSpec::new(DEFAULT_PREFIX, bin);
+    spec.addressing = addressing;
+    let mut lab = Lab::up(spec)?;
+    println!("{}", describe_plan(&lab));
     let exported = story::step1_c1_exports_web(&mut lab)?;
     let p = DEFAULT_PREFIX;
     println!("The lab is up: broker in {p}-broker, gateways in {p}-c1-gw, {p}-c2-gw, {p}-c3-gw.");
@@ -81,6 +87,20 @@ pub fn up(bin: &Path) -> anyhow::Result<()> {
     println!("Tear down with: causeway lab down");
     lab.detach();
     Ok(())
+}
+
+/// The address plan in plain words: each cluster's ranges and the global ones the others
+/// reach it through.
+pub fn describe_plan(lab: &Lab) -> String {
+    let mut out = String::from("Address plan (from the broker; see `causeway status`):\n");
+    for (c, rows) in lab.plan() {
+        for (local, global) in rows {
+            out.push_str(&format!(
+                "  c{c}: {local} is reached from the other clusters as {global}\n"
+            ));
+        }
+    }
+    out
 }
 
 /// Tears down the lab with `prefix` (as left by `up` or by a crashed run): stops every process

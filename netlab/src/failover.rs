@@ -155,7 +155,8 @@ impl FailoverLab {
     /// Runs one scenario and its restoration; errors if a step does not happen in time.
     pub fn run(&mut self, scenario: Scenario, round: usize) -> anyhow::Result<Measurement> {
         let t = self.lab.topology().clone();
-        let c1_web = IpAddr::V4(t.pod_addr(1, 1));
+        // c1's web pod as c3 reaches it (through c1's global range).
+        let c1_web = self.lab.pod_seen_from(3, 1, 1);
         let c1_wan = format!("{}/32", t.gw_wan_addr(1));
         self.wait_steady()?;
         match scenario {
@@ -247,8 +248,7 @@ impl FailoverLab {
         fail: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
         restore: impl FnOnce(&mut Lab) -> anyhow::Result<Option<bool>>,
     ) -> anyhow::Result<Measurement> {
-        let target = IpAddr::V4(self.lab.topology().pod_addr(1, 1));
-        let observer = Observer::start(&self.lab, observers, WEB, target)?;
+        let observer = Observer::start(&self.lab, observers, WEB, (1, 1))?;
         observer.wait_first_round()?;
         let fail_ms = monotonic_ms();
         fail(&mut self.lab)?;
@@ -295,10 +295,10 @@ impl FailoverLab {
     /// Scenario 4: the broker stops; the client must not notice; then c2's `api` endpoint
     /// dies and c2's own DNS must drop it without the broker. Then both come back.
     fn broker_down(&mut self, round: usize) -> anyhow::Result<Measurement> {
-        let api = IpAddr::V4(self.lab.topology().pod_addr(2, 2));
+        let api = IpAddr::V4(self.lab.topology().pod_addr(2, 2)); // asked from c2 itself
         let fail_ms = monotonic_ms();
         self.lab.stop_broker();
-        let observer = Observer::start(&self.lab, &[2], API, api)?;
+        let observer = Observer::start(&self.lab, &[2], API, (2, 2))?;
         observer.wait_first_round()?;
         let api_fail_ms = monotonic_ms();
         self.lab.kill_http_server(2, 2);
@@ -464,10 +464,18 @@ struct Observer {
 }
 
 impl Observer {
-    fn start(lab: &Lab, clusters: &[usize], name: &str, target: IpAddr) -> anyhow::Result<Self> {
+    /// Watches `clusters`' DNS answers for `name` naming pod `target` (cluster, pod), as each
+    /// of them reaches it.
+    fn start(
+        lab: &Lab,
+        clusters: &[usize],
+        name: &str,
+        target: (usize, usize),
+    ) -> anyhow::Result<Self> {
         let mut sockets = Vec::new();
         for &c in clusters {
-            sockets.push((pod_socket(lab, c)?, lab.topology().dns_listen(c)));
+            let seen = lab.pod_seen_from(c, target.0, target.1);
+            sockets.push((pod_socket(lab, c)?, lab.topology().dns_listen(c), seen));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(Mutex::new(Vec::new()));
@@ -477,11 +485,11 @@ impl Observer {
             while !stop_flag.load(Ordering::SeqCst) {
                 let at_ms = monotonic_ms();
                 let mut names_target = false;
-                for (socket, server) in &sockets {
+                for (socket, server, target) in &sockets {
                     id = id.wrapping_add(1);
                     // A DNS that does not answer names nothing, as a client would see it.
                     if let Ok(answer) = query_on(socket, *server, &name, id) {
-                        names_target |= answer.contains(&target);
+                        names_target |= answer.contains(target);
                     }
                 }
                 sink.lock().expect("no holder panics").push(Round {
@@ -703,10 +711,17 @@ pub fn panels(runs: &[Measurement], records: &[Record]) -> Vec<svg::Panel> {
 
 /// `causeway lab failover`: builds the lab, runs every scenario `rounds` times, prints the
 /// table and writes the SVG timeline to `svg_path`; tears the lab down however it ends.
-pub fn failover(bin: &Path, rounds: usize, svg_path: &Path) -> anyhow::Result<()> {
+pub fn failover(
+    bin: &Path,
+    rounds: usize,
+    svg_path: &Path,
+    addressing: crate::Addressing,
+) -> anyhow::Result<()> {
     wait::install_interrupt_handler().context("installing the SIGINT/SIGTERM handler")?;
     println!("Building the failover lab (namespaces {DEFAULT_PREFIX}-*)...");
-    let mut lab = FailoverLab::up(LabSpec::new(DEFAULT_PREFIX, bin))?;
+    let mut spec = LabSpec::new(DEFAULT_PREFIX, bin);
+    spec.addressing = addressing;
+    let mut lab = FailoverLab::up(spec)?;
     println!("Lab up; logs in {}", lab.lab().log_dir().display());
     let mut runs = Vec::new();
     let mut outcome = Ok(());

@@ -163,6 +163,11 @@ impl KubeLab {
     /// and deploy/'s RBAC, and starts each gateway as its ServiceAccount; returns once every
     /// node is Ready and every gateway answers DNS.
     pub fn up(spec: LabSpec) -> anyhow::Result<Self> {
+        if spec.addressing != crate::topology::Addressing::Distinct {
+            bail!(
+                "the kube lab needs distinct cluster CIDRs (its service ranges are 10.10I.96.0/20)"
+            );
+        }
         let bins = KubeBins::ensure_built()?;
         let lab = Lab::bare(spec)?;
         let kubeconfig = lab.work_dir().join("kubeconfig");
@@ -960,7 +965,7 @@ mod tests {
         assert_eq!(a.clusterset_ip_range, "10.102.96.128/25");
         assert_eq!(a.first_pod_ip, "10.102.0.64");
         assert_eq!(a.forward, "127.0.0.1:16442");
-        assert_eq!(t.cluster_cidr(2), "10.102.0.0/16");
+        assert_eq!(t.cluster_cidrs(2), ["10.102.0.0/16"]);
     }
 
     #[test]

@@ -14,12 +14,13 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ipnet::IpNet;
 
 use crate::capture::Capture;
 use crate::cluster::{self, CertFor, Daemon, STOP_GRACE};
 use crate::ns;
 use crate::probe;
-use crate::topology::{TUN_NAME, Topology, WAN_BRIDGE};
+use crate::topology::{Addressing, TUN_NAME, Topology, WAN_BRIDGE};
 use crate::wait::poll_until;
 
 /// Pods in every cluster of the lab.
@@ -53,6 +54,8 @@ pub struct LabSpec {
     /// `(region, zone)` per cluster number, passed to its gateway as `--region`/`--zone`;
     /// clusters not listed get neither (the failover lab makes c1 nearer to c2 than c3).
     pub localities: BTreeMap<usize, (String, String)>,
+    /// Distinct CIDRs per cluster, or kind's defaults in every cluster.
+    pub addressing: Addressing,
 }
 
 impl LabSpec {
@@ -64,6 +67,7 @@ impl LabSpec {
             work_dir: None,
             clusters: 3,
             localities: BTreeMap::new(),
+            addressing: Addressing::Distinct,
         }
     }
 }
@@ -84,13 +88,21 @@ pub struct Lab {
     servers: Vec<Daemon>,
     /// Set by [`Lab::detach`]: dropping then leaves everything running.
     detached: bool,
+    /// Each cluster's claimed ranges and their global ones, as the broker allocated them
+    /// (read from a gateway's `causeway status` once every cluster registered; the broker
+    /// keeps them across restarts).
+    plan: BTreeMap<usize, Vec<(IpNet, IpNet)>>,
+    /// Claims a gateway makes instead of its topology's CIDRs (see
+    /// [`Lab::restart_gateway_claiming`]).
+    claims: BTreeMap<usize, Vec<String>>,
 }
 
 impl Lab {
     /// Builds the namespaces only: no certificates, no daemons (the binary is not run).
     /// Leftovers of an earlier run with the same prefix are removed first.
     pub fn bare(spec: LabSpec) -> anyhow::Result<Self> {
-        let topology = Topology::new(&spec.prefix, spec.clusters, PODS_PER_CLUSTER)?;
+        let topology = Topology::new(&spec.prefix, spec.clusters, PODS_PER_CLUSTER)?
+            .with_addressing(spec.addressing);
         let work_dir = spec
             .work_dir
             .clone()
@@ -106,6 +118,8 @@ impl Lab {
             gateways: BTreeMap::new(),
             servers: Vec::new(),
             detached: false,
+            plan: BTreeMap::new(),
+            claims: BTreeMap::new(),
         };
         ns::create(&lab.topology).context("building the lab's namespaces")?;
         Ok(lab)
@@ -123,7 +137,79 @@ impl Lab {
         for c in lab.topology.clusters() {
             lab.wait_gateway_ready(c)?;
         }
+        lab.wait_plan()?;
         Ok(lab)
+    }
+
+    /// Waits until the broker has given every cluster's claims their global ranges, as the
+    /// c1 gateway's `causeway status` shows them, and keeps them for [`Lab::seen_from`].
+    pub fn wait_plan(&mut self) -> anyhow::Result<()> {
+        let ns = self.topology.gw_ns(1);
+        let bin = self.spec.causeway_bin.clone();
+        let want: BTreeMap<usize, Vec<IpNet>> = self
+            .topology
+            .clusters()
+            .map(|c| {
+                let cidrs = self.topology.cluster_cidrs(c);
+                (c, cidrs.iter().filter_map(|s| s.parse().ok()).collect())
+            })
+            .collect();
+        let plan = poll_until(
+            "every cluster's global ranges",
+            GATEWAY_READY_TIMEOUT,
+            || {
+                let output = ns::run(
+                    &mut ns::exec_in(&ns, &[bin.as_os_str(), "status".as_ref()]),
+                    EXEC_TIMEOUT,
+                )
+                .map_err(|e| e.to_string())?;
+                let plan = parse_address_plan(&String::from_utf8_lossy(&output.stdout));
+                let complete = want.iter().all(|(c, cidrs)| {
+                    plan.get(&format!("c{c}"))
+                        .is_some_and(|rows| cidrs.iter().all(|l| rows.iter().any(|(x, _)| x == l)))
+                });
+                if complete {
+                    Ok(plan)
+                } else {
+                    Err(format!("plan so far: {plan:?}"))
+                }
+            },
+        )?;
+        self.plan = self
+            .topology
+            .clusters()
+            .map(|c| (c, plan.get(&format!("c{c}")).cloned().unwrap_or_default()))
+            .collect();
+        Ok(())
+    }
+
+    /// The address through which cluster `from` reaches cluster `cluster`'s local address
+    /// `local`: the same address within a cluster, else its global one under the plan (see
+    /// [`Lab::wait_plan`]). Unchanged if no range covers it.
+    pub fn seen_from(&self, from: usize, cluster: usize, local: IpAddr) -> IpAddr {
+        if from == cluster {
+            return local;
+        }
+        self.plan
+            .get(&cluster)
+            .into_iter()
+            .flatten()
+            .find_map(|(l, g)| remap(*l, *g, local))
+            .unwrap_or(local)
+    }
+
+    /// [`Lab::seen_from`] for pod `pod` of `cluster`.
+    pub fn pod_seen_from(&self, from: usize, cluster: usize, pod: usize) -> IpAddr {
+        self.seen_from(
+            from,
+            cluster,
+            IpAddr::V4(self.topology.pod_addr(cluster, pod)),
+        )
+    }
+
+    /// The address plan as read from the gateways: cluster → (local, global) ranges.
+    pub fn plan(&self) -> &BTreeMap<usize, Vec<(IpNet, IpNet)>> {
+        &self.plan
     }
 
     pub fn topology(&self) -> &Topology {
@@ -336,6 +422,51 @@ impl Lab {
         self.wait_gateway_ready(cluster)
     }
 
+    /// Restarts a cluster's gateway claiming `cidrs` (its `--cidr`) instead of its topology's;
+    /// `None` goes back to the topology's. Returns once its DNS answers (which it does whether
+    /// or not the broker accepts the claims).
+    pub fn restart_gateway_claiming(
+        &mut self,
+        cluster: usize,
+        cidrs: Option<Vec<String>>,
+    ) -> anyhow::Result<()> {
+        self.stop_gateway(cluster);
+        self.gateways.remove(&cluster);
+        match cidrs {
+            Some(cidrs) => self.claims.insert(cluster, cidrs),
+            None => self.claims.remove(&cluster),
+        };
+        self.start_gateway(cluster)
+    }
+
+    /// Every route of a cluster's gateway namespace, both families, every table, as `ip`
+    /// prints them.
+    pub fn route_tables(&self, cluster: usize) -> anyhow::Result<String> {
+        let ns = self.topology.gw_ns(cluster);
+        let mut out = String::new();
+        for family in ["-4", "-6"] {
+            let output = self.exec(&ns, &["ip", family, "route", "show", "table", "all"])?;
+            if !output.status.success() {
+                bail!(
+                    "ip {family} route show table all in {ns}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            out.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(out)
+    }
+
+    /// `causeway status` of a cluster's gateway (read from its admin port, in its namespace).
+    pub fn gateway_status(&self, cluster: usize) -> anyhow::Result<String> {
+        let bin = self.spec.causeway_bin.clone();
+        let output = self.exec(
+            &self.topology.gw_ns(cluster),
+            &[bin.as_os_str(), "status".as_ref()],
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Stops a cluster's gateway; its state dir (WireGuard key) stays.
     pub fn stop_gateway(&mut self, cluster: usize) {
         if let Some(gateway) = self.gateways.get_mut(&cluster) {
@@ -487,7 +618,12 @@ impl Lab {
             "--wg-listen".into(),
             t.wg_listen(c).to_string().into(),
             "--cidr".into(),
-            t.cluster_cidr(c).into(),
+            self.claims
+                .get(&c)
+                .cloned()
+                .unwrap_or_else(|| t.cluster_cidrs(c))
+                .join(",")
+                .into(),
             "--dns-listen".into(),
             t.dns_listen(c).to_string().into(),
             "--state-dir".into(),
@@ -544,6 +680,46 @@ impl Drop for Lab {
         {
             eprintln!("netlab: tearing down lab {}: {e:#}", self.topology.prefix());
         }
+    }
+}
+
+/// The `ADDRESS PLAN` table of `causeway status` (rows `CLUSTER LOCAL GLOBAL USE`): cluster
+/// id → its (local, global) ranges.
+pub fn parse_address_plan(status: &str) -> BTreeMap<String, Vec<(IpNet, IpNet)>> {
+    let mut out: BTreeMap<String, Vec<(IpNet, IpNet)>> = BTreeMap::new();
+    let rows = status
+        .lines()
+        .skip_while(|l| l.trim() != "ADDRESS PLAN")
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty());
+    for row in rows {
+        let mut cells = row.split_whitespace();
+        let (Some(cluster), Some(local), Some(global)) = (cells.next(), cells.next(), cells.next())
+        else {
+            continue;
+        };
+        if let (Ok(local), Ok(global)) = (local.parse(), global.parse()) {
+            out.entry(cluster.to_owned())
+                .or_default()
+                .push((local, global));
+        }
+    }
+    out
+}
+
+/// `ip` in `from`, moved to the same offset in `to` (same prefix length).
+fn remap(from: IpNet, to: IpNet, ip: IpAddr) -> Option<IpAddr> {
+    if !from.contains(&ip) || from.prefix_len() != to.prefix_len() {
+        return None;
+    }
+    match (ip, from.hostmask(), to.network()) {
+        (IpAddr::V4(ip), IpAddr::V4(host), IpAddr::V4(net)) => Some(IpAddr::V4(
+            std::net::Ipv4Addr::from(u32::from(net) | (u32::from(ip) & u32::from(host))),
+        )),
+        (IpAddr::V6(ip), IpAddr::V6(host), IpAddr::V6(net)) => Some(IpAddr::V6(
+            std::net::Ipv6Addr::from(u128::from(net) | (u128::from(ip) & u128::from(host))),
+        )),
+        _ => None,
     }
 }
 

@@ -45,4 +45,4 @@ pub mod wait;
 pub use demo::{DEFAULT_PREFIX, demo, down, up};
 pub use http::http_serve;
 pub use lab::{Lab, LabSpec};
-pub use topology::Topology;
+pub use topology::{Addressing, Topology};

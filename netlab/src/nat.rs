@@ -48,12 +48,6 @@ pub struct ClusterIp {
     pub endpoints: Vec<(Ipv4Addr, u16)>,
 }
 
-/// The `n`th cluster IP of lab cluster `cluster`: `10.10I.128.n`, inside the cluster's CIDR
-/// (so the other clusters route it into the tunnel) and outside its pods' /24.
-pub fn lab_cluster_ip(cluster: usize, n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 100 + cluster as u8, 128, n)
-}
-
 /// The nftables script that replaces [`TABLE`] with `services`' rules: DNAT in prerouting
 /// (pods and the tunnel) and output (the router itself), a reject for ports without
 /// endpoints.
@@ -155,11 +149,5 @@ mod tests {
         assert!(script.contains("table ip lab_services {"));
         assert!(!script.contains("dnat"));
         assert!(!script.contains("reject"));
-    }
-
-    #[test]
-    fn lab_cluster_ips_sit_in_the_cluster_cidr_outside_the_pods() {
-        assert_eq!(lab_cluster_ip(1, 10), ip("10.101.128.10"));
-        assert_eq!(lab_cluster_ip(3, 1), ip("10.103.128.1"));
     }
 }

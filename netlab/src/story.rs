@@ -146,7 +146,8 @@ pub fn step1_c1_exports_web(lab: &mut Lab) -> anyhow::Result<String> {
 
 /// Step 2: from c2-pod1, the name resolves to c1's pod and a GET by name returns c1's body.
 pub fn step2_c2_resolves_and_reaches_c1(lab: &mut Lab) -> anyhow::Result<String> {
-    let c1_pod = IpAddr::V4(lab.topology().pod_addr(1, 1));
+    // c2 reaches c1's pod through c1's global range (the address plan).
+    let c1_pod = lab.pod_seen_from(2, 1, 1);
     let answer = wait_for_answer(
         lab,
         (2, 1),
@@ -157,9 +158,11 @@ pub fn step2_c2_resolves_and_reaches_c1(lab: &mut Lab) -> anyhow::Result<String>
     )?;
     wait_for_body(lab, (2, 1), &web_url(), C1_BODY, REACH_TIMEOUT)?;
     Ok(format!(
-        "from c2-pod1, getent hosts {WEB} answers {}; curl {} from c2-pod1 returns {C1_BODY:?}, \
-         so the request crossed from c2 to c1 through the tunnel",
+        "from c2-pod1, getent hosts {WEB} answers {} (c1-pod1 {} as c2 reaches it, through c1's \
+         global range); curl {} from c2-pod1 returns {C1_BODY:?}, so the request crossed from c2 \
+         to c1 through the tunnel",
         show(&answer),
+        lab.topology().pod_addr(1, 1),
         web_url()
     ))
 }
@@ -235,7 +238,11 @@ impl Breaks {
 /// Judges a wan capture (pure, so it is unit-tested): see [`step3_wan_carries_only_wireguard`].
 pub fn judge_wan(packets: &[Packet], gateways: &BTreeSet<Ipv4Addr>, secret: &[u8]) -> WanVerdict {
     const WG_TRANSPORT_DATA: u8 = 4;
-    let is_pod = |a: &Ipv4Addr| a.octets()[0] == 10 && (101..=109).contains(&a.octets()[1]);
+    // Pod addresses of either addressing, and the global ranges they are reached through.
+    let is_pod = |a: &Ipv4Addr| {
+        let [x, y, ..] = a.octets();
+        (x == 10 && ((101..=109).contains(&y) || y == 244)) || (x == 100 && (64..=127).contains(&y))
+    };
     let mut verdict = WanVerdict::default();
     let (mut in_clear, mut pod_address, mut not_wireguard) =
         (Breaks::default(), Breaks::default(), Breaks::default());
@@ -281,7 +288,7 @@ pub fn judge_wan(packets: &[Packet], gateways: &BTreeSet<Ipv4Addr>, secret: &[u8
 
 /// Step 4: c3 exports `web` as well; c3-pod1's answer lists c3's endpoint first, c1's too.
 pub fn step4_c3_exports_and_prefers_itself(lab: &mut Lab) -> anyhow::Result<String> {
-    let c1_pod = IpAddr::V4(lab.topology().pod_addr(1, 1));
+    let c1_pod = lab.pod_seen_from(3, 1, 1);
     let c3_pod = IpAddr::V4(lab.topology().pod_addr(3, 1));
     lab.start_http_server(3, 1, C3_BODY)?;
     lab.write_service(3, "web.yaml", &service_yaml("shop", "web", 80, &[c3_pod]))?;
@@ -299,8 +306,8 @@ pub fn step4_c3_exports_and_prefers_itself(lab: &mut Lab) -> anyhow::Result<Stri
 /// Step 5: c1's service file is removed; c2 stops getting c1's endpoint, keeps c3's, and
 /// its GET by name now reaches c3.
 pub fn step5_c1_withdraws_and_c2_fails_over(lab: &mut Lab) -> anyhow::Result<String> {
-    let c1_pod = IpAddr::V4(lab.topology().pod_addr(1, 1));
-    let c3_pod = IpAddr::V4(lab.topology().pod_addr(3, 1));
+    let c1_pod = lab.pod_seen_from(2, 1, 1);
+    let c3_pod = lab.pod_seen_from(2, 3, 1);
     lab.remove_service(1, "web.yaml")?;
     let what = format!("{c3_pod} without {c1_pod}");
     let answer = wait_for_answer(lab, (2, 1), WEB, &what, WITHDRAW_TIMEOUT, |a| {
@@ -319,14 +326,13 @@ pub fn step5_c1_withdraws_and_c2_fails_over(lab: &mut Lab) -> anyhow::Result<Str
 /// still resolves `web` to c3's endpoint, and a new export (`api` in `shop` from c2)
 /// reaches c1 and c3.
 pub fn step6_broker_restart_keeps_exports(lab: &mut Lab) -> anyhow::Result<String> {
-    let c3_pod = IpAddr::V4(lab.topology().pod_addr(3, 1));
     let c2_pod = IpAddr::V4(lab.topology().pod_addr(2, 1));
     let old_pid = lab.broker_pid();
     lab.stop_broker();
     // While the broker is down, gateways should serve what they last knew (reported, not
     // required: the story's promise is about after the restart).
     let during = match lab.resolve(2, 1, WEB) {
-        Ok(answer) if answer.contains(&c3_pod) => {
+        Ok(answer) if answer.contains(&lab.pod_seen_from(2, 3, 1)) => {
             format!("c2 kept answering {WEB} with {}", show(&answer))
         }
         Ok(answer) => format!("c2 answered {WEB} with {}", show(&answer)),
@@ -340,9 +346,9 @@ pub fn step6_broker_restart_keeps_exports(lab: &mut Lab) -> anyhow::Result<Strin
             lab,
             (c, 1),
             WEB,
-            &c3_pod.to_string(),
+            &lab.pod_seen_from(c, 3, 1).to_string(),
             RECONNECT_TIMEOUT,
-            |a| a.contains(&c3_pod),
+            |a| a.contains(&lab.pod_seen_from(c, 3, 1)),
         )?;
         seen.push(format!("c{c}: {}", show(&answer)));
     }
@@ -353,9 +359,9 @@ pub fn step6_broker_restart_keeps_exports(lab: &mut Lab) -> anyhow::Result<Strin
             lab,
             (c, 1),
             API,
-            &c2_pod.to_string(),
+            &lab.pod_seen_from(c, 2, 1).to_string(),
             RECONNECT_TIMEOUT,
-            |a| a.contains(&c2_pod),
+            |a| a.contains(&lab.pod_seen_from(c, 2, 1)),
         )?;
         api_seen.push(format!("c{c}: {}", show(&answer)));
     }

@@ -6,6 +6,11 @@
 //! - cluster I owns 10.10I.0.0/16; its gateway holds bridge `pods0` with 10.10I.0.1/24 (also the
 //!   DNS address) and pod J is 10.10I.0.(9+J) with a default route via the gateway.
 //!
+//! With [`Addressing::SameCidrs`] every cluster is made as kind makes them: pods in
+//! 10.244.0.0/16 (gateway 10.244.0.1, pod J at 10.244.0.(9+J)) and services in 10.96.0.0/12;
+//! the wan moves to 192.168.100.0/24, since 10.96.0.0/12 holds 10.100.0.0/24. Other clusters
+//! reach each cluster through the global ranges the broker gives it (see `Lab::seen_from`).
+//!
 //! No I/O: `ns` builds this shape with `ip`, `lab` runs daemons on it.
 
 use std::fmt;
@@ -73,12 +78,23 @@ impl fmt::Display for TopologyError {
 
 impl std::error::Error for TopologyError {}
 
+/// How the lab's clusters are addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Addressing {
+    /// Cluster I owns 10.10I.0.0/16: no two clusters overlap.
+    #[default]
+    Distinct,
+    /// Every cluster has kind's defaults, pods 10.244.0.0/16 and services 10.96.0.0/12.
+    SameCidrs,
+}
+
 /// The lab's shape. Clusters are numbered from 1 (`c1`), pods within a cluster from 1 (`pod1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
     clusters: usize,
     pods_per_cluster: usize,
+    addressing: Addressing,
 }
 
 impl Topology {
@@ -109,7 +125,34 @@ impl Topology {
             prefix: prefix.to_owned(),
             clusters,
             pods_per_cluster,
+            addressing: Addressing::Distinct,
         })
+    }
+
+    /// The same shape with other addresses.
+    pub fn with_addressing(mut self, addressing: Addressing) -> Self {
+        self.addressing = addressing;
+        self
+    }
+
+    pub fn addressing(&self) -> Addressing {
+        self.addressing
+    }
+
+    /// The first three octets of the wan /24.
+    fn wan(&self) -> [u8; 3] {
+        match self.addressing {
+            Addressing::Distinct => [10, 100, 0],
+            Addressing::SameCidrs => [192, 168, 100],
+        }
+    }
+
+    /// The first three octets of cluster I's pods /24.
+    fn pods_net(&self, cluster: usize) -> [u8; 3] {
+        match self.addressing {
+            Addressing::Distinct => [10, 100 + cluster as u8, 0],
+            Addressing::SameCidrs => [10, 244, 0],
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -193,7 +236,8 @@ impl Topology {
     }
 
     pub fn broker_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 100, 0, 2)
+        let [a, b, c] = self.wan();
+        Ipv4Addr::new(a, b, c, 2)
     }
 
     /// The broker's QUIC listen address, 10.100.0.2:7443.
@@ -203,7 +247,8 @@ impl Topology {
 
     /// A gateway's wan address, 10.100.0.(10+I).
     pub fn gw_wan_addr(&self, cluster: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 100, 0, 10 + cluster as u8)
+        let [a, b, c] = self.wan();
+        Ipv4Addr::new(a, b, c, 10 + cluster as u8)
     }
 
     /// A gateway's WireGuard listen address, 10.100.0.(10+I):51820.
@@ -213,7 +258,8 @@ impl Topology {
 
     /// A gateway's address on its pods bridge, 10.10I.0.1: the pods' default gateway and DNS.
     pub fn gw_pod_addr(&self, cluster: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 100 + cluster as u8, 0, 1)
+        let [a, b, c] = self.pods_net(cluster);
+        Ipv4Addr::new(a, b, c, 1)
     }
 
     /// Where a cluster's gateway serves DNS, 10.10I.0.1:53.
@@ -223,12 +269,26 @@ impl Topology {
 
     /// A pod's address, 10.10I.0.(9+J).
     pub fn pod_addr(&self, cluster: usize, pod: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 100 + cluster as u8, 0, 9 + pod as u8)
+        let [a, b, c] = self.pods_net(cluster);
+        Ipv4Addr::new(a, b, c, 9 + pod as u8)
     }
 
-    /// The cluster's CIDR, `10.10I.0.0/16`, passed to its gateway as `--cidr`.
-    pub fn cluster_cidr(&self, cluster: usize) -> String {
-        format!("10.{}.0.0/16", 100 + cluster)
+    /// The cluster's CIDRs, passed to its gateway as `--cidr`: `10.10I.0.0/16`, or kind's
+    /// pods and services ranges.
+    pub fn cluster_cidrs(&self, cluster: usize) -> Vec<String> {
+        match self.addressing {
+            Addressing::Distinct => vec![format!("10.{}.0.0/16", 100 + cluster)],
+            Addressing::SameCidrs => vec!["10.244.0.0/16".into(), "10.96.0.0/12".into()],
+        }
+    }
+
+    /// The `n`th cluster IP of cluster `cluster`: `10.10I.128.n` (inside the cluster's CIDR,
+    /// outside its pods' /24), or `10.96.0.n` in kind's services range.
+    pub fn cluster_ip(&self, cluster: usize, n: u8) -> Ipv4Addr {
+        match self.addressing {
+            Addressing::Distinct => Ipv4Addr::new(10, 100 + cluster as u8, 128, n),
+            Addressing::SameCidrs => Ipv4Addr::new(10, 96, 0, n),
+        }
     }
 
     /// The `/etc/netns/<ns>/resolv.conf` of a pod: the cluster's gateway is its only
@@ -278,7 +338,14 @@ mod tests {
         assert_eq!(t.dns_listen(2).to_string(), "10.102.0.1:53");
         assert_eq!(t.pod_addr(1, 1).to_string(), "10.101.0.10");
         assert_eq!(t.pod_addr(3, 2).to_string(), "10.103.0.11");
-        assert_eq!(t.cluster_cidr(2), "10.102.0.0/16");
+        assert_eq!(t.cluster_cidrs(2), ["10.102.0.0/16"]);
+        assert_eq!(t.cluster_ip(1, 10).to_string(), "10.101.128.10");
+        let same = lab().with_addressing(Addressing::SameCidrs);
+        assert_eq!(same.pod_addr(1, 1), same.pod_addr(3, 1));
+        assert_eq!(same.pod_addr(2, 1).to_string(), "10.244.0.10");
+        assert_eq!(same.cluster_cidrs(3), ["10.244.0.0/16", "10.96.0.0/12"]);
+        assert_eq!(same.broker_listen().to_string(), "192.168.100.2:7443");
+        assert_eq!(same.cluster_ip(2, 10).to_string(), "10.96.0.10");
         assert_eq!(t.cluster_id(3), "c3");
         assert!(t.pod_resolv_conf(2).starts_with("nameserver 10.102.0.1\n"));
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use causeway_dns::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use causeway_dns::proto::rr::{Name, RecordType};
 
-use crate::admin::api::DnsAnswer;
+use crate::status::api::DnsAnswer;
 
 /// How long to wait for the answer: the server answers from memory in microseconds, so a
 /// second means it is not answering.
@@ -84,7 +84,7 @@ async fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Messag
         .await
         .map_err(|e| format!("sending to {server}: {e}"))?;
     let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
+    let deadline = crate::clock::tokio_now() + LOOKUP_TIMEOUT;
     loop {
         let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
             .await

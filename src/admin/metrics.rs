@@ -44,8 +44,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::admin::api::{PeerState, ServiceHealth, Status};
 use crate::model::ServiceKey;
+use crate::status::api::{PeerState, ServiceHealth, Status};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -344,7 +344,7 @@ impl Collector for Scrape {
             vec![(vec![], f64::from(u8::from(s.ready)))],
         )?;
 
-        let peer = |p: &crate::admin::api::PeerStatus| {
+        let peer = |p: &crate::status::api::PeerStatus| {
             p.cluster
                 .clone()
                 .unwrap_or_else(|| format!("unknown:{}", p.endpoint))
@@ -463,6 +463,7 @@ impl Collector for Scrape {
                 ("no_route", d.no_route_packets),
                 ("malformed_tun_packet", d.malformed_tun_packets),
                 ("queue_full", d.send_drops),
+                ("untranslatable", d.untranslatable_packets),
             ]
             .into_iter()
             .map(|(reason, n)| (vec![("reason", reason.to_owned())], n))
@@ -474,6 +475,13 @@ impl Collector for Scrape {
             "Times a peer's endpoint moved to a new authenticated source address",
             None,
             vec![(vec![], d.endpoint_roams)],
+        )?;
+        counters(
+            enc,
+            "causeway_tunnel_translated_packets",
+            "Packets whose addresses the data plane translated between this cluster's local and global ranges (address plan)",
+            None,
+            vec![(vec![], d.translated_packets)],
         )?;
         counters(
             enc,
@@ -561,7 +569,7 @@ impl Collector for Scrape {
             None,
             vec![(vec![], s.clusters.len() as f64)],
         )?;
-        let by_health = |services: &[crate::admin::api::ServiceStatus]| {
+        let by_health = |services: &[crate::status::api::ServiceStatus]| {
             [
                 ServiceHealth::Healthy,
                 ServiceHealth::Degraded,

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
@@ -15,13 +14,14 @@ use axum::routing::get;
 use causeway_dns::proto::rr::RecordType;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::admin::api::{ApiError, Explanation, Status};
 use crate::admin::lookup::lookup;
 use crate::admin::metrics::{self, Recorders, Scrape};
-use crate::admin::{GatewayInfo, GatewayView, Sources, link_mtu, readiness};
+use crate::admin::{Sources, link_mtu, readiness};
 use crate::explain::{ExplainError, explain, parse_name};
+use crate::status::api::{ApiError, Explanation, Status};
+use crate::status::{GatewayInfo, GatewayView};
 use crate::status::{Live, build};
 
 /// A running admin server.
@@ -70,33 +70,9 @@ pub async fn serve(
         .route("/api/v1/explain", get(explain_json))
         .route(crate::replica::proto::PATH, get(dns_records))
         .with_state(ctx);
-    let (local_addr, _) = serve_http(listen, router, shutdown, "Admin port").await?;
+    let (local_addr, _) = crate::http::serve(listen, router, shutdown, "Admin port").await?;
     info!(addr = %local_addr, "Admin port serving /metrics, /healthz, /readyz, /api/v1");
     Ok(AdminServer { local_addr })
-}
-
-/// Binds the admin port on `listen` and serves `router` on a task until `stop` is cancelled.
-/// Returns the bound address and the task, which ends once the port is released. `what`
-/// names the server in the log line if serving fails.
-pub(crate) async fn serve_http(
-    listen: SocketAddr,
-    router: Router,
-    stop: CancellationToken,
-    what: &'static str,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the admin port on {listen}"))?;
-    let local_addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            warn!(addr = %local_addr, %error, "{what} failed");
-        }
-    });
-    Ok((local_addr, task))
 }
 
 /// What a standby replica (waiting for the leader lease) serves on the admin port: alive
@@ -116,7 +92,7 @@ pub async fn serve_standby(
                 "standby: waiting for the leader lease\n",
             )
         });
-    serve_http(listen, router, stop, "Standby admin port").await
+    crate::http::serve(listen, router, stop, "Standby admin port").await
 }
 
 async fn dns_answers(info: &GatewayInfo) -> Result<(), String> {

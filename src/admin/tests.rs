@@ -11,10 +11,11 @@ use causeway_gateway::{DeviceStats, HealthState, PeerHealth, PeerStats};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::admin::api::{Explanation, PeerState, ServiceHealth};
 use crate::cli::{ExplainType, OutputFormat};
 use crate::diagnose::Report;
 use crate::model::{ClusterInfo, Endpoint, ServiceKey};
+use crate::status::GatewayInfo;
+use crate::status::api::{self, Explanation, PeerState, ServiceHealth};
 use crate::sync::proto::ClusterSetView;
 
 fn id(s: &str) -> ClusterId {
@@ -29,6 +30,17 @@ fn cluster(n: u8, cidr: &str) -> ClusterInfo {
         cidrs: vec![cidr.parse().unwrap()],
         region: None,
         zone: None,
+        // As the broker would allocate: cluster n's ranges from 100.(64 + 4n).0.0/14.
+        global: crate::model::plan::allocate(
+            &[cidr.parse().unwrap()],
+            &[],
+            &[],
+            &crate::model::plan::PlanConfig {
+                v4: format!("100.{}.0.0/14", 64 + 4 * n).parse().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
     }
 }
 
@@ -43,7 +55,10 @@ fn web(addr: &str) -> Export {
             hostname: None,
             zone: None,
         }],
-        props: Default::default(),
+        props: crate::model::ServiceProps {
+            kind: crate::model::ServiceKind::Headless,
+            ..Default::default()
+        },
     }
 }
 
@@ -114,6 +129,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         connected: true,
         broker: Some("127.0.0.1:7443".parse().unwrap()),
         last_error: None,
+        rejected: None,
     };
     let local = vec![web("10.101.0.10")];
     let health = Health {
@@ -121,7 +137,7 @@ async fn fixture(c3_cidr: &str, tunnel_mtu: u16) -> Fixture {
         rtt: BTreeMap::from([(id("c2"), Duration::from_millis(3))]),
         ..Health::default()
     };
-    let services = crate::app::dns_services(&id("c1"), &local, &sync.view, &health);
+    let services = crate::answers::dns_services(&id("c1"), &local, &sync.view, &health);
     dns.publish(causeway_dns::Snapshot::new(&zones, services).unwrap());
 
     let peer = |n: u8, state, rtt: Option<u64>, handshake: Option<u64>| PeerStats {
@@ -291,14 +307,14 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[tokio::test]
 async fn health_and_readiness_follow_the_rule() {
     let mut f = fixture("10.103.0.0/16", 1420).await;
-    let (code, body) = client::get(f.admin, "/healthz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/healthz").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    let (code, body) = client::get(f.admin, "/readyz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/readyz").await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no view has been synced"), "{body}");
 
     f.publish();
-    let (code, body) = client::get(f.admin, "/readyz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/readyz").await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("revision 7"), "{body}");
 
@@ -306,10 +322,10 @@ async fn health_and_readiness_follow_the_rule() {
     f.sync.connected = false;
     f.sync.last_error = Some("timed out".into());
     f.publish();
-    let (code, body) = client::get(f.admin, "/readyz").await.unwrap();
+    let (code, body) = crate::http::get(f.admin, "/readyz").await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("broker is unreachable"), "{body}");
-    let (code, _) = client::get(f.admin, "/nope").await.unwrap();
+    let (code, _) = crate::http::get(f.admin, "/nope").await.unwrap();
     assert_eq!(code, 404);
 }
 
@@ -319,10 +335,10 @@ async fn a_standby_is_alive_but_never_ready_and_frees_the_port() {
     let (addr, task) = crate::admin::serve_standby("127.0.0.1:0".parse().unwrap(), stop.clone())
         .await
         .unwrap();
-    let (code, body) = client::get(addr, "/healthz").await.unwrap();
+    let (code, body) = crate::http::get(addr, "/healthz").await.unwrap();
     assert_eq!(code, 200, "{body}");
     for path in ["/readyz", "/api/v1/status", crate::replica::proto::PATH] {
-        let (code, body) = client::get(addr, path).await.unwrap();
+        let (code, body) = crate::http::get(addr, path).await.unwrap();
         assert_eq!(code, 503, "{path}: {body}");
         assert!(body.contains("standby"), "{path}: {body}");
     }
@@ -361,7 +377,7 @@ async fn metrics_parse_and_carry_every_family() {
             because: crate::changes::WithdrawnBecause::Unreachable,
         });
 
-    let (code, text) = client::get(f.admin, "/metrics").await.unwrap();
+    let (code, text) = crate::http::get(f.admin, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let v = |name: &str, labels: &[(&str, &str)]| {
@@ -728,7 +744,7 @@ async fn diagnose_passes_and_fails_each_check_with_a_reason() {
             ("handshake/c3", false),
             ("probe/c3", false),
             ("dns/shop/web", true),
-            ("cidr-overlap", true),
+            ("address-plan", true),
             ("mtu/c2", true),
             ("mtu/c3", true),
         ]
@@ -744,8 +760,10 @@ async fn diagnose_passes_and_fails_each_check_with_a_reason() {
     );
     assert!(report.checks.iter().all(|c| c.pass == c.hint.is_none()));
 
-    // Overlapping CIDRs, a tunnel MTU no link fits, and the broker lost.
+    // Overlapping CIDRs (normal: each cluster is reached through its global ranges), a claim
+    // the broker refused, a tunnel MTU no link fits, and the broker lost.
     let mut f = fixture("10.102.128.0/17", u16::MAX).await;
+    f.sync.rejected = Some("address plan: claim 0.0.0.0/0 is a default route".into());
     f.sync.connected = false;
     f.sync.last_error = Some("the cryptographic handshake failed: invalid peer certificate".into());
     // Synced once before the broker went away.
@@ -770,12 +788,12 @@ async fn diagnose_passes_and_fails_each_check_with_a_reason() {
         .collect();
     assert_eq!(rows["broker"], "FAIL", "{}", table.output);
     assert_eq!(rows["ready"], "pass", "{}", table.output);
-    assert_eq!(rows["cidr-overlap"], "FAIL", "{}", table.output);
+    assert_eq!(rows["address-plan"], "FAIL", "{}", table.output);
     assert_eq!(rows["mtu/c2"], "FAIL", "{}", table.output);
     assert!(
-        table
-            .output
-            .contains("c2 10.102.0.0/16 overlaps c3 10.102.128.0/17"),
+        table.output.contains(
+            "the broker refused this gateway: address plan: claim 0.0.0.0/0 is a default route"
+        ),
         "{}",
         table.output
     );

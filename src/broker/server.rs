@@ -26,7 +26,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::broker::deny::{DenyList, PeerIdentity};
 use crate::broker::etcd::EtcdStore;
 use crate::broker::replica::{self, Follow, LocalPresence, RemotePresence};
-use crate::broker::state::{BrokerState, StateConfig};
+use crate::broker::state::{BrokerState, SessionOrigin, StateConfig};
 use crate::broker::store::{RedbStore, Store, StoreError, StoreEvent, StoreLocation};
 use crate::certs;
 use crate::clock;
@@ -249,6 +249,7 @@ enum Command {
         session: u64,
         cert: ClusterId,
         hello: Hello,
+        origin: SessionOrigin,
         reply: mpsc::Sender<BrokerMessage>,
     },
     Publish {
@@ -325,8 +326,9 @@ impl StateDriver {
                 session,
                 cert,
                 hello,
+                origin,
                 reply,
-            } => match self.state.handle_hello(&cert, &hello) {
+            } => match self.state.handle_hello(&cert, &hello, &origin) {
                 Err(reason) => {
                     warn!(session, cluster = %cert, %reason, "Hello rejected");
                     let _ = reply.try_send(BrokerMessage::Rejected { reason });
@@ -340,10 +342,12 @@ impl StateDriver {
                     if self.local.handle_start(&cert) {
                         self.store.set_presence(&cert, true)?;
                     }
-                    // Ownership is all that can refuse a Hello, and it does not depend on the
-                    // state: recomputing after a conflict cannot turn it into a refusal.
-                    let changes =
-                        self.commit_with(|s| s.handle_hello(&cert, &hello).unwrap_or_default())?;
+                    // Recomputed after losing a race to another replica, a Hello could turn into
+                    // a refusal (another cluster took the endpoint or the space it claims in
+                    // between); it then changes nothing, and is judged again on reconnect.
+                    let changes = self.commit_with(|s| {
+                        s.handle_hello(&cert, &hello, &origin).unwrap_or_default()
+                    })?;
                     for change in &changes {
                         if let Change::RestoreCluster { cluster, exports } = change {
                             info!(%cluster, exports = exports.len(), "Cluster back; its exports are served again");
@@ -778,6 +782,16 @@ async fn session_loop(
         streams = conn.accept_bi() => streams?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    // What the address plan judges the cluster's claims against (IPv4-mapped addresses of a
+    // dual-stack socket compared as IPv4).
+    let origin = SessionOrigin {
+        broker: conn
+            .local_ip()
+            .map(|a| a.to_canonical())
+            .into_iter()
+            .collect(),
+        observed: Some(conn.remote_address().ip().to_canonical()),
+    };
     let (reply, mut replies) = mpsc::channel(SESSION_QUEUE);
     let mut reply = Some(reply);
     let mut decoder = Decoder::with_max(limits.max_message_bytes);
@@ -804,7 +818,7 @@ async fn session_loop(
                         Err(e) => return Err(e.into()),
                     };
                     let command = match (message, reply.take()) {
-                        (ClientMessage::Hello(hello), Some(reply)) => Command::Hello { session, cert: cert.clone(), hello, reply },
+                        (ClientMessage::Hello(hello), Some(reply)) => Command::Hello { session, cert: cert.clone(), hello, origin: origin.clone(), reply },
                         (ClientMessage::Publish(publish), None) => Command::Publish { session, cert: cert.clone(), publish },
                         (ClientMessage::Ack { revision }, None) => Command::Ack { session, revision },
                         _ => {

@@ -2,7 +2,8 @@
 //! out, and what a reconnecting gateway missed.
 //!
 //! A cluster's certificate decides which records it may write; a Hello or Publish that claims
-//! another cluster is [`Rejected`], as is a Publish over the [`StateConfig`] limits. A Publish
+//! another cluster is [`Rejected`], as is a Publish over the [`StateConfig`] limits and a Hello
+//! or Publish with a field out of its bound (`model::bounds`, checked here). A Publish
 //! carries the cluster's full export set and is diffed into [`Change`]s. Each change advances
 //! the revision by one; the last `log_capacity` changes are kept so a gateway resuming from a
 //! recent revision gets a Delta instead of a Snapshot.
@@ -20,9 +21,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
 use crate::broker::Rejected;
 use crate::broker::store::Persisted;
-use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey};
+use crate::model::plan::{self, ClaimContext, PlanConfig, PlanRefusal};
+use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey, bounds};
 use crate::sync::wire::{Change, Hello, Publish, Snapshot};
 
 /// How many recent changes are kept for resuming gateways: at ~10 changes per cluster
@@ -44,6 +48,12 @@ pub struct StateConfig {
     pub max_endpoints: usize,
     /// Recent changes kept for resuming gateways (memory: one `Change` each).
     pub log_capacity: usize,
+    /// The address plan: the global supernets and how many ranges a cluster may claim.
+    pub plan: PlanConfig,
+    /// WireGuard endpoint addresses the operator vouches for, by cluster (`--endpoint
+    /// c1=IP`): a cluster listed here must advertise exactly this address; one not listed must
+    /// advertise the address its sessions come from.
+    pub endpoints: BTreeMap<ClusterId, IpAddr>,
 }
 
 impl Default for StateConfig {
@@ -55,8 +65,20 @@ impl Default for StateConfig {
             max_services: 10_000,
             max_endpoints: 100_000,
             log_capacity: DEFAULT_LOG_CAPACITY,
+            plan: PlanConfig::default(),
+            endpoints: BTreeMap::new(),
         }
     }
+}
+
+/// Where a session reached the broker from, as its shell sees it: the input to judging a
+/// cluster's address claims. `Default` (nothing known) skips the checks that need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOrigin {
+    /// The broker's own address(es) on this session.
+    pub broker: Vec<IpAddr>,
+    /// The session's source address.
+    pub observed: Option<IpAddr>,
 }
 
 /// Everything the broker holds, and how a change modifies it. Shared by [`BrokerState`] and
@@ -197,11 +219,48 @@ impl BrokerState {
     /// apply: its `ClusterInfo` if new or different, and its restoration if it was withheld.
     /// Does not modify the state; call [`handle_session_start`](Self::handle_session_start)
     /// once the changes are applied.
-    pub fn handle_hello(&self, cert: &ClusterId, hello: &Hello) -> Result<Vec<Change>, Rejected> {
+    ///
+    /// The cluster's claims are judged against the address plan (`model::plan`): a refused
+    /// claim refuses the whole Hello, and leaves what the broker held for the cluster as it
+    /// was. Accepted claims get their global ranges here; a claim the cluster made before
+    /// keeps its range.
+    pub fn handle_hello(
+        &self,
+        cert: &ClusterId,
+        hello: &Hello,
+        origin: &SessionOrigin,
+    ) -> Result<Vec<Change>, Rejected> {
         check_owner(cert, &hello.cluster.id)?;
+        bounds::check_cluster(&hello.cluster).map_err(Rejected::OutOfBounds)?;
+        let context = ClaimContext {
+            broker: origin.broker.clone(),
+            observed: origin.observed,
+            peer_endpoints: self
+                .records
+                .clusters
+                .values()
+                .filter(|c| &c.id != cert)
+                .map(|c| (c.id.clone(), c.wg_endpoint.ip()))
+                .collect(),
+            vouched_endpoint: self.config.endpoints.get(cert).copied(),
+        };
+        let config = &self.config.plan;
+        plan::check_claims(&hello.cluster, &context, config).map_err(Rejected::AddressPlan)?;
+        let held = self.records.clusters.get(cert);
+        let taken: Vec<_> = self
+            .records
+            .clusters
+            .values()
+            .filter(|c| &c.id != cert)
+            .flat_map(|c| c.global.iter().map(|a| a.global))
+            .collect();
+        let previous = held.map(|c| c.global.as_slice()).unwrap_or_default();
+        let mut info = hello.cluster.clone();
+        info.global =
+            plan::allocate(&info.cidrs, previous, &taken, config).map_err(Rejected::AddressPlan)?;
         let mut changes = vec![];
-        if self.records.clusters.get(cert) != Some(&hello.cluster) {
-            changes.push(Change::UpsertCluster(hello.cluster.clone()));
+        if held != Some(&info) {
+            changes.push(Change::UpsertCluster(info));
         }
         if self.records.withheld.contains(cert) {
             changes.push(Change::RestoreCluster {
@@ -298,12 +357,19 @@ impl BrokerState {
         if count > max {
             return Err(Rejected::TooManyEndpoints { count, max });
         }
+        let claims = self
+            .records
+            .clusters
+            .get(cert)
+            .map(|c| c.cidrs.as_slice())
+            .unwrap_or_default();
         let mut seen = BTreeSet::new();
         for export in &publish.exports {
+            check_addresses(export, claims).map_err(Rejected::AddressPlan)?;
             let service = &export.service;
             if ServiceKey::new(service.namespace.as_str(), service.name.as_str()).is_err() {
                 return Err(Rejected::InvalidService {
-                    service: service.clone(),
+                    service: bounds::clipped_key(service),
                 });
             }
             if !seen.insert(service) {
@@ -311,6 +377,7 @@ impl BrokerState {
                     service: service.clone(),
                 });
             }
+            bounds::check_export(cert.as_str(), export).map_err(Rejected::OutOfBounds)?;
         }
         let mut sorted: Vec<&Export> = publish.exports.iter().collect();
         sorted.sort_by(|a, b| a.service.cmp(&b.service));
@@ -391,6 +458,27 @@ impl BrokerState {
     }
 }
 
+/// Every address a cluster exports (endpoints and cluster IPs) must lie in its own claimed
+/// ranges, and be one other clusters can reach: otherwise it would be translated into, or
+/// routed towards, somebody else's space.
+fn check_addresses(export: &Export, claims: &[ipnet::IpNet]) -> Result<(), PlanRefusal> {
+    let addresses = export
+        .endpoints
+        .iter()
+        .map(|e| e.address)
+        .chain(export.cluster_ips.iter().copied());
+    for address in addresses {
+        let service = export.service.to_string();
+        if !plan::is_routable(address) {
+            return Err(PlanRefusal::AddressNotRoutable { service, address });
+        }
+        if !claims.iter().any(|c| c.contains(&address)) {
+            return Err(PlanRefusal::AddressOutsideClaims { service, address });
+        }
+    }
+    Ok(())
+}
+
 fn check_owner(cert: &ClusterId, claimed: &ClusterId) -> Result<(), Rejected> {
     if cert != claimed {
         return Err(Rejected::ForeignCluster {
@@ -417,6 +505,14 @@ mod tests {
         }
     }
 
+    /// A session from loopback, where the fixture clusters' endpoints are.
+    fn origin() -> SessionOrigin {
+        SessionOrigin {
+            broker: vec![],
+            observed: Some("127.0.0.1".parse().unwrap()),
+        }
+    }
+
     fn config() -> StateConfig {
         StateConfig {
             lease: Duration::from_secs(15),
@@ -424,11 +520,27 @@ mod tests {
             max_services: 3,
             max_endpoints: 4,
             log_capacity: 8,
+            ..StateConfig::default()
         }
     }
 
     fn state() -> BrokerState {
         BrokerState::new(Persisted::empty(42), config(), crate::clock::now())
+    }
+
+    /// A state where c1 and c2 have registered (their claims hold the fixtures' addresses):
+    /// the revision stands at 2.
+    fn registered() -> BrokerState {
+        let mut s = state();
+        for name in ["c1", "c2"] {
+            let hello = Hello {
+                cluster: cluster(name),
+                resume: None,
+            };
+            let changes = s.handle_hello(&id(name), &hello, &origin()).unwrap();
+            s.apply(&changes);
+        }
+        s
     }
 
     fn accept(state: &mut BrokerState, cert: &str, p: Publish) -> Vec<Change> {
@@ -439,7 +551,7 @@ mod tests {
 
     #[test]
     fn publish_is_diffed_against_the_clusters_current_exports() {
-        let mut s = state();
+        let mut s = registered();
         let upsert = |n: &str, a: &str| Change::UpsertExport {
             cluster: id("c1"),
             export: export(n, a),
@@ -471,7 +583,7 @@ mod tests {
             ),
             ("empty set removes everything", vec![], vec![remove("web")]),
         ];
-        let mut revision = 0;
+        let mut revision = 2; // c1 and c2 registered
         for (what, exports, expected) in table {
             let changes = accept(&mut s, "c1", publish("c1", exports));
             assert_eq!(changes, expected, "{what}");
@@ -481,8 +593,95 @@ mod tests {
     }
 
     #[test]
+    fn hello_with_a_forbidden_claim_is_refused_and_changes_nothing() {
+        let s = registered();
+        let before = s.snapshot();
+        let broker_origin = SessionOrigin {
+            broker: vec!["192.0.2.2".parse().unwrap()],
+            observed: Some("127.0.0.1".parse().unwrap()),
+        };
+        for claim in [
+            "0.0.0.0/0",
+            "::/0",
+            "192.0.2.0/24",
+            "192.0.2.2/32",
+            "127.0.0.1/32",
+        ] {
+            let mut info = cluster("c3");
+            info.cidrs = vec![claim.parse().unwrap()];
+            let hello = Hello {
+                cluster: info,
+                resume: None,
+            };
+            let refused = s.handle_hello(&id("c3"), &hello, &broker_origin);
+            assert!(
+                matches!(refused, Err(Rejected::AddressPlan(_))),
+                "{claim}: {refused:?}"
+            );
+        }
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn a_cluster_claiming_anothers_cidr_gets_its_own_global_range() {
+        let mut s = registered();
+        let mut info = cluster("c3");
+        info.cidrs = vec!["10.101.0.0/16".parse().unwrap()];
+        let hello = Hello {
+            cluster: info,
+            resume: None,
+        };
+        let changes = s.handle_hello(&id("c3"), &hello, &origin()).unwrap();
+        s.apply(&changes);
+        let snap = s.snapshot();
+        let global_of = |c: &str| -> Vec<ipnet::IpNet> {
+            let info = snap.clusters.iter().find(|x| x.id == id(c)).unwrap();
+            info.global
+                .iter()
+                .filter(|a| a.local == "10.101.0.0/16".parse::<ipnet::IpNet>().unwrap())
+                .map(|a| a.global)
+                .collect()
+        };
+        let (c1, c3) = (global_of("c1"), global_of("c3"));
+        assert_eq!((c1.len(), c3.len()), (1, 1));
+        assert_ne!(c1, c3, "the same local range, two global ones");
+        // c1's records are untouched by c3's claim.
+        assert_eq!(
+            registered().snapshot().clusters[0],
+            snap.clusters[0],
+            "c1 as it was"
+        );
+    }
+
+    #[test]
+    fn exported_addresses_outside_the_claims_or_unroutable_are_refused() {
+        let s = registered();
+        for address in [
+            "10.200.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.1",
+            "0.0.0.0",
+        ] {
+            let refused = s.handle_publish(&id("c1"), &publish("c1", vec![export("web", address)]));
+            assert!(
+                matches!(refused, Err(Rejected::AddressPlan(_))),
+                "{address}: {refused:?}"
+            );
+        }
+        let mut e = export("web", "10.0.0.1");
+        e.cluster_ips = vec!["10.250.0.1".parse().unwrap()];
+        assert!(matches!(
+            s.handle_publish(&id("c1"), &publish("c1", vec![e])),
+            Err(Rejected::AddressPlan(
+                PlanRefusal::AddressOutsideClaims { .. }
+            ))
+        ));
+    }
+
+    #[test]
     fn publish_leaves_other_clusters_exports_alone() {
-        let mut s = state();
+        let mut s = registered();
         accept(&mut s, "c2", publish("c2", vec![export("web", "10.0.0.5")]));
         let changes = accept(&mut s, "c1", publish("c1", vec![]));
         assert!(changes.is_empty());
@@ -504,12 +703,12 @@ mod tests {
             cluster: cluster("c2"),
             resume: None,
         };
-        assert_eq!(s.handle_hello(&id("c1"), &hello), Err(rejected));
+        assert_eq!(s.handle_hello(&id("c1"), &hello, &origin()), Err(rejected));
     }
 
     #[test]
     fn publish_with_invalid_or_duplicate_service_is_rejected() {
-        let s = state();
+        let s = registered();
         let mut bad = export("web", "10.0.0.1");
         bad.service.name = "Not_OK".into();
         assert!(matches!(
@@ -532,25 +731,35 @@ mod tests {
             cluster: cluster("c1"),
             resume: None,
         };
-        let changes = s.handle_hello(&id("c1"), &hello).unwrap();
-        assert_eq!(changes, vec![Change::UpsertCluster(cluster("c1"))]);
+        let changes = s.handle_hello(&id("c1"), &hello, &origin()).unwrap();
+        let Change::UpsertCluster(held) = &changes[0] else {
+            panic!("not an upsert: {changes:?}")
+        };
+        assert_eq!(held.global.len(), 3, "a global range per claim: {held:?}");
+        let registered = held.clone();
+        assert_eq!(changes, vec![Change::UpsertCluster(registered.clone())]);
         s.apply(&changes);
-        assert_eq!(s.handle_hello(&id("c1"), &hello).unwrap(), vec![]);
+        assert_eq!(
+            s.handle_hello(&id("c1"), &hello, &origin()).unwrap(),
+            vec![]
+        );
         let mut moved = cluster("c1");
-        moved.wg_endpoint = "10.100.0.99:51820".parse().unwrap();
+        moved.wg_endpoint = "127.0.0.1:51821".parse().unwrap();
         let hello = Hello {
             cluster: moved.clone(),
             resume: None,
         };
+        moved.global = registered.global;
         assert_eq!(
-            s.handle_hello(&id("c1"), &hello).unwrap(),
-            vec![Change::UpsertCluster(moved)]
+            s.handle_hello(&id("c1"), &hello, &origin()).unwrap(),
+            vec![Change::UpsertCluster(moved)],
+            "the endpoint moved; the claims kept their global ranges"
         );
     }
 
     #[test]
     fn changes_since_serves_the_log_or_asks_for_a_snapshot() {
-        let mut s = state(); // log capacity 8
+        let mut s = registered(); // log capacity 8; c1 and c2 at revisions 1 and 2
         for i in 0..10u8 {
             accept(
                 &mut s,
@@ -558,14 +767,14 @@ mod tests {
                 publish("c1", vec![export("web", &format!("10.0.0.{i}"))]),
             );
         }
-        assert_eq!(s.revision(), 10);
+        assert_eq!(s.revision(), 12);
         let table: Vec<(&str, u64, u64, Option<usize>)> = vec![
-            ("up to date", 42, 10, Some(0)),
-            ("one behind", 42, 9, Some(1)),
-            ("oldest covered", 42, 2, Some(8)),
-            ("older than the log", 42, 1, None),
-            ("other epoch", 41, 10, None),
-            ("future revision", 42, 11, None),
+            ("up to date", 42, 12, Some(0)),
+            ("one behind", 42, 11, Some(1)),
+            ("oldest covered", 42, 4, Some(8)),
+            ("older than the log", 42, 3, None),
+            ("other epoch", 41, 12, None),
+            ("future revision", 42, 13, None),
         ];
         for (what, epoch, revision, expected) in table {
             assert_eq!(
@@ -574,7 +783,7 @@ mod tests {
                 "{what}"
             );
         }
-        let last = s.changes_since(42, 9).unwrap();
+        let last = s.changes_since(42, 11).unwrap();
         assert_eq!(
             last,
             vec![Change::UpsertExport {
@@ -586,7 +795,7 @@ mod tests {
 
     #[test]
     fn restarted_state_resumes_only_gateways_already_up_to_date() {
-        let mut s = state();
+        let mut s = registered();
         accept(&mut s, "c1", publish("c1", vec![export("web", "10.0.0.1")]));
         let snap = s.snapshot();
         let restarted = BrokerState::new(
@@ -600,8 +809,8 @@ mod tests {
             config(),
             crate::clock::now(),
         );
-        assert_eq!(restarted.changes_since(42, 1), Some(vec![]));
-        assert_eq!(restarted.changes_since(42, 0), None);
+        assert_eq!(restarted.changes_since(42, 3), Some(vec![]));
+        assert_eq!(restarted.changes_since(42, 2), None);
         assert_eq!(restarted.snapshot(), s.snapshot());
     }
 
@@ -614,7 +823,7 @@ mod tests {
 
     /// Registers `name` with one export and a live session at `now`.
     fn register(s: &mut BrokerState, name: &str, address: &str, now: Instant) {
-        let changes = s.handle_hello(&id(name), &hello(name)).unwrap();
+        let changes = s.handle_hello(&id(name), &hello(name), &origin()).unwrap();
         s.apply(&changes);
         s.handle_session_start(&id(name), now);
         accept(s, name, publish(name, vec![export("web", address)]));
@@ -651,7 +860,8 @@ mod tests {
             assert_eq!(step(&mut s, at(secs)), expected, "{what}");
         }
         let snap = s.snapshot();
-        assert_eq!(snap.clusters, vec![cluster("c2")], "c2 holds its session");
+        let ids: Vec<&ClusterId> = snap.clusters.iter().map(|c| &c.id).collect();
+        assert_eq!(ids, [&id("c2")], "c2 holds its session");
         assert_eq!(snap.exports, vec![(id("c2"), export("web", "10.0.0.2"))]);
         assert!(snap.withheld.is_empty());
     }
@@ -677,7 +887,7 @@ mod tests {
         assert_eq!(snap.exports, vec![(id("c2"), export("web", "10.0.0.2"))]);
         assert_eq!(snap.withheld, vec![id("c1")]);
 
-        let changes = s.handle_hello(&id("c1"), &hello("c1")).unwrap();
+        let changes = s.handle_hello(&id("c1"), &hello("c1"), &origin()).unwrap();
         assert_eq!(
             changes,
             vec![Change::RestoreCluster {
@@ -743,7 +953,7 @@ mod tests {
 
     #[test]
     fn publish_over_the_limits_is_rejected_whole() {
-        let mut s = state(); // at most 3 services, 4 endpoints
+        let mut s = registered(); // at most 3 services, 4 endpoints
         accept(&mut s, "c1", publish("c1", vec![export("web", "10.0.0.1")]));
         let before = s.snapshot();
         let many = |n: usize| -> Vec<Export> {

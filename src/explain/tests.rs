@@ -15,6 +15,7 @@ fn cluster(n: u8, region: &str, zone: &str) -> ClusterInfo {
         cidrs: vec![format!("10.10{n}.0.0/16").parse().unwrap()],
         region: Some(region.into()),
         zone: Some(zone.into()),
+        global: vec![],
     }
 }
 
@@ -187,6 +188,7 @@ fn exports_of_the_other_kind_are_named_as_conflicts() {
     let mut v = view(t0);
     let mut clusterip = web(&[("10.104.0.10", true)]);
     clusterip.cluster_ips = vec!["10.96.4.1".parse().unwrap()];
+    clusterip.props.kind = crate::model::ServiceKind::ClusterSetIp;
     v.sync
         .view
         .exports
@@ -196,4 +198,32 @@ fn exports_of_the_other_kind_are_named_as_conflicts() {
     assert_eq!(e.conflicting_clusters, ["c4"]);
     assert!(e.candidates.iter().all(|c| c.cluster != "c4"));
     assert!(render(&e).contains("c4: left out, its export is of the other kind"));
+}
+
+#[test]
+fn a_remote_answer_names_the_local_address_behind_its_global_one() {
+    let t0 = crate::clock::now();
+    let mut v = view(t0);
+    // c4 has a global range; its export, as this cluster reaches it, carries the global address.
+    let c4 = v.sync.view.clusters.get_mut(&id("c4")).unwrap();
+    c4.global = vec![crate::model::Allocation {
+        local: "10.104.0.0/16".parse().unwrap(),
+        global: "100.68.0.0/16".parse().unwrap(),
+    }];
+    v.sync
+        .view
+        .exports
+        .insert((id("c4"), web(&[]).service), web(&[("100.68.0.10", true)]));
+    let service = ServiceKey::new("shop", "web").unwrap();
+    let e = explain(&v, &service, "web.shop.svc.global", "A", answer(), t0).unwrap();
+    let c4 = e.candidates.iter().find(|c| c.cluster == "c4").unwrap();
+    assert_eq!(c4.address.to_string(), "100.68.0.10");
+    assert!(
+        c4.why
+            .contains("its 10.104.0.10, reached as 100.68.0.10 through c4's global range 100.68.0.0/16 for 10.104.0.0/16"),
+        "{}",
+        c4.why
+    );
+    let own = e.candidates.iter().find(|c| c.cluster == "c1").unwrap();
+    assert!(!own.why.contains("global range"), "{}", own.why);
 }

@@ -344,10 +344,10 @@ mod tests {
 
         // The service goes away: its endpoint is no longer probed.
         services_tx.send_replace(vec![]);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = crate::clock::tokio_now() + Duration::from_secs(5);
         while !has(line("forgotten")) {
             assert!(
-                tokio::time::Instant::now() < deadline,
+                crate::clock::tokio_now() < deadline,
                 "{:?}",
                 seen.0.lock().unwrap()
             );

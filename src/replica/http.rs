@@ -125,8 +125,8 @@ pub async fn fetch(from: &AdminUrl, poll: &PollQuery) -> Result<Reply, ReplicaEr
                 reason: format!("larger than {MAX_RESPONSE} bytes"),
             });
         }
-        let (status, body) = crate::admin::client::parse_response(&raw)
-            .map_err(|e| unreachable(format!("{e:#}")))?;
+        let (status, body) =
+            crate::http::parse_response(&raw).map_err(|e| unreachable(format!("{e:#}")))?;
         Ok(match status {
             200 => Reply::Records(body),
             204 => Reply::Unchanged,

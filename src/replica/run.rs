@@ -25,7 +25,6 @@ use tracing::{debug, info, warn};
 
 use super::http::fetch;
 use super::proto::{AdminUrl, Event, Follower, RecordsDoc, ReplicaError};
-use crate::cli::DnsArgs;
 
 /// What the replica runs with (from `causeway dns`'s flags).
 #[derive(Debug, Clone)]
@@ -42,19 +41,6 @@ pub struct ReplicaConfig {
     pub wait: Duration,
     /// UDP sockets (threads) serving DNS; `None` = one per CPU.
     pub udp_sockets: Option<usize>,
-}
-
-impl From<&DnsArgs> for ReplicaConfig {
-    fn from(args: &DnsArgs) -> Self {
-        Self {
-            from: args.from.clone(),
-            listen: args.listen,
-            admin_listen: args.admin_listen,
-            upstream: args.upstream,
-            wait: super::proto::DEFAULT_WAIT,
-            udp_sockets: args.udp_sockets.map(usize::from),
-        }
-    }
 }
 
 /// What the replica's admin port reports.
@@ -83,8 +69,7 @@ pub struct Replica {
 }
 
 /// `causeway dns`: runs a replica until `shutdown`.
-pub async fn run(args: DnsArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = ReplicaConfig::from(&args);
+pub async fn run(config: ReplicaConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let replica = start(config, shutdown).await?;
     replica.task.await.context("the replica loop panicked")?
 }
@@ -252,7 +237,7 @@ async fn serve_admin(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(status));
-    let (local_addr, _) = crate::admin::serve_http(listen, router, shutdown, "Admin port").await?;
+    let (local_addr, _) = crate::http::serve(listen, router, shutdown, "Admin port").await?;
     Ok(local_addr)
 }
 

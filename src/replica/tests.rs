@@ -17,8 +17,10 @@ use super::http::{RecordsFeed, RecordsPublisher};
 use super::proto::AdminUrl;
 use super::run::{Replica, ReplicaConfig, start};
 use crate::admin::lookup::lookup;
-use crate::admin::{GatewayInfo, Sources, ViewPublisher};
+use crate::admin::{Sources, ViewPublisher};
 use crate::model::ClusterId;
+use crate::status::GatewayInfo;
+use crate::testing::eventually_async as eventually;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -187,25 +189,6 @@ fn replica_config(from: SocketAddr) -> ReplicaConfig {
     }
 }
 
-/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] saying `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(t) = check().await {
-            return t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 const QUESTIONS: [(&str, RecordType); 9] = [
     ("web.shop.svc.global", RecordType::A),
     ("c2.web.shop.svc.global", RecordType::A),
@@ -241,7 +224,7 @@ async fn replica_dns(replica: &Replica) -> SocketAddr {
 }
 
 async fn readyz(admin: SocketAddr) -> u16 {
-    crate::admin::client::get(admin, "/readyz").await.unwrap().0
+    crate::http::get(admin, "/readyz").await.unwrap().0
 }
 
 #[tokio::test]
@@ -291,13 +274,9 @@ async fn replica_answers_as_the_gateway_follows_updates_and_outlives_it() {
     .await;
     assert_eq!(answers(dns).await, expected);
     assert_eq!(readyz(replica.admin).await, 200);
-    let (_, body) = crate::admin::client::get(replica.admin, "/readyz")
-        .await
-        .unwrap();
+    let (_, body) = crate::http::get(replica.admin, "/readyz").await.unwrap();
     assert!(body.contains("unreachable"), "{body}");
-    let (code, metrics) = crate::admin::client::get(replica.admin, "/metrics")
-        .await
-        .unwrap();
+    let (code, metrics) = crate::http::get(replica.admin, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     assert!(
         metrics.contains("causeway_dns_replica_gateway_reachable 0"),
@@ -364,7 +343,7 @@ async fn gateway_long_poll_holds_until_news_and_answers_204_without() {
     let mut gateway = Gateway::start().await;
     gateway.publish(services("10.1.0.5"));
     let admin = gateway.admin;
-    let (code, body) = crate::admin::client::get(admin, "/api/v1/dns/records?wait_ms=0")
+    let (code, body) = crate::http::get(admin, "/api/v1/dns/records?wait_ms=0")
         .await
         .unwrap();
     assert_eq!(code, 200);
@@ -375,16 +354,13 @@ async fn gateway_long_poll_holds_until_news_and_answers_204_without() {
         "/api/v1/dns/records?instance={}&after=1&wait_ms=50",
         doc.instance
     );
-    assert_eq!(
-        crate::admin::client::get(admin, &held).await.unwrap().0,
-        204
-    );
+    assert_eq!(crate::http::get(admin, &held).await.unwrap().0, 204);
     // A held poll is answered by the next publish.
     let long = format!(
         "/api/v1/dns/records?instance={}&after=1&wait_ms=20000",
         doc.instance
     );
-    let poll = tokio::spawn(async move { crate::admin::client::get(admin, &long).await });
+    let poll = tokio::spawn(async move { crate::http::get(admin, &long).await });
     // Not waiting for a result: gives the poll time to be held, so that the publish below
     // usually wakes a held poll (an unheld one gets generation 2 at once: same assertion).
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -397,7 +373,7 @@ async fn gateway_long_poll_holds_until_news_and_answers_204_without() {
     assert_eq!(code, 200);
     let next: super::RecordsDoc = serde_json::from_str(&body).unwrap();
     assert_eq!((next.instance, next.generation), (doc.instance, 2));
-    let bad = crate::admin::client::get(admin, "/api/v1/dns/records?after=x")
+    let bad = crate::http::get(admin, "/api/v1/dns/records?after=x")
         .await
         .unwrap();
     assert_eq!(bad.0, 400);

@@ -742,7 +742,7 @@ mod tests {
         let db = "name: db\nnamespace: shop\nexport: true\n";
         std::fs::write(dir.path().join(".db.tmp"), db).unwrap();
         std::fs::rename(dir.path().join(".db.tmp"), dir.path().join("db.yaml")).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = crate::clock::tokio_now() + Duration::from_secs(10);
         while rx.borrow().len() != 2 {
             tokio::time::timeout_at(deadline, rx.changed())
                 .await

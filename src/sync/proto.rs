@@ -8,6 +8,7 @@
 //! (stale, not empty). [`Backoff`] paces reconnects. The shell is `sync/quic.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::model::{ClusterId, ClusterInfo, Export, ServiceKey};
@@ -59,6 +60,42 @@ impl ClusterSetView {
                 }
             }
         }
+    }
+}
+
+impl ClusterSetView {
+    /// The view as cluster `me` reaches it: every other cluster's exported endpoints and
+    /// cluster IPs rewritten to their global addresses (`model::plan`), through which `me`'s
+    /// pods reach them; an address no allocation covers is left out (the broker refuses such
+    /// exports, so only a broker of another version could send one). `me`'s own exports keep
+    /// their local addresses. DNS, the Kubernetes controller's EndpointSlices and the
+    /// operator's views all read this one translation.
+    pub fn reached_from(&self, me: &ClusterId) -> ClusterSetView {
+        let mut out = self.clone();
+        for ((cluster, _), export) in out.exports.iter_mut() {
+            if cluster == me {
+                continue;
+            }
+            let allocations = self
+                .clusters
+                .get(cluster)
+                .map(|c| c.global.as_slice())
+                .unwrap_or_default();
+            let global = |ip| crate::model::plan::to_global(allocations, ip);
+            export.cluster_ips = export
+                .cluster_ips
+                .iter()
+                .filter_map(|ip| global(*ip))
+                .collect();
+            export.endpoints.retain_mut(|e| match global(e.address) {
+                Some(address) => {
+                    e.address = address;
+                    true
+                }
+                None => false,
+            });
+        }
+        out
     }
 }
 
@@ -294,6 +331,23 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
+}
+
+/// What the gateway knows of the broker link and the clusterset: the QUIC shell
+/// (`sync::quic::spawn_client`) publishes it on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The clusterset as last synced (this cluster included); kept while disconnected.
+    pub view: ClusterSetView,
+    /// Connected to a broker and up to date with it.
+    pub connected: bool,
+    /// The broker of the current connection, or of the last attempt.
+    pub broker: Option<SocketAddr>,
+    /// Why the last connection attempt or connection failed; `None` once a connection is live.
+    pub last_error: Option<String>,
+    /// The broker's last refusal of our Hello or Publish (e.g. an address claim the plan
+    /// forbids), until a later Hello is accepted.
+    pub rejected: Option<String>,
 }
 
 #[cfg(test)]

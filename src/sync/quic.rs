@@ -23,7 +23,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::certs::{self, BROKER_SERVER_NAME};
 use crate::model::{ClusterInfo, Export};
 use crate::sync::Error;
-use crate::sync::proto::{Backoff, ClusterSession, ClusterSetView, SessionEvent};
+use crate::sync::proto::{Backoff, ClusterSession, SessionEvent, SyncState};
 use crate::sync::wire::{self, BrokerMessage, Decoder};
 
 /// The first reconnect delay; doubles up to `SyncConfig::reconnect_backoff_max`.
@@ -46,19 +46,6 @@ pub struct SyncConfig {
     pub tls_dir: PathBuf,
     /// The longest wait between reconnect attempts.
     pub reconnect_backoff_max: Duration,
-}
-
-/// What the gateway knows, published on every change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncState {
-    /// The clusterset as last synced (this cluster included); kept while disconnected.
-    pub view: ClusterSetView,
-    /// Connected to a broker and up to date with it.
-    pub connected: bool,
-    /// The broker of the current connection, or of the last attempt.
-    pub broker: Option<SocketAddr>,
-    /// Why the last connection attempt or connection failed; `None` once a connection is live.
-    pub last_error: Option<String>,
 }
 
 /// Starts the sync client; it runs until `shutdown` is cancelled. Must be called inside a
@@ -100,6 +87,8 @@ pub fn spawn_client(
         state,
         broker: None,
         last_error: None,
+        rejected: None,
+        was_live: false,
         shutdown,
     };
     tokio::spawn(driver.run().instrument(span));
@@ -172,6 +161,9 @@ struct ClientDriver {
     /// The broker of the current connection or last attempt, for [`SyncState::broker`].
     broker: Option<SocketAddr>,
     last_error: Option<String>,
+    rejected: Option<String>,
+    /// The session was live when events were last drained.
+    was_live: bool,
     shutdown: CancellationToken,
 }
 
@@ -184,6 +176,7 @@ impl ClientDriver {
             let was_live = self.session.is_live();
             self.session.handle_disconnected();
             self.drain_events();
+            self.was_live = false;
             match outcome {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Resync | Ended::TlsChanged) => {}
@@ -277,6 +270,7 @@ impl ClientDriver {
             connected: self.session.is_live(),
             broker: self.broker,
             last_error: self.last_error.clone(),
+            rejected: self.rejected.clone(),
         };
         self.state.send_if_modified(|state| {
             let changed = *state != next;
@@ -294,9 +288,18 @@ impl ClientDriver {
                     if self.session.is_live() {
                         self.last_error = None;
                     }
+                    // Our Hello was just accepted: an earlier refusal no longer stands.
+                    if self.session.is_live() && !self.was_live {
+                        self.rejected = None;
+                    }
+                    self.was_live = self.session.is_live();
                     self.publish_state();
                 }
-                SessionEvent::Rejected(reason) => warn!(%reason, "Broker rejected our message"),
+                SessionEvent::Rejected(reason) => {
+                    warn!(%reason, "Broker rejected our message");
+                    self.rejected = Some(reason.to_string());
+                    self.publish_state();
+                }
                 SessionEvent::ResyncNeeded { reason } => {
                     info!(
                         ?reason,

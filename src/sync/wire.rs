@@ -173,6 +173,14 @@ pub enum RejectReason {
     TooManyEndpoints { count: usize, max: usize },
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge { len: usize, max: usize },
+    /// A field out of its documented bound (`model::bounds`). Appended: postcard encodes
+    /// variants by index.
+    #[error("{0}")]
+    OutOfBounds(crate::model::bounds::Violation),
+    /// The cluster's address claims (CIDRs, endpoint) or an exported address break the
+    /// clusterset's address plan (`model::plan`).
+    #[error("address plan: {0}")]
+    AddressPlan(crate::model::plan::PlanRefusal),
 }
 
 /// A frame that could not be made or read.

@@ -332,11 +332,10 @@ impl Zones {
                 if service.tiers.iter().all(Vec::is_empty) {
                     return Ok(());
                 }
-                // "A and AAAA must return the same subset": the cap counts each family on
-                // its own, so it could keep different pods' addresses in each; here every
-                // ready endpoint is answered (a UDP answer too large is truncated and served
-                // whole over TCP).
-                self.insert_addresses_capped(base, &service.tiers, usize::MAX);
+                // "A and AAAA must return the same subset": the cap counts endpoints here,
+                // not addresses per family (see `endpoint_subset`).
+                let subset = endpoint_subset(service, self.cap);
+                self.insert_addresses_capped(base, &subset, usize::MAX);
                 let mut targets = Vec::new();
                 for cluster in &service.clusters {
                     let pinned = child(base, &checked(service, "cluster", &cluster.cluster)?)
@@ -502,6 +501,53 @@ impl RrSet {
             additional: Vec::new(),
         }
     }
+}
+
+/// A headless service's preference groups cut to its best `cap` endpoints, for its name in the
+/// MCS zone, where the A and the AAAA answer must cover the same endpoints (MCS DNS
+/// specification). An endpoint is a hostname in a cluster (`ClusterRecords::hosts`, compared
+/// case-insensitively), with all of its addresses; an address no host names is an endpoint on
+/// its own. Endpoints are taken in the order their first address appears in `tiers` (best
+/// group first), so the subset is fixed for a snapshot, whatever the query type or rotation;
+/// rotation then orders the addresses within it. `cap` is `usize::MAX` for no cap.
+pub(super) fn endpoint_subset(service: &ServiceRecords, cap: usize) -> Vec<Vec<IpAddr>> {
+    let total: usize = service.tiers.iter().map(Vec::len).sum();
+    if total <= cap {
+        return service.tiers.clone();
+    }
+    #[derive(PartialEq, Eq, Hash)]
+    enum Endpoint {
+        Host(usize, String),
+        Address(IpAddr),
+    }
+    let mut owner: HashMap<IpAddr, (usize, &str)> = HashMap::new();
+    for (at, cluster) in service.clusters.iter().enumerate() {
+        for host in &cluster.hosts {
+            owner
+                .entry(host.address)
+                .or_insert((at, host.hostname.as_str()));
+        }
+    }
+    let mut chosen: HashSet<Endpoint> = HashSet::new();
+    service
+        .tiers
+        .iter()
+        .map(|group| {
+            group
+                .iter()
+                .copied()
+                .filter(|address| {
+                    let endpoint = match owner.get(address) {
+                        Some(&(cluster, host)) => {
+                            Endpoint::Host(cluster, host.to_ascii_lowercase())
+                        }
+                        None => Endpoint::Address(*address),
+                    };
+                    chosen.contains(&endpoint) || (chosen.len() < cap && chosen.insert(endpoint))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The A then AAAA RRsets for `groups`, each keeping the group boundaries and the first

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use super::build::{Prepared, SRV_WEIGHT, check_label};
+use super::build::{Prepared, SRV_WEIGHT, check_label, endpoint_subset};
 use super::wire::{QNAME_POINTER, TreeBuilder, WireTree, variants};
 use super::{ClusterRecords, NamedPort, ServiceKind, ServiceRecords, order_into};
 
@@ -298,12 +298,9 @@ impl<'p> Encoder<'p> {
                 if service.tiers.iter().all(Vec::is_empty) {
                     return None;
                 }
-                // Every ready endpoint, uncapped (see `Zones::add_mcs`).
-                self.addresses(
-                    &mut tree,
-                    service.tiers.iter().map(Vec::as_slice),
-                    usize::MAX,
-                );
+                // The best `cap` endpoints, both families (see `Zones::add_mcs`).
+                let subset = endpoint_subset(service, cap);
+                self.addresses(&mut tree, subset.iter().map(Vec::as_slice), usize::MAX);
                 for cluster in &service.clusters {
                     let pinned = child(&cluster.cluster, &root, true);
                     let hosts = hosts(cluster);

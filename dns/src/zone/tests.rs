@@ -466,6 +466,88 @@ mod invariants {
     }
 }
 
+/// The MCS zone's cap on a headless name counts endpoints (a hostname in a cluster, or an
+/// address no host names), the best first, and keeps all of each chosen endpoint's addresses.
+#[test]
+fn endpoint_subset_keeps_the_best_endpoints_with_both_families() {
+    let host = |hostname: &str, address: &str| HostRecord {
+        hostname: hostname.to_owned(),
+        address: IpAddr::from_str(address).expect("test address"),
+    };
+    let cluster = |id: &str, hosts: Vec<HostRecord>| ClusterRecords {
+        cluster: id.to_owned(),
+        priority: 0,
+        addresses: hosts.iter().map(|h| h.address).collect(),
+        hosts,
+    };
+    let service = ServiceRecords {
+        namespace: "shop".to_owned(),
+        name: "db".to_owned(),
+        kind: ServiceKind::Headless,
+        // Every IPv4 address first, then every IPv6 one; a bare address in the second group.
+        tiers: vec![
+            ips(&[
+                "10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3",
+            ]),
+            ips(&["10.0.0.9", "10.0.1.1", "fd00:1::1"]),
+        ],
+        clusters: vec![
+            cluster(
+                "c1",
+                vec![
+                    host("db-0", "10.0.0.1"),
+                    host("DB-0", "fd00::1"),
+                    host("db-1", "10.0.0.2"),
+                    host("db-1", "fd00::2"),
+                    host("db-2", "10.0.0.3"),
+                    host("db-2", "fd00::3"),
+                ],
+            ),
+            // The same hostname in another cluster is another endpoint.
+            cluster(
+                "c2",
+                vec![host("db-0", "10.0.1.1"), host("db-0", "fd00:1::1")],
+            ),
+        ],
+        ports: Vec::new(),
+    };
+    let cases: &[(usize, &[&[&str]])] = &[
+        (1, &[&["10.0.0.1", "fd00::1"], &[]]),
+        (2, &[&["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"], &[]]),
+        (
+            4,
+            &[
+                &[
+                    "10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3",
+                ],
+                &["10.0.0.9"],
+            ],
+        ),
+        (
+            5,
+            &[
+                &[
+                    "10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3",
+                ],
+                &["10.0.0.9", "10.0.1.1", "fd00:1::1"],
+            ],
+        ),
+        (
+            usize::MAX,
+            &[
+                &[
+                    "10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3",
+                ],
+                &["10.0.0.9", "10.0.1.1", "fd00:1::1"],
+            ],
+        ),
+    ];
+    for &(cap, expected) in cases {
+        let expected: Vec<Vec<IpAddr>> = expected.iter().map(|g| ips(g)).collect();
+        assert_eq!(build::endpoint_subset(&service, cap), expected, "cap {cap}");
+    }
+}
+
 mod encode;
 mod records;
 mod update;

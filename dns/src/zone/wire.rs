@@ -36,6 +36,8 @@ const RCODE_NOERROR: u8 = 0;
 /// Room for a service id (`namespace/name`, two labels of at most 63 octets).
 pub(crate) const MAX_SERVICE_ID: usize = 128;
 const RCODE_NXDOMAIN: u8 = 3;
+/// The DO bit in the first octet of an OPT record's flags (RFC 3225 §3).
+const DNSSEC_OK: u8 = 0x80;
 
 /// Precomputed answers of a set of names (one service tree, or the base): the names sorted by
 /// their lowercase wire form for a binary search, each with its RRsets and one body per
@@ -483,10 +485,22 @@ impl Wire {
         out[10..12].copy_from_slice(&additional.to_be_bytes());
         out.extend_from_slice(body.bytes);
         if let Some(payload) = question.edns_payload {
-            // OPT (RFC 6891 §6.1.2): root owner, our payload, extended rcode 0, version 0, no
-            // flags, no options.
+            // OPT (RFC 6891 §6.1.2): root owner, our payload, extended rcode 0, version 0, the
+            // query's DO bit (RFC 3225 §3) and no other flag, no options.
             let payload = payload.clamp(512, MAX_UDP_PAYLOAD).to_be_bytes();
-            out.extend_from_slice(&[0, 0, 41, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&[
+                0,
+                0,
+                41,
+                payload[0],
+                payload[1],
+                0,
+                0,
+                question.edns_flags & DNSSEC_OK,
+                0,
+                0,
+                0,
+            ]);
         }
         true
     }
@@ -542,6 +556,8 @@ struct Question {
     /// Where the question ends (the response copies everything before).
     end: usize,
     edns_payload: Option<u16>,
+    /// The first octet of the OPT's flags (DO is its top bit); 0 without EDNS.
+    edns_flags: u8,
 }
 
 impl Question {
@@ -581,11 +597,13 @@ impl Question {
             return None;
         }
         let end = at + 4;
-        let edns_payload = match count(10) {
-            0 if query.len() == end => None,
+        let (edns_payload, edns_flags) = match count(10) {
+            0 if query.len() == end => (None, 0),
             // An OPT with no options, version 0, root owner, and nothing after it.
             1 => match query.get(end..)? {
-                [0, 0, 41, p0, p1, _rcode, 0, _, _, 0, 0] => Some(u16::from_be_bytes([*p0, *p1])),
+                [0, 0, 41, p0, p1, _rcode, 0, flags, _, 0, 0] => {
+                    (Some(u16::from_be_bytes([*p0, *p1])), *flags)
+                }
                 _ => return None,
             },
             _ => return None,
@@ -596,6 +614,7 @@ impl Question {
             qtype,
             end,
             edns_payload,
+            edns_flags,
         })
     }
 }

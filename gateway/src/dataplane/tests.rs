@@ -381,3 +381,85 @@ fn truncated_and_replayed_real_datagrams_are_rejected_and_the_tunnel_carries_on(
     pair.pump();
     assert_eq!(pair.wb.tun.len(), 3, "the tunnel still works");
 }
+
+/// Both clusters use 10.244.0.0/16 locally; A is 10.1.0.0/16 and B 10.2.0.0/16 from outside
+/// (the peers' allowed IPs in [`Pair::new`]).
+fn translated_pair() -> Pair {
+    let mut pair = Pair::new();
+    let mapping = |global: &str| {
+        Translator::new(vec![crate::Mapping {
+            local: "10.244.0.0/16".parse().unwrap(),
+            global: global.parse().unwrap(),
+        }])
+        .unwrap()
+    };
+    pair.a.set_translation(mapping("10.1.0.0/16"));
+    pair.b.set_translation(mapping("10.2.0.0/16"));
+    pair
+}
+
+/// A UDP datagram (no UDP checksum) with a valid IPv4 header checksum.
+fn udp_packet(src: [u8; 4], dst: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut udp = vec![0x13, 0x88, 0, 53, 0, 0, 0, 0];
+    udp[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(data);
+    let mut p = ipv4_packet(src, dst, &udp);
+    let sum = p[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    p[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    p
+}
+
+#[test]
+fn pods_with_the_same_local_cidr_reach_each_other_through_global_addresses() {
+    let mut pair = translated_pair();
+    let hello = udp_packet([10, 244, 0, 5], [10, 2, 0, 7], b"hello");
+    pair.a.handle_tun_packet(&mut hello.clone(), &mut pair.wa);
+    pair.pump();
+    // B's pod sees A's pod by its global address, and itself by its local one.
+    let expected = udp_packet([10, 1, 0, 5], [10, 244, 0, 7], b"hello");
+    assert_eq!(pair.wb.tun, vec![expected]);
+    let reply = udp_packet([10, 244, 0, 7], [10, 1, 0, 5], b"world");
+    pair.b.handle_tun_packet(&mut reply.clone(), &mut pair.wb);
+    pair.pump();
+    assert_eq!(
+        pair.wa.tun,
+        vec![udp_packet([10, 2, 0, 7], [10, 244, 0, 5], b"world")]
+    );
+    for plane in [&pair.a, &pair.b] {
+        let c = plane.counters();
+        assert_eq!((c.translated_packets, c.untranslatable_packets), (2, 0));
+        assert_eq!(c.spoofed_source_packets, 0);
+    }
+}
+
+#[test]
+fn untranslatable_packets_are_dropped_and_counted_and_probes_still_work() {
+    let mut pair = translated_pair();
+    // From a local pod, but its total length runs past the end of the read.
+    let mut cut = udp_packet([10, 244, 0, 5], [10, 2, 0, 7], b"hello");
+    cut[2..4].copy_from_slice(&200u16.to_be_bytes());
+    pair.a.handle_tun_packet(&mut cut, &mut pair.wa);
+    assert!(
+        pair.wa.sent.is_empty(),
+        "nothing sent, not even a handshake"
+    );
+    assert_eq!(pair.a.counters().untranslatable_packets, 1);
+    // Probes are originated and answered by the data planes, untranslated.
+    let b_key = pair.b.public_key();
+    pair.a.send_probe(&b_key, ProbeId(7), &mut pair.wa);
+    pair.pump();
+    assert_eq!(pair.a.poll_probe_reply(), Some((b_key, ProbeId(7))));
+    assert!(pair.wa.tun.is_empty() && pair.wb.tun.is_empty());
+    assert_eq!(pair.b.counters().translated_packets, 0);
+    // Translation off again: the local source goes as it is, and B drops it as spoofed.
+    pair.a.set_translation(Translator::default());
+    let hello = udp_packet([10, 244, 0, 5], [10, 2, 0, 7], b"hello");
+    pair.a.handle_tun_packet(&mut hello.clone(), &mut pair.wa);
+    pair.pump();
+    assert!(pair.wb.tun.is_empty());
+    assert_eq!(pair.b.counters().spoofed_source_packets, 1);
+}

@@ -22,7 +22,7 @@ struct Sim {
 impl Sim {
     fn new(config: HealthConfig) -> Self {
         // The only clock read: a base for simulated time, never compared with real time.
-        let start = tokio::time::Instant::now().into_std();
+        let start = crate::clock::now();
         let mut prober = Prober::new(config, 1000);
         prober.set_targets([PEER], start);
         Self {
@@ -215,7 +215,7 @@ fn removed_targets_are_forgotten_and_kept_ones_keep_their_state() {
 #[test]
 fn late_wake_up_sends_one_probe_not_a_burst() {
     let mut prober = Prober::new(HealthConfig::default(), 0);
-    let start = tokio::time::Instant::now().into_std();
+    let start = crate::clock::now();
     prober.set_targets([PEER], start);
     assert!(prober.poll_probe().is_some());
     prober.handle_timeout(start + Duration::from_secs(5));

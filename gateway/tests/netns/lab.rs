@@ -309,6 +309,22 @@ impl Gateway {
         Ok(self.runtime.block_on(self.handle.set_peers(peers))?)
     }
 
+    /// Sets this gateway's prefix translation from (local, global) CIDR pairs.
+    pub fn set_translation(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        let mappings = pairs
+            .iter()
+            .map(|(local, global)| {
+                Ok(causeway_gateway::Mapping {
+                    local: local.parse()?,
+                    global: global.parse()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self
+            .runtime
+            .block_on(self.handle.set_translation(mappings))?)
+    }
+
     pub fn stats(&self) -> Vec<causeway_gateway::PeerStats> {
         self.runtime.block_on(self.handle.stats())
     }
@@ -427,16 +443,29 @@ pub fn send_garbage(
 /// Streams `len` bytes of a known pattern from namespace `from_ns` to `to` (a listener in
 /// `to_ns`) and checks they arrive byte-exact.
 pub fn tcp_transfer(from_ns: &str, to_ns: &str, to: SocketAddr, len: usize) -> Result<()> {
+    tcp_transfer_seen_from(from_ns, to_ns, to, to, len).map(|_| ())
+}
+
+/// [`tcp_transfer`] with the listener on `listen` and the client dialling `to` (an address
+/// that leads there, e.g. through a translation); returns the client address the listener
+/// saw.
+pub fn tcp_transfer_seen_from(
+    from_ns: &str,
+    to_ns: &str,
+    listen: SocketAddr,
+    to: SocketAddr,
+    len: usize,
+) -> Result<SocketAddr> {
     let pattern = |i: usize| (i.wrapping_mul(31) % 251) as u8;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = in_ns(to_ns, move || {
-        let listener = TcpListener::bind(to)?;
+        let listener = TcpListener::bind(listen)?;
         ready_tx.send(())?;
-        let (mut stream, _) = listener.accept()?;
+        let (mut stream, peer) = listener.accept()?;
         stream.set_read_timeout(Some(DEADLINE))?;
         let mut received = Vec::with_capacity(len);
         stream.read_to_end(&mut received)?;
-        Ok(received)
+        Ok((received, peer))
     });
     ready_rx
         .recv_timeout(DEADLINE)
@@ -450,7 +479,7 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to: SocketAddr, len: usize) -> R
         Ok(())
     });
     client.join().expect("client panicked")?;
-    let received = server.join().expect("server panicked")?;
+    let (received, peer) = server.join().expect("server panicked")?;
     ensure!(
         received.len() == len,
         "received {} of {len} bytes",
@@ -459,17 +488,17 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to: SocketAddr, len: usize) -> R
     if let Some(i) = (0..len).find(|&i| received[i] != pattern(i)) {
         bail!("byte {i} differs");
     }
-    Ok(())
+    Ok(peer)
 }
 
 /// Polls `check` until it returns true or [`DEADLINE`] passes.
 pub fn poll(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let deadline = causeway_gateway::clock::tokio_now() + DEADLINE;
     loop {
         if check()? {
             return Ok(());
         }
-        if tokio::time::Instant::now() > deadline {
+        if causeway_gateway::clock::tokio_now() > deadline {
             bail!("timed out waiting for: {what}");
         }
         thread::sleep(Duration::from_millis(100));

@@ -9,6 +9,7 @@
 mod health;
 mod lab;
 mod mtu;
+mod nat;
 mod peers;
 
 use std::io::Write;
@@ -148,6 +149,72 @@ fn set_peers_keeps_kernel_routes_in_sync_and_shutdown_removes_the_device() -> Re
             .output()?;
         Ok(!out.status.success())
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_route_that_is_not_ours_is_never_replaced_and_is_there_after_we_stop() -> Result<()> {
+    require_root()?;
+    let (a, _b) = linked_pair("own")?;
+    // Somebody else's route for a prefix a peer will claim, and the whole table before.
+    a.ip(&[
+        "route",
+        "add",
+        "blackhole",
+        "10.254.0.0/16",
+        "proto",
+        "static",
+    ])?;
+    let before = a.ip(&["route", "show", "table", "all"])?;
+    let ga = Gateway::start(&a, "10.250.0.1:51820", "10.251.1.1")?;
+    let key_b = causeway_gateway::public_key(&generate_private_key());
+    ga.set_peers(vec![PeerSpec {
+        public_key: key_b,
+        endpoint: "10.250.0.2:51820".parse().expect("literal"),
+        allowed_ips: vec![
+            "10.254.0.0/16".parse().expect("literal"),
+            "10.255.0.0/16".parse().expect("literal"),
+        ],
+    }])?;
+    // Ours is added, marked with our protocol; theirs stays as it was.
+    let ours = a.ip(&["route", "show", "proto", "202"])?;
+    ensure!(ours.contains("10.255.0.0/16 dev"), "{ours:?}");
+    ensure!(
+        !ours.contains("10.254.0.0/16"),
+        "took over a foreign route: {ours:?}"
+    );
+    let theirs = a.ip(&["route", "show", "10.254.0.0/16"])?;
+    ensure!(
+        theirs.contains("blackhole"),
+        "foreign route replaced: {theirs:?}"
+    );
+    // Withdrawn: only our route goes; stopped: the table is exactly as before.
+    ga.set_peers(vec![])?;
+    ensure!(a.ip(&["route", "show", "proto", "202"])?.trim().is_empty());
+    ensure!(
+        a.ip(&["route", "show", "10.254.0.0/16"])?
+            .contains("blackhole")
+    );
+    let ns = a.name.clone();
+    drop(ga);
+    poll("TUN device gone after shutdown", || {
+        let out = Command::new("ip")
+            .args(["-n", &ns, "link", "show", TUN])
+            .output()?;
+        Ok(!out.status.success())
+    })?;
+    let after = a.ip(&["route", "show", "table", "all"])?;
+    let strip = |t: &str| -> Vec<String> {
+        // IPv4 only (`ip route` without -6), link-local churn aside.
+        t.lines()
+            .filter(|l| !l.contains("fe80"))
+            .map(str::to_owned)
+            .collect()
+    };
+    ensure!(
+        strip(&after) == strip(&before),
+        "routes differ after stop:\nbefore {before}\nafter {after}"
+    );
     Ok(())
 }
 

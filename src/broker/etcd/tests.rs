@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::broker::{Broker, BrokerConfig, BrokerOptions, StoreLocation};
-use crate::certs;
 use crate::model::fixtures::{cluster, id};
 use crate::model::{Export, ServiceKey};
-use crate::sync::{SyncConfig, SyncState, spawn_client};
+use crate::sync::SyncState;
+use crate::testing::{Pki, SyncClient};
 
 const TEST_DEADLINE: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(20);
@@ -240,42 +240,6 @@ impl Replica {
     }
 }
 
-struct Gateway {
-    exports: watch::Sender<Vec<Export>>,
-    state: watch::Receiver<SyncState>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
-impl Gateway {
-    fn start(pki: &Path, name: &str, brokers: Vec<SocketAddr>, exports: Vec<Export>) -> Self {
-        let (exports, exports_rx) = watch::channel(exports);
-        let shutdown = CancellationToken::new();
-        let config = SyncConfig {
-            brokers,
-            tls_dir: pki.join(name),
-            reconnect_backoff_max: Duration::from_millis(500),
-        };
-        let state = spawn_client(config, cluster(name), exports_rx, shutdown.clone()).unwrap();
-        Self {
-            exports,
-            state,
-            _shutdown: shutdown.drop_guard(),
-        }
-    }
-
-    async fn wait_for(&mut self, what: &str, predicate: impl Fn(&SyncState) -> bool) {
-        let result = tokio::time::timeout(WAIT, self.state.wait_for(|s| predicate(s)))
-            .await
-            .map(|r| r.is_ok());
-        if result != Ok(true) {
-            panic!(
-                "timed out waiting for {what}; last state: {:#?}",
-                *self.state.borrow()
-            );
-        }
-    }
-}
-
 /// `name`'s exports as a gateway sees them.
 fn exports_of(state: &SyncState, name: &str) -> BTreeMap<ServiceKey, Export> {
     state
@@ -339,7 +303,7 @@ fn observe(
 /// Sends `count` steps of changes, one every few milliseconds (pacing the load, not waiting
 /// for a result); `midway` runs after half of them. Returns every set published.
 async fn stream(
-    gateway: &Gateway,
+    gateway: &SyncClient,
     tag: u8,
     from: u32,
     count: u32,
@@ -368,18 +332,8 @@ async fn load(members: &[String]) -> Persisted {
         .unwrap()
 }
 
-fn pki() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    certs::init_ca(&root.join("ca")).unwrap();
-    certs::issue_broker(&root.join("ca"), &root.join("broker")).unwrap();
-    for c in ["c1", "c2", "c3"] {
-        certs::issue_cluster(&root.join("ca"), &id(c), &root.join(c)).unwrap();
-    }
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (tests/install-deps.sh installs it; tests/run.sh runs it)"]
 async fn gateway_fails_over_between_replicas_and_every_change_arrives_once() {
     tokio::time::timeout(TEST_DEADLINE, fail_over_between_replicas())
         .await
@@ -387,16 +341,31 @@ async fn gateway_fails_over_between_replicas_and_every_change_arrives_once() {
 }
 
 async fn fail_over_between_replicas() {
-    let pki = pki();
+    let pki = Pki::new(&["c1", "c2", "c3"]);
     let mut etcd = EtcdCluster::start();
     etcd.wait_healthy().await;
-    let a = Replica::start(&etcd, &pki.path().join("broker")).await;
-    let b = Replica::start(&etcd, &pki.path().join("broker")).await;
+    let a = Replica::start(&etcd, &pki.path("broker")).await;
+    let b = Replica::start(&etcd, &pki.path("broker")).await;
 
     // c1 talks to A; c2 and c3 to B. Each lists both replicas.
-    let mut c1 = Gateway::start(pki.path(), "c1", vec![a.addr, b.addr], step(1, 0));
-    let mut c2 = Gateway::start(pki.path(), "c2", vec![b.addr, a.addr], step(2, 0));
-    let mut c3 = Gateway::start(pki.path(), "c3", vec![b.addr, a.addr], step(3, 0));
+    let mut c1 = SyncClient::start(
+        pki.path("c1"),
+        cluster("c1"),
+        vec![a.addr, b.addr],
+        step(1, 0),
+    );
+    let mut c2 = SyncClient::start(
+        pki.path("c2"),
+        cluster("c2"),
+        vec![b.addr, a.addr],
+        step(2, 0),
+    );
+    let mut c3 = SyncClient::start(
+        pki.path("c3"),
+        cluster("c3"),
+        vec![b.addr, a.addr],
+        step(3, 0),
+    );
     for (gw, name) in [(&mut c1, "c1"), (&mut c2, "c2"), (&mut c3, "c3")] {
         gw.wait_for(&format!("{name} to see all three clusters"), |s| {
             s.connected
@@ -491,6 +460,7 @@ async fn fail_over_between_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (tests/install-deps.sh installs it; tests/run.sh runs it)"]
 async fn replicas_agree_on_leases_and_withhold_a_gone_cluster_once() {
     tokio::time::timeout(TEST_DEADLINE, agree_on_leases())
         .await
@@ -517,7 +487,7 @@ async fn lease_changes(etcd: &EtcdCluster, name: &str) -> Vec<&'static str> {
 
 async fn agree_on_leases() {
     const LEASE: Duration = Duration::from_millis(500);
-    let pki = pki();
+    let pki = Pki::new(&["c1", "c2", "c3"]);
     let etcd = EtcdCluster::start();
     etcd.wait_healthy().await;
     let options = BrokerOptions {
@@ -528,11 +498,11 @@ async fn agree_on_leases() {
         },
         ..Default::default()
     };
-    let tls = pki.path().join("broker");
+    let tls = pki.path("broker");
     let a = Replica::start_with(&etcd, &tls, options.clone()).await;
     let b = Replica::start_with(&etcd, &tls, options).await;
-    let c1 = Gateway::start(pki.path(), "c1", vec![a.addr], step(1, 0));
-    let mut c2 = Gateway::start(pki.path(), "c2", vec![b.addr], step(2, 0));
+    let c1 = SyncClient::start(pki.path("c1"), cluster("c1"), vec![a.addr], step(1, 0));
+    let mut c2 = SyncClient::start(pki.path("c2"), cluster("c2"), vec![b.addr], step(2, 0));
     c2.wait_for("c2 to see c1's exports", |s| {
         s.connected && exports_of(s, "c1") == as_map(&step(1, 0))
     })
@@ -554,7 +524,7 @@ async fn agree_on_leases() {
     })
     .await;
     // c1 comes back, at B this time: restored once.
-    let _c1 = Gateway::start(pki.path(), "c1", vec![b.addr], step(1, 0));
+    let _c1 = SyncClient::start(pki.path("c1"), cluster("c1"), vec![b.addr], step(1, 0));
     c2.wait_for("c1 to be restored", |s| {
         !s.view.withheld.contains(&id("c1")) && exports_of(s, "c1") == as_map(&step(1, 0))
     })
@@ -569,6 +539,7 @@ async fn agree_on_leases() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (tests/install-deps.sh installs it; tests/run.sh runs it)"]
 async fn a_replica_cut_off_across_a_compaction_ends_with_every_change() {
     tokio::time::timeout(TEST_DEADLINE, catch_up_past_a_compaction())
         .await
@@ -582,14 +553,14 @@ async fn a_replica_cut_off_across_a_compaction_ends_with_every_change() {
 /// (the watch's `Lagging` event, and a conflict on B's own next write); this checks the
 /// outcome, not which path ran first.
 async fn catch_up_past_a_compaction() {
-    let pki = pki();
+    let pki = Pki::new(&["c1", "c2", "c3"]);
     let mut etcd = EtcdCluster::start();
     etcd.wait_healthy().await;
-    let tls = pki.path().join("broker");
+    let tls = pki.path("broker");
     let a = Replica::start_on_members(&etcd, &[0, 2], &tls).await;
     let b = Replica::start_on_members(&etcd, &[1], &tls).await;
-    let c1 = Gateway::start(pki.path(), "c1", vec![a.addr], step(1, 0));
-    let mut c2 = Gateway::start(pki.path(), "c2", vec![b.addr], step(2, 0));
+    let c1 = SyncClient::start(pki.path("c1"), cluster("c1"), vec![a.addr], step(1, 0));
+    let mut c2 = SyncClient::start(pki.path("c2"), cluster("c2"), vec![b.addr], step(2, 0));
     c2.wait_for("c2 to see c1's exports", |s| {
         s.connected && exports_of(s, "c1") == as_map(&step(1, 0))
     })

@@ -3,43 +3,19 @@
 
 use crate::model::fixtures::{cluster, export, id};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::certs::{ALPN, BROKER_SERVER_NAME, TlsFiles};
 use crate::model::{ClusterInfo, Export, ServiceKey};
+use crate::sync::SyncState;
 use crate::sync::wire::{RejectReason, Resume};
-use crate::sync::{SyncConfig, SyncState, spawn_client};
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Pki {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        certs::init_ca(&root.join("ca")).unwrap();
-        certs::issue_broker(&root.join("ca"), &root.join("broker")).unwrap();
-        for c in ["c1", "c2"] {
-            certs::issue_cluster(&root.join("ca"), &id(c), &root.join(c)).unwrap();
-        }
-        Self { _dir: dir, root }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-}
+use crate::testing::{DEADLINE, Pki, SyncClient};
 
 struct RunningBroker {
     addr: SocketAddr,
@@ -80,19 +56,13 @@ impl RunningBroker {
     }
 }
 
-struct Client {
-    exports: watch::Sender<Vec<Export>>,
-    state: watch::Receiver<SyncState>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
 fn client(
     pki: &Pki,
     tls: &str,
     me: ClusterInfo,
     broker: SocketAddr,
     exports: Vec<Export>,
-) -> Client {
+) -> SyncClient {
     client_of(pki, tls, me, vec![broker], exports)
 }
 
@@ -102,35 +72,8 @@ fn client_of(
     me: ClusterInfo,
     brokers: Vec<SocketAddr>,
     exports: Vec<Export>,
-) -> Client {
-    let (exports, exports_rx) = watch::channel(exports);
-    let shutdown = CancellationToken::new();
-    let config = SyncConfig {
-        brokers,
-        tls_dir: pki.path(tls),
-        reconnect_backoff_max: Duration::from_millis(500),
-    };
-    let state = spawn_client(config, me, exports_rx, shutdown.clone()).unwrap();
-    Client {
-        exports,
-        state,
-        _shutdown: shutdown.drop_guard(),
-    }
-}
-
-impl Client {
-    async fn wait_for(&mut self, what: &str, predicate: impl Fn(&SyncState) -> bool) -> SyncState {
-        let result = tokio::time::timeout(DEADLINE, self.state.wait_for(|s| predicate(s)))
-            .await
-            .map(|r| r.map(|state| state.clone()));
-        match result {
-            Ok(Ok(state)) => state,
-            _ => panic!(
-                "timed out waiting for {what}; last state: {:#?}",
-                *self.state.borrow()
-            ),
-        }
-    }
+) -> SyncClient {
+    SyncClient::start(pki.path(tls), me, brokers, exports)
 }
 
 fn has_export(state: &SyncState, cluster: &str, name: &str) -> bool {
@@ -146,7 +89,7 @@ fn loopback() -> SocketAddr {
 
 #[tokio::test]
 async fn two_clusters_see_each_others_exports_and_removals() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let mut c1 = client(
         &pki,
@@ -188,7 +131,7 @@ async fn two_clusters_see_each_others_exports_and_removals() {
 
 #[tokio::test]
 async fn broker_restart_keeps_everything_and_clients_catch_up() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let state_path = pki.path("broker.redb");
     let broker = RunningBroker::start(&pki, &state_path, loopback());
     let addr = broker.addr;
@@ -239,7 +182,7 @@ async fn broker_restart_keeps_everything_and_clients_catch_up() {
 #[tokio::test]
 async fn broker_restart_state_is_loaded_from_disk() {
     // Without any client to carry the view across, a fresh client sees what was stored.
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let state_path = pki.path("broker.redb");
     let broker = RunningBroker::start(&pki, &state_path, loopback());
     let mut c1 = client(
@@ -320,7 +263,7 @@ fn hello(info: ClusterInfo) -> ClientMessage {
 
 #[tokio::test]
 async fn hello_claiming_another_cluster_is_rejected_and_not_stored() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let config = certs::client_config(&pki.path("c1")).unwrap();
     let (_conn, mut recv, _send, mut decoder) =
@@ -355,7 +298,7 @@ async fn hello_claiming_another_cluster_is_rejected_and_not_stored() {
 
 #[tokio::test]
 async fn publish_for_another_cluster_is_rejected_and_not_applied() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let config = certs::client_config(&pki.path("c1")).unwrap();
     let foreign = ClientMessage::Publish(Publish {
@@ -412,7 +355,7 @@ async fn publish_for_another_cluster_is_rejected_and_not_applied() {
 
 #[tokio::test]
 async fn resuming_client_gets_only_what_it_missed() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let config = certs::client_config(&pki.path("c1")).unwrap();
     let (conn, mut recv, _send, mut decoder) =
@@ -447,10 +390,20 @@ async fn resuming_client_gets_only_what_it_missed() {
     let BrokerMessage::Delta(delta) = reply else {
         panic!("expected a delta, got {reply:?}")
     };
+    let Some(Change::UpsertCluster(c2)) = delta.changes.first() else {
+        panic!("expected c2's registration first: {delta:?}")
+    };
+    assert_eq!(
+        c2.global.len(),
+        c2.cidrs.len(),
+        "each claim has its global range"
+    );
+    let mut registered = cluster("c2");
+    registered.global = c2.global.clone();
     assert_eq!(
         delta.changes,
         vec![
-            Change::UpsertCluster(cluster("c2")),
+            Change::UpsertCluster(registered),
             Change::UpsertExport {
                 cluster: id("c2"),
                 export: export("db", "10.102.0.10")
@@ -473,7 +426,7 @@ async fn try_hello(
 
 #[tokio::test]
 async fn client_with_certificate_from_another_ca_is_refused() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     // A rogue CA issues a "c1" certificate; the client trusts the real CA for the broker.
     certs::init_ca(&pki.path("rogue-ca")).unwrap();
@@ -489,7 +442,7 @@ async fn client_with_certificate_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let files = TlsFiles::load(&pki.path("c1")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -514,7 +467,7 @@ async fn client_without_certificate_is_refused() {
 
 #[tokio::test]
 async fn garbage_on_the_stream_ends_only_that_session() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let config = certs::client_config(&pki.path("c1")).unwrap();
@@ -538,7 +491,7 @@ async fn garbage_on_the_stream_ends_only_that_session() {
 
 #[tokio::test]
 async fn client_moves_on_to_the_next_broker_when_one_fails() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     // The first "broker" presents a certificate from another CA: the handshake fails at once.
     certs::init_ca(&pki.path("rogue-ca")).unwrap();
     certs::issue_broker(&pki.path("rogue-ca"), &pki.path("rogue-broker")).unwrap();
@@ -583,7 +536,7 @@ fn short_lease(lease_ms: u64, retention_ms: u64) -> BrokerOptions {
 
 #[tokio::test]
 async fn absent_cluster_is_withheld_after_its_lease_and_restored_when_back() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start_with(
         &pki,
         &pki.path("broker.redb"),
@@ -632,7 +585,7 @@ async fn absent_cluster_is_withheld_after_its_lease_and_restored_when_back() {
 
 #[tokio::test]
 async fn cluster_gone_past_retention_is_removed_with_its_exports() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let state_path = pki.path("broker.redb");
     let broker = RunningBroker::start_with(&pki, &state_path, loopback(), short_lease(100, 400));
     let c1 = client(
@@ -653,7 +606,8 @@ async fn cluster_gone_past_retention_is_removed_with_its_exports() {
     broker.stop().await;
     // The removal was stored: it is not back after a restart.
     let loaded = RedbStore::open(&state_path).unwrap().load().unwrap();
-    assert_eq!(loaded.clusters, vec![cluster("c2")]);
+    let ids: Vec<&ClusterId> = loaded.clusters.iter().map(|c| &c.id).collect();
+    assert_eq!(ids, [&id("c2")]);
     assert!(loaded.exports.is_empty());
 }
 
@@ -677,7 +631,7 @@ async fn next_non_delta(
 
 #[tokio::test]
 async fn publish_over_the_limits_is_rejected_and_the_session_stays_usable() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let options = BrokerOptions {
         rules: crate::broker::StateConfig {
             max_services: 2,
@@ -761,7 +715,7 @@ async fn publish_over_the_limits_is_rejected_and_the_session_stays_usable() {
 
 #[tokio::test]
 async fn expired_client_certificate_is_refused_at_the_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     let now = crate::clock::wall_now();
     let day = Duration::from_secs(24 * 3600);
@@ -783,7 +737,7 @@ async fn expired_client_certificate_is_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn self_signed_client_certificate_is_refused_at_the_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
     certs::testing::self_signed_cluster(&pki.path("ca"), &id("c1"), &pki.path("selfsigned"))
         .unwrap();
@@ -812,7 +766,7 @@ fn with_deny_list(path: &Path) -> BrokerOptions {
 
 #[tokio::test]
 async fn revoked_cluster_is_cut_off_and_refused_until_the_entry_goes() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let deny = pki.path("deny.list");
     write_deny_list(&deny, "# nobody yet\n");
     let broker = RunningBroker::start_with(
@@ -845,7 +799,7 @@ async fn revoked_cluster_is_cut_off_and_refused_until_the_entry_goes() {
 
 #[tokio::test]
 async fn gateway_picks_up_a_rotated_certificate_without_restart() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let deny = pki.path("deny.list");
     write_deny_list(&deny, "");
     let broker = RunningBroker::start_with(
@@ -874,7 +828,7 @@ async fn gateway_picks_up_a_rotated_certificate_without_restart() {
 
 #[tokio::test]
 async fn gateways_resync_without_ghosts_after_the_broker_lost_its_history() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["c1", "c2"]);
     let broker = RunningBroker::start(&pki, &pki.path("first.redb"), loopback());
     let addr = broker.addr;
     let mut c1 = client(
@@ -938,5 +892,83 @@ async fn gateways_resync_without_ghosts_after_the_broker_lost_its_history() {
         s.connected && s.view.epoch != old_epoch
     })
     .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_bounds_fields_are_refused_to_the_sender_and_never_forwarded() {
+    use crate::model::bounds::{Field, Problem, Violation};
+    let pki = Pki::new(&["c1", "c2"]);
+    let broker = RunningBroker::start(&pki, &pki.path("broker.redb"), loopback());
+    let config = || certs::client_config(&pki.path("c1")).unwrap();
+
+    // A Hello with a 4 MB region is refused, and the session ends.
+    let mut huge = cluster("c1");
+    huge.region = Some("r".repeat(4 << 20));
+    let (_conn, mut recv, _send, mut decoder) = raw_session(config(), broker.addr, &[hello(huge)])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut recv, &mut decoder).await,
+        BrokerMessage::Rejected {
+            reason: RejectReason::OutOfBounds(Violation {
+                service: None,
+                field: Field::Region,
+                problem: Problem::TooLong {
+                    len: 4 << 20,
+                    max: 63
+                },
+            })
+        }
+    );
+
+    // c2 watches; c1 publishes an export with port 0, then a valid one.
+    let mut c2 = client(&pki, "c2", cluster("c2"), broker.addr, vec![]);
+    c2.wait_for("c2 to connect", |s| s.connected).await;
+    let mut zero = export("web", "10.0.0.1");
+    zero.ports[0].port = 0;
+    let publish = |exports: Vec<Export>| {
+        ClientMessage::Publish(Publish {
+            cluster: id("c1"),
+            exports,
+        })
+    };
+    let (_conn, mut recv, mut send, mut decoder) = raw_session(
+        config(),
+        broker.addr,
+        &[hello(cluster("c1")), publish(vec![zero])],
+    )
+    .await
+    .unwrap();
+    let BrokerMessage::Snapshot(snapshot) = next_message(&mut recv, &mut decoder).await else {
+        panic!("expected a snapshot")
+    };
+    let (reply, _) = next_non_delta(&mut recv, &mut decoder, snapshot.revision).await;
+    assert_eq!(
+        reply,
+        BrokerMessage::Rejected {
+            reason: RejectReason::OutOfBounds(Violation {
+                service: Some(ServiceKey::new("shop", "web").unwrap()),
+                field: Field::Port,
+                problem: Problem::OutOfRange {
+                    value: 0,
+                    min: 1,
+                    max: 65_535
+                },
+            })
+        }
+    );
+    send.write_all(&wire::encode(&publish(vec![export("api", "10.0.0.2")])).unwrap())
+        .await
+        .unwrap();
+    // The broker handles one session's messages in order: by the time api reaches c2, web
+    // would have.
+    let state = c2
+        .wait_for("c1's api", |s| has_export(s, "c1", "api"))
+        .await;
+    assert!(
+        !has_export(&state, "c1", "web"),
+        "the refused export was forwarded"
+    );
     broker.stop().await;
 }

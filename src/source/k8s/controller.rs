@@ -29,7 +29,7 @@ use super::export::{CLUSTER_ID_PROPERTY, ClusterProperty, cluster_id};
 use super::plan::{Observed, Settings, plan};
 use crate::model::{ClusterId, Export, IdError, ServiceKey};
 use crate::sync::proto::ClusterSetView;
-use crate::sync::quic::SyncState;
+use crate::sync::proto::SyncState;
 
 /// Why the Kubernetes source could not start.
 #[derive(Debug, thiserror::Error)]

@@ -340,7 +340,7 @@ impl FakeApi {
             None => {}
         }
         let mut changed = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + WATCH_HOLD;
+        let deadline = crate::clock::tokio_now() + WATCH_HOLD;
         loop {
             let events: Vec<WatchEvent> = {
                 let state = self.state.lock().expect("fake api lock");

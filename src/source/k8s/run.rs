@@ -12,7 +12,24 @@ use tracing::info;
 use super::controller::KubeSource;
 use super::election::ElectionConfig;
 use super::lease::{LeaseConfig, spawn};
-use crate::cli::{GatewayArgs, SourceSpec};
+use crate::model::ClusterId;
+
+/// What the Kubernetes source runs with (from `causeway gateway`'s flags).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// `--source kube`: connect to the API server.
+    pub kube: bool,
+    /// This cluster's id (`--cluster-id`).
+    pub cluster_id: ClusterId,
+    /// Where clusterset IPs come from (`--clusterset-ip-range`).
+    pub clusterset_ip_ranges: Vec<ipnet::IpNet>,
+    /// `--leader-elect`: wait to hold the Lease before running.
+    pub leader_elect: bool,
+    /// This replica's identity in the Lease; `None` falls back to `$HOSTNAME`.
+    pub leader_elect_identity: Option<String>,
+    pub leader_elect_namespace: String,
+    pub leader_elect_lease: String,
+}
 
 /// What [`prepare`] set up.
 pub struct Prepared {
@@ -35,16 +52,23 @@ impl Prepared {
 }
 
 /// Connects to the API server (in-cluster config, else kubeconfig) for `--source kube`, and
-/// with `--leader-elect` waits until this replica holds the Lease.
-pub async fn prepare(args: &GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<Prepared> {
+/// with `--leader-elect` waits until this replica holds the Lease. Meanwhile the standby's
+/// admin port is served by `standby`, which returns the serving task; it is stopped (and the
+/// task awaited) before this returns.
+pub async fn prepare(
+    args: &RunConfig,
+    shutdown: CancellationToken,
+    standby: impl AsyncFnOnce(CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Prepared> {
     let outer = shutdown.clone();
-    let client = match args.source {
-        SourceSpec::Kube => Some(
+    let client = if args.kube {
+        Some(
             kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?,
-        ),
-        SourceSpec::File(_) => None,
+        )
+    } else {
+        None
     };
     if !args.leader_elect {
         return Ok(Prepared {
@@ -72,7 +96,7 @@ pub async fn prepare(args: &GatewayArgs, shutdown: CancellationToken) -> anyhow:
     info!(%identity, lease = %args.leader_elect_lease, "Standing by for the leader lease");
     // Alive but not ready while standing by, so the kubelet's liveness probe keeps the pod.
     let stop_standby = CancellationToken::new();
-    let (_, standby) = crate::admin::serve_standby(args.admin_listen, stop_standby.clone()).await?;
+    let standby = standby(stop_standby.clone()).await?;
     let waited = tokio::select! {
         r = leading.wait_for(|l| *l) => r.map(|_| ()).context("the leader election stopped"),
         _ = shutdown.cancelled() => Ok(()),
@@ -94,7 +118,7 @@ pub async fn prepare(args: &GatewayArgs, shutdown: CancellationToken) -> anyhow:
 
 /// Starts the controller; its cluster id (from the ClusterProperty, else the flag) must be the
 /// flag's, since the TLS certificate the broker checks carries the flag's id.
-pub async fn start(args: &GatewayArgs, prepared: &Prepared) -> anyhow::Result<KubeSource> {
+pub async fn start(args: &RunConfig, prepared: &Prepared) -> anyhow::Result<KubeSource> {
     let client = prepared
         .client
         .clone()

@@ -12,6 +12,7 @@ use crate::model::ServiceKey;
 use crate::source::k8s::apply::FIELD_MANAGER;
 use crate::source::k8s::fake_api::{FakeApi, Recorded};
 use crate::source::k8s::imports::derived_name;
+use crate::testing::eventually;
 
 const MCS: &str = "multicluster.x-k8s.io/v1beta1";
 
@@ -60,18 +61,6 @@ fn pods_json(ready: bool) -> Value {
     })
 }
 
-/// Polls `check` every 20 ms until it holds, for at most 10 s.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits for `fut` for at most 10 s.
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), fut)
@@ -91,6 +80,7 @@ fn state(exports: &[(&str, &Export)]) -> SyncState {
         connected: true,
         broker: None,
         last_error: None,
+        rejected: None,
     }
 }
 

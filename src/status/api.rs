@@ -42,6 +42,10 @@ pub struct BrokerStatus {
     pub last_update_age_seconds: Option<f64>,
     /// Why the last connection attempt failed, while not connected.
     pub last_error: Option<String>,
+    /// The broker's last refusal of this gateway's Hello or Publish, with its reason (an
+    /// address claim the plan forbids, a limit); until a later Hello is accepted.
+    #[serde(default)]
+    pub rejected: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,10 +143,21 @@ pub struct ServiceStatus {
 pub struct ClusterStatus {
     pub id: String,
     pub cidrs: Vec<String>,
+    /// The address plan: each claimed local range and the global range through which other
+    /// clusters reach it.
+    #[serde(default)]
+    pub plan: Vec<AddressMapping>,
     pub region: Option<String>,
     pub zone: Option<String>,
     /// Its lease at the broker ran out: its exports are withheld until it reconnects.
     pub withheld: bool,
+}
+
+/// One claimed range of a cluster and its global range (`model::plan::Allocation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressMapping {
+    pub local: String,
+    pub global: String,
 }
 
 /// `GET /api/v1/explain?name=NAME&type=A`: why the answer for a name is what it is.
