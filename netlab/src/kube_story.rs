@@ -474,7 +474,8 @@ fn check_import(kube: &KubeLab, c: usize) -> anyhow::Result<String> {
 
 /// Checks the MCS EndpointSlices in cluster c: labelled for web from c1, not managed by the
 /// endpointslice controller. A ClusterSetIP import's slice has one endpoint per exporting
-/// cluster, that cluster's Service IP (its kube-proxy spreads over the pods), ready while any of
+/// cluster, that cluster's Service IP as its global address (its kube-proxy spreads over the
+/// pods), ready while any of
 /// its pods is: `ready` says which is wanted (false: unready or no slice at all).
 fn check_slices(kube: &KubeLab, c: usize, ready: bool) -> anyhow::Result<String> {
     let c1_service_ip = kube.kubectl_ok(
@@ -490,9 +491,10 @@ fn check_slices(kube: &KubeLab, c: usize, ready: bool) -> anyhow::Result<String>
         ],
         None,
     )?;
-    let want = format!("{}={ready}", c1_service_ip.trim());
+    let c1_service_ip = c1_service_ip.trim().to_owned();
+    let want = format!("{c1_service_ip}={ready}");
     poll_until(
-        &format!("c{c}'s MCS EndpointSlice with {want}"),
+        &format!("c{c}'s MCS EndpointSlice with {want} (as its global address)"),
         IMPORT_TIMEOUT,
         || {
             let text = kube
@@ -517,15 +519,29 @@ fn check_slices(kube: &KubeLab, c: usize, ready: bool) -> anyhow::Result<String>
                 ));
             }
             let summary = format!(
-                "slice from {source} (managed-by {managed}): {endpoints} (c1's Service IP)"
+                "slice from {source} (managed-by {managed}): {endpoints} (c1's Service IP {c1_service_ip}, as its global address)"
             );
-            if endpoints == want {
+            let (address, state) = endpoints.split_once('=').unwrap_or_default();
+            if global_of(address, &c1_service_ip) && state == ready.to_string() {
                 Ok(summary)
             } else {
                 Err(summary)
             }
         },
     )
+}
+
+/// Whether `global` is `local`'s address in the clusterset's global ranges (README, "The
+/// address plan"): inside 100.64.0.0/10, with the host part of the cluster's /16 kept.
+fn global_of(global: &str, local: &str) -> bool {
+    let (Ok(g), Ok(l)) = (
+        global.parse::<std::net::Ipv4Addr>(),
+        local.parse::<std::net::Ipv4Addr>(),
+    ) else {
+        return false;
+    };
+    let (g, l) = (g.octets(), l.octets());
+    g[0] == 100 && (64..128).contains(&g[1]) && g[2..] == l[2..]
 }
 
 fn conditions(kube: &KubeLab, c: usize, kind: &str) -> Result<Vec<(String, String)>, String> {
