@@ -613,6 +613,18 @@ pub struct LabShape {
     pub same_cidrs: bool,
 }
 
+/// `lab demo` and `lab up`: the lab's shape, and whether its clusters run Kubernetes.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LabRun {
+    #[command(flatten)]
+    pub shape: LabShape,
+    /// Every cluster runs a real Kubernetes control plane (built from pinned Go modules by
+    /// tests/k8s/build.sh on first use, then cached) and the gateways run `--source kube`;
+    /// `demo` tells the user story through kubectl, `up` prints how to use the kubeconfig.
+    #[arg(long, conflicts_with = "same_cidrs")]
+    pub kube: bool,
+}
+
 impl LabShape {
     pub fn addressing(self) -> causeway_netlab::Addressing {
         if self.same_cidrs {
@@ -628,9 +640,9 @@ pub enum LabCommand {
     /// Build the lab, run the story (export, resolve and reach from another cluster, only
     /// WireGuard on the wire, nearest first, withdrawal, broker restart), print each step and
     /// tear everything down.
-    Demo(LabShape),
+    Demo(LabRun),
     /// Build the lab and leave it running for exploration; prints how to get into a pod.
-    Up(LabShape),
+    Up(LabRun),
     /// Tear down a lab left by `lab up` (or a crashed run).
     Down,
     /// Measure failover from a client's seat: build a lab, kill c1's endpoint, kill c1's

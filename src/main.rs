@@ -33,11 +33,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(args) => daemon(|shutdown| causeway::app::run_gateway(*args, shutdown)),
         Command::Dns(args) => daemon(|shutdown| causeway::replica::run((&args).into(), shutdown)),
-        Command::Lab(LabCommand::Demo(shape)) => {
-            causeway_netlab::demo::demo(&current_exe()?, shape.addressing())
+        Command::Lab(LabCommand::Demo(run)) if run.kube => {
+            causeway_netlab::demo::demo_kube(&current_exe()?)
         }
-        Command::Lab(LabCommand::Up(shape)) => {
-            causeway_netlab::demo::up(&current_exe()?, shape.addressing())
+        Command::Lab(LabCommand::Demo(run)) => {
+            causeway_netlab::demo::demo(&current_exe()?, run.shape.addressing())
+        }
+        Command::Lab(LabCommand::Up(run)) if run.kube => {
+            causeway_netlab::demo::up_kube(&current_exe()?)
+        }
+        Command::Lab(LabCommand::Up(run)) => {
+            causeway_netlab::demo::up(&current_exe()?, run.shape.addressing())
         }
         Command::Lab(LabCommand::Down) => {
             causeway_netlab::demo::down(causeway_netlab::DEFAULT_PREFIX)

@@ -43,3 +43,4 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   python3 -m pip install -q kubernetes-validate 2>/dev/null \
     || python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
+

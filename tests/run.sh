@@ -12,6 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 tests/install-deps.sh
+# The real Kubernetes control plane for tests/lab_kube.rs (etcd, kube-apiserver,
+# kube-controller-manager, kubectl, the lab's node agent) and helm (tests/helm.rs), built from pinned Go modules into
+# /var/cache/causeway/bin (or $CAUSEWAY_BIN_CACHE): needs Go (/usr/local/go/bin/go); a no-op
+# once built. Not part of install-deps.sh, so that the plain demo stays as fast as before.
+tests/k8s/build.sh kube agent helm
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --include-ignored

@@ -51,6 +51,12 @@ impl Daemon {
         }
     }
 
+    /// Describes a daemon that runs in the host's namespaces (not under `ip netns exec`): the
+    /// kube lab's node agents, which add namespaces of their own and open sockets in others.
+    pub fn on_host(name: &str, program: &Path, args: Vec<OsString>, work_dir: &Path) -> Self {
+        Self::new(name, "", program, args, work_dir)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -82,10 +88,14 @@ impl Daemon {
             .open(&self.log)
             .with_context(|| format!("opening log {}", self.log.display()))?;
         let err_log = log.try_clone().context("duplicating the log file handle")?;
-        let mut command = Command::new("ip");
+        let mut command = if self.ns.is_empty() {
+            Command::new(&self.program)
+        } else {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", &self.ns]).arg(&self.program);
+            command
+        };
         command
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)

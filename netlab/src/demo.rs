@@ -11,6 +11,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use crate::cluster::STOP_GRACE;
+use crate::kube::{self, KubeLab};
+use crate::kube_story;
 use crate::lab::{Lab, LabSpec, PODS_PER_CLUSTER, default_work_dir};
 use crate::ns;
 use crate::story::{self, STEPS, WEB};
@@ -109,6 +111,8 @@ pub fn down(prefix: &str) -> anyhow::Result<()> {
         .into_iter()
         .filter(|n| topology.owns_namespace(n))
         .collect();
+    // A kube lab's node agents run on the host, not in the lab's namespaces.
+    kube::stop_host_daemons(&default_work_dir(prefix));
     ns::destroy(&topology, STOP_GRACE)?;
     let _ = std::fs::remove_dir_all(default_work_dir(prefix).join("pids"));
     let left: Vec<String> = ns::list_namespaces()?
@@ -126,5 +130,44 @@ pub fn down(prefix: &str) -> anyhow::Result<()> {
     } else {
         println!("Removed {} namespaces of lab {prefix}.", before.len());
     }
+    Ok(())
+}
+
+/// `lab demo --kube`: builds a lab whose clusters run a real control plane, tells the user
+/// story through kubectl (printing each command as typed), tears down.
+pub fn demo_kube(bin: &Path) -> anyhow::Result<()> {
+    wait::install_interrupt_handler().context("installing the SIGINT/SIGTERM handler")?;
+    println!(
+        "Building a lab of 3 clusters, each with etcd, kube-apiserver, kube-controller-manager, a node agent and its gateway..."
+    );
+    let mut kube = KubeLab::up(LabSpec::new(DEFAULT_PREFIX, bin))?;
+    println!("Lab up; logs in {}", kube.lab().log_dir().display());
+    println!("{}", kube.usage());
+    let outcome = kube_story::run(&mut kube, &mut |line| println!("{line}"));
+    println!("Tearing the lab down...");
+    let teardown = kube.down();
+    let report = outcome?;
+    teardown?;
+    let latencies: Vec<String> = report
+        .import_latency
+        .iter()
+        .map(|(c, d)| format!("c{c} {} ms", d.as_millis()))
+        .collect();
+    println!(
+        "Done: the story passed (apply -> import: {}).",
+        latencies.join(", ")
+    );
+    Ok(())
+}
+
+/// `lab up --kube`: the kube lab left running; prints how to use its kubeconfig.
+pub fn up_kube(bin: &Path) -> anyhow::Result<()> {
+    wait::install_interrupt_handler().context("installing the SIGINT/SIGTERM handler")?;
+    let kube = KubeLab::up(LabSpec::new(DEFAULT_PREFIX, bin))?;
+    println!("The kube lab is up.");
+    println!("{}", kube.usage());
+    println!("Logs: {}", kube.lab().log_dir().display());
+    println!("Tear down with: causeway lab down");
+    kube.detach();
     Ok(())
 }

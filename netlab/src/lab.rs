@@ -475,6 +475,13 @@ impl Lab {
         }
     }
 
+    /// Whether a cluster's gateway process is alive (false if it exited or never started).
+    pub fn gateway_running(&mut self, cluster: usize) -> bool {
+        self.gateways
+            .get_mut(&cluster)
+            .is_some_and(Daemon::is_running)
+    }
+
     pub fn gateway_log(&self, cluster: usize) -> String {
         self.gateways
             .get(&cluster)
@@ -505,6 +512,11 @@ impl Lab {
     /// Leaves the lab running when this value is dropped (for `causeway lab up`); `down`
     /// finds it again by prefix.
     pub fn detach(mut self) {
+        self.detach_in_place();
+    }
+
+    /// [`Lab::detach`] for a lab owned by a larger one (the kube lab).
+    pub(crate) fn detach_in_place(&mut self) {
         self.detached = true;
         for daemon in self.daemons_mut() {
             daemon.detach();
@@ -513,6 +525,11 @@ impl Lab {
 
     /// Tears the lab down now, reporting failures (Drop does the same, silently).
     pub fn down(mut self) -> anyhow::Result<()> {
+        self.down_in_place()
+    }
+
+    /// [`Lab::down`] for a lab owned by a larger one; dropping it afterwards does nothing.
+    pub(crate) fn down_in_place(&mut self) -> anyhow::Result<()> {
         self.detached = true;
         self.teardown()
     }
@@ -536,7 +553,7 @@ impl Lab {
         self.work_dir.join(self.topology.cluster_id(cluster))
     }
 
-    fn issue_certs(&self) -> anyhow::Result<()> {
+    pub(crate) fn issue_certs(&self) -> anyhow::Result<()> {
         let bin = &self.spec.causeway_bin;
         let ca = self.work_dir.join("ca");
         cluster::certs_init(bin, &ca)?;
@@ -565,16 +582,36 @@ impl Lab {
     }
 
     fn spawn_gateway(&mut self, c: usize) -> anyhow::Result<()> {
-        let t = &self.topology;
-        let dir = self.cluster_dir(c);
         let services = self.services_dir(c);
-        for needed in [&services, &dir.join("state")] {
-            std::fs::create_dir_all(needed)
-                .with_context(|| format!("creating {}", needed.display()))?;
-        }
+        std::fs::create_dir_all(&services)
+            .with_context(|| format!("creating {}", services.display()))?;
         let mut source = OsString::from("file:");
         source.push(&services);
-        let args: Vec<OsString> = vec![
+        self.spawn_gateway_with(c, vec!["--source".into(), source], Vec::new())
+    }
+
+    /// Starts a cluster's gateway with `source_args` (`--source ...` and its companions) and
+    /// `env` (e.g. KUBECONFIG) added to the lab's flags; does not wait for it.
+    pub(crate) fn spawn_gateway_with(
+        &mut self,
+        c: usize,
+        source_args: Vec<OsString>,
+        env: Vec<OsString>,
+    ) -> anyhow::Result<()> {
+        let t = &self.topology;
+        let dir = self.cluster_dir(c);
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        let mut args: Vec<OsString> = Vec::new();
+        let program = if env.is_empty() {
+            self.spec.causeway_bin.clone()
+        } else {
+            // `env VAR=... causeway gateway ...`: env execs causeway, so the pid stays the same.
+            args.extend(env);
+            args.push(self.spec.causeway_bin.clone().into());
+            PathBuf::from("/usr/bin/env")
+        };
+        args.extend([
             "gateway".into(),
             "--cluster-id".into(),
             t.cluster_id(c).into(),
@@ -582,8 +619,9 @@ impl Lab {
             t.broker_listen().to_string().into(),
             "--tls-dir".into(),
             dir.join("tls").into(),
-            "--source".into(),
-            source,
+        ]);
+        args.extend(source_args);
+        args.extend::<[OsString; 10]>([
             "--wg-listen".into(),
             t.wg_listen(c).to_string().into(),
             "--cidr".into(),
@@ -596,11 +634,10 @@ impl Lab {
             "--dns-listen".into(),
             t.dns_listen(c).to_string().into(),
             "--state-dir".into(),
-            dir.join("state").into(),
+            state.into(),
             "--tun-name".into(),
             TUN_NAME.into(),
-        ];
-        let mut args = args;
+        ]);
         if let Some((region, zone)) = self.spec.localities.get(&c) {
             args.extend([
                 "--region".into(),
@@ -611,13 +648,14 @@ impl Lab {
         }
         let name = format!("{}-gw", t.cluster_id(c));
         let ns = t.gw_ns(c);
-        let gateway = self.gateways.entry(c).or_insert_with(|| {
-            Daemon::new(&name, &ns, &self.spec.causeway_bin, args, &self.work_dir)
-        });
+        let gateway = self
+            .gateways
+            .entry(c)
+            .or_insert_with(|| Daemon::new(&name, &ns, &program, args, &self.work_dir));
         gateway.start()
     }
 
-    fn wait_gateway_ready(&mut self, c: usize) -> anyhow::Result<()> {
+    pub(crate) fn wait_gateway_ready(&mut self, c: usize) -> anyhow::Result<()> {
         let pod_ns = self.topology.pod_ns(c, 1);
         let dns = self.topology.dns_listen(c);
         let Some(gateway) = self.gateways.get_mut(&c) else {

@@ -17,6 +17,9 @@
 //! - `wait`: deadlines, condition polling, the SIGINT/SIGTERM flag; netlab's only clock reads.
 //! - `nat`: cluster IPs as nftables DNAT in a cluster's router namespace (as kube-proxy).
 //! - `dig`: DNS queries from inside a pod through its resolv.conf, and their parsed replies.
+//! - `kube`: `--kube`: a real control plane per cluster (etcd, kube-apiserver,
+//!   kube-controller-manager), the Go node agent, and gateways with `--source kube`.
+//! - `kube_story`: the Kubernetes user story through kubectl (`lab demo --kube`, lab_kube test).
 //! - `relay`: added wan latency and loss, a userspace relay on a TUN in a gateway namespace.
 //!
 //! Everything here needs root (namespaces, veths, tcpdump) except the pure parts.
@@ -27,6 +30,8 @@ pub mod demo;
 pub mod dig;
 pub mod failover;
 pub mod http;
+pub mod kube;
+pub mod kube_story;
 pub mod lab;
 pub mod nat;
 pub mod ns;

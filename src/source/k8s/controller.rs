@@ -78,10 +78,23 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<KubeSource, Error> {
     let properties: Api<ClusterProperty> = Api::all(client.clone());
-    let property = properties
-        .get_opt(CLUSTER_ID_PROPERTY)
-        .await
-        .map_err(Error::ClusterProperty)?;
+    let property = match properties.get_opt(CLUSTER_ID_PROPERTY).await {
+        Ok(property) => property,
+        // Without the about.k8s.io CRD a real API server answers a bare "404 page not found"
+        // (not a NotFound Status, which get_opt would turn into None): no property either.
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        // Not allowed to read it (RBAC without `get clusterproperties`): say so and go on with
+        // the flag's id, which the certificate pins anyway, rather than exit.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            warn!(
+                error = %status.message,
+                cluster = %flag,
+                "Cannot read the {CLUSTER_ID_PROPERTY} ClusterProperty (forbidden): using --cluster-id"
+            );
+            None
+        }
+        Err(e) => return Err(Error::ClusterProperty(e)),
+    };
     let cluster = cluster_id(property.as_ref().map(|p| p.spec.value.as_str()), flag)
         .map_err(Error::ClusterId)?;
     if property.is_some() {

@@ -43,8 +43,9 @@ pub const LABEL_SOURCE_CLUSTER: &str = "multicluster.kubernetes.io/source-cluste
 /// EndpointSlice label naming the controller that manages a slice.
 pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 /// Our value of [`LABEL_MANAGED_BY`]: kube's own endpointslice controller must not touch our
-/// slices, and the conformance suite checks the value differs from its.
-pub const MANAGED_BY: &str = "causeway.dev/controller";
+/// slices, and the conformance suite checks the value differs from its. A label *value*: no
+/// '/' (a real API server rejects the slice otherwise; the fake API did not check).
+pub const MANAGED_BY: &str = "controller.causeway.dev";
 /// Annotation on a ServiceImport naming the derived Service that kube-proxy programs.
 pub const ANNOTATION_DERIVED_SERVICE: &str = "multicluster.kubernetes.io/derived-service";
 /// The ClusterProperty (KEP-2149) holding this cluster's id.

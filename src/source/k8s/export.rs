@@ -192,7 +192,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const OURS: &str = "causeway.dev/controller";
+    const OURS: &str = crate::source::k8s::crd::MANAGED_BY;
 
     fn service(spec: serde_json::Value) -> Service {
         serde_json::from_value(json!({

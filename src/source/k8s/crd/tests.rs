@@ -464,3 +464,22 @@ fn crd_schemas_are_structural() {
     );
     assert_eq!(problems, ["x.y: no type"]);
 }
+
+/// A label value as the API server validates it (IsValidLabelValue): at most 63 characters of
+/// `[A-Za-z0-9_.-]`, starting and ending alphanumeric. The fake API does not check this; a real
+/// server rejected our EndpointSlices when MANAGED_BY was "causeway.dev/controller".
+#[test]
+fn managed_by_is_a_valid_label_value() {
+    let v = MANAGED_BY;
+    assert!(!v.is_empty() && v.len() <= 63, "{v}");
+    assert!(
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'),
+        "{v}"
+    );
+    assert!(
+        v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()
+    );
+    assert_ne!(v, "endpointslice-controller.k8s.io");
+}
